@@ -1,0 +1,117 @@
+# Import budget: nothing. This module runs in every Python process of the environment (metagpt-vllm-fix.pth),
+# so it uses only `sys` and `os`, which the interpreter has already loaded, and does nothing but put one small
+# finder on sys.meta_path until `metagpt.provider.open_llm_api` is imported.
+"""Start-up hook of metagpt-vllm-fix: wait for MetaGPT's open_llm module, then hand over to the package.
+
+The finder ignores every module but one (the manner of setuptools' ``_distutils_hack``). When MetaGPT's
+``open_llm_api`` has executed, the package ``metagpt_vllm_fix`` is imported and patches it; until then no
+wrapt, no importlib.metadata and no MetaGPT is loaded.
+"""
+
+import os
+import sys
+
+TARGET = "metagpt.provider.open_llm_api"
+SWITCH = "METAGPT_VLLM_FIX"
+
+_OFF = frozenset({"0", "off", "false", "no", "disable", "disabled"})
+_ON = frozenset({"", "1", "on", "true", "yes", "auto"})
+
+
+def mode(value=None):
+    """Read the ``METAGPT_VLLM_FIX`` switch: ``"auto"``, ``"off"``, ``"strict"`` or ``"unknown"``."""
+    raw = os.environ.get(SWITCH, "") if value is None else value
+    word = raw.strip().lower()
+    if word in _ON:
+        return "auto"
+    if word in _OFF:
+        return "off"
+    if word == "strict":
+        return "strict"
+    return "unknown"
+
+
+class _ChainedLoader:
+    """Run the real loader, put it back on the module, then let the package patch the fresh module."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        self.loader.exec_module(module)
+        module.__loader__ = self.loader
+        spec = getattr(module, "__spec__", None)
+        if spec is not None and spec.loader is self:
+            spec.loader = self.loader
+        _module_loaded(module)
+
+    def __getattr__(self, name):  # get_source, get_code, is_package, ... for tracebacks and inspect
+        return getattr(self.loader, name)
+
+
+class Finder:
+    """A meta-path finder that answers for TARGET only, by asking the finders behind it."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != TARGET:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or isinstance(finder, Finder):
+                continue
+            find_spec = getattr(finder, "find_spec", None)
+            if find_spec is None:
+                continue
+            spec = find_spec(fullname, path, target)
+            if spec is not None:
+                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                    spec.loader = _ChainedLoader(spec.loader)
+                return spec
+        return None
+
+
+def _module_loaded(module):
+    """Hand the freshly executed module to the package; only strict mode lets a failure escape."""
+    try:
+        from metagpt_vllm_fix import _activation
+    except Exception as exc:  # the package or wrapt is broken: MetaGPT must still import
+        if mode() == "strict":
+            raise
+        import logging
+
+        logging.getLogger("metagpt_vllm_fix").warning(
+            "metagpt-vllm-fix could not load (%s: %s); MetaGPT's open_llm provider is NOT patched.",
+            type(exc).__name__, exc,
+        )
+        return
+    _activation.module_loaded(module, source="hook")
+
+
+def installed():
+    """True when a finder of ours is on sys.meta_path."""
+    return any(isinstance(finder, Finder) for finder in sys.meta_path)
+
+
+def install():
+    """Put the finder first on sys.meta_path (once); patch at once if MetaGPT's module is already loaded."""
+    if not installed():
+        sys.meta_path.insert(0, Finder())
+    module = sys.modules.get(TARGET)
+    if module is not None:
+        _module_loaded(module)
+
+
+def uninstall():
+    """Take every finder of ours off sys.meta_path."""
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, Finder)]
+
+
+def autoload():
+    """Entry of the .pth line: install unless the switch says off. Never raises."""
+    try:
+        if mode() != "off":
+            install()
+    except Exception:  # pragma: no cover - start-up must survive anything
+        pass

@@ -1,0 +1,97 @@
+"""The version gate: patch MetaGPT 0.7.x only, and say why not otherwise.
+
+The decision is made from the installed distribution's metadata (importlib.metadata) and from the shape of the
+class actually imported, so that a look-alike version with another ``OpenLLM`` is never patched blindly.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Optional
+
+DISTRIBUTION = "metagpt"
+CLASS_NAME = "OpenLLM"
+METHOD_NAME = "_make_client_kwargs"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to patch, with a code for programs and a sentence for people."""
+
+    supported: bool
+    code: str
+    reason: str
+    metagpt_version: Optional[str] = None
+
+
+def installed_version() -> Decision:
+    """Decide from the installed ``metagpt`` distribution's version alone."""
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return Decision(False, "metagpt-absent", "MetaGPT is not installed in this environment; nothing to patch.")
+    except Exception as exc:  # unreadable dist-info: say so rather than guess
+        return Decision(False, "metadata-broken", f"MetaGPT's installed metadata cannot be read ({type(exc).__name__}).")
+    if not version:
+        return Decision(False, "metadata-broken", "MetaGPT's installed metadata has no version; not patching blindly.")
+    return _by_version(str(version))
+
+
+def _by_version(version: str) -> Decision:
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        release = Version(version).release
+    except InvalidVersion:
+        return Decision(False, "metadata-broken", f"MetaGPT's version {version!r} is not a valid version.", version)
+    major_minor = (release + (0, 0))[:2]
+    if major_minor == (0, 7):
+        return Decision(True, "supported", f"MetaGPT {version} hard-codes api_key='sk-xxx' for open_llm.", version)
+    if major_minor < (0, 7):
+        return Decision(
+            False,
+            "unsupported-old",
+            f"MetaGPT {version} is older than 0.7; its OpenLLM reads a global CONFIG and is not covered.",
+            version,
+        )
+    return Decision(
+        False,
+        "fixed-upstream",
+        f"MetaGPT {version} serves open_llm with OpenAILLM, which already sends llm.api_key; nothing to patch.",
+        version,
+    )
+
+
+def check(module: ModuleType) -> Decision:
+    """Full gate for the imported ``metagpt.provider.open_llm_api``: version first, then the target's shape."""
+    decision = installed_version()
+    if not decision.supported:
+        return decision
+    problem = _shape_problem(module)
+    if problem:
+        return Decision(False, "shape-changed", f"MetaGPT {decision.metagpt_version}: {problem}; not patching.",
+                        decision.metagpt_version)
+    return decision
+
+
+def _shape_problem(module: ModuleType) -> Optional[str]:
+    """Describe how the target differs from MetaGPT 0.7's, or return None when it is as expected."""
+    cls = getattr(module, CLASS_NAME, None)
+    if not inspect.isclass(cls):
+        return f"{module.__name__} has no class {CLASS_NAME}"
+    method = cls.__dict__.get(METHOD_NAME)
+    if method is None:
+        return f"{CLASS_NAME} does not define {METHOD_NAME}"
+    function = inspect.unwrap(method) if callable(method) else None
+    if not inspect.isfunction(function):
+        return f"{CLASS_NAME}.{METHOD_NAME} is not a plain method"
+    if list(inspect.signature(function).parameters) != ["self"]:
+        return f"{CLASS_NAME}.{METHOD_NAME} has signature {inspect.signature(function)}, expected (self)"
+    parent = getattr(super(cls, cls), METHOD_NAME, None)
+    if parent is None or not hasattr(cls, "_get_proxy_params"):
+        return f"{CLASS_NAME}'s parent has no {METHOD_NAME}/_get_proxy_params to take the key and proxy from"
+    return None

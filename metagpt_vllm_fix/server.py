@@ -1,0 +1,448 @@
+"""A GPU-free stand-in for vLLM 0.3.x's OpenAI-compatible API server.
+
+It answers deterministic echo text so tests and the demo can prove, over real
+HTTP, which ``Authorization`` header MetaGPT's ``open_llm`` provider sends.
+The API-key check copies vLLM byte for byte, because that check is the bug
+this project fixes.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from aiohttp import web
+
+__all__ = [
+    "DEFAULT_MODEL", "KEY_CHECK_MODES", "RecordedRequest", "VLLMServer",
+    "api_key_from_env", "authorized", "build_app", "run", "serve",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
+KEY_CHECK_MODES = ("vllm-0.3", "vllm-0.11")
+_UNAUTHORIZED = b'{"error":"Unauthorized"}'  # starlette's compact JSONResponse rendering
+
+
+@dataclass(frozen=True, repr=False)
+class RecordedRequest:
+    """What a client actually sent (and what it got back)."""
+
+    method: str
+    path: str
+    authorization: Optional[str]
+    status: int
+
+    def __repr__(self) -> str:  # masked, so a failing assert or a print never leaks a key
+        auth = self.authorization
+        if auth is not None:
+            scheme, sep, cred = auth.partition(" ")
+            auth = scheme + sep + _mask(cred) if sep else _mask(auth)
+        return f"RecordedRequest({self.method} {self.path} auth={auth!r} -> {self.status})"
+
+
+def _mask(key: str) -> str:
+    """Short keys would be fully revealed by first-3/last-3, so hide them entirely."""
+    return "***" if len(key) <= 8 else f"{key[:3]}...{key[-3:]}"
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in KEY_CHECK_MODES:
+        raise ValueError(f"key_check must be one of {KEY_CHECK_MODES}, got {mode!r}")
+
+
+def authorized(header: Optional[str], keys: Sequence[str], mode: str = "vllm-0.3") -> bool:
+    """Would vLLM accept this ``Authorization`` header value?
+
+    ``vllm-0.3``: ``header == "Bearer " + key`` -- plain, case-sensitive string
+    equality, nothing trimmed.  ``vllm-0.11``: scheme split at the first space and
+    compared case-insensitively; the rest is matched against every key in constant
+    time (sha256 digests + ``hmac.compare_digest``, as newer vLLM does).
+    No keys means nothing matches; whether to check at all is the caller's choice.
+    """
+    _check_mode(mode)
+    if header is None:
+        return False
+    if mode == "vllm-0.3":
+        return any(header == "Bearer " + key for key in keys)
+    scheme, _, credential = header.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    digest = hashlib.sha256(credential.encode("utf-8")).digest()
+    match = False
+    for key in keys:  # no early exit: timing must not reveal which key matched
+        match |= hmac.compare_digest(digest, hashlib.sha256(key.encode("utf-8")).digest())
+    return match
+
+
+def api_key_from_env(cli_value: Optional[str], mode: str = "vllm-0.3") -> Optional[str]:
+    """Resolve the server key like vLLM does.
+
+    vLLM 0.3.x reads ``os.environ.get("VLLM_API_KEY") or args.api_key`` -- the
+    environment variable wins.  Newer vLLM (``vllm-0.11``) lets ``--api-key`` win.
+    Empty strings count as unset in both.
+    """
+    _check_mode(mode)
+    env = os.environ.get("VLLM_API_KEY")
+    first, second = (env, cli_value) if mode == "vllm-0.3" else (cli_value, env)
+    return first or second or None
+
+
+class _APIError(Exception):
+    """Raised by handlers; rendered in vLLM's ``ErrorResponse`` shape."""
+
+    def __init__(self, message: str, err_type: str = "BadRequestError", status: int = 400) -> None:
+        super().__init__(message)
+        self.message, self.err_type, self.status = message, err_type, status
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=_dumps(obj), status=status, content_type="application/json")
+
+
+def _words(text: str) -> int:
+    """Approximate token count: whitespace-separated words (no tokenizer, no model)."""
+    return len(text.split())
+
+
+def _content_text(content: Any) -> str:
+    """Message content is a string, null, or (OpenAI vision style) a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""
+
+
+def _answer(prompt: str, max_tokens: int) -> Tuple[List[str], str]:
+    """Deterministic reply split into word "tokens"; ``"".join`` gives the text back."""
+    pieces = re.findall(r"\S+\s*", "echo: " + prompt)
+    return (pieces[:max_tokens], "length") if len(pieces) > max_tokens else (pieces, "stop")
+
+
+async def _sse(request: web.Request, events: List[Dict[str, Any]]) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+    await resp.prepare(request)
+    for event in events:
+        await resp.write(b"data: " + _dumps(event) + b"\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+    await resp.write_eof()
+    return resp
+
+
+class _Endpoints:
+    """Request handlers; one instance per app holds the served model's settings."""
+
+    def __init__(self, model: str, max_model_len: int) -> None:
+        self.model, self.max_model_len = model, max_model_len
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(text=f'vllm:num_requests_running{{model_name="{self.model}"}} 0.0\n')
+
+    async def models(self, request: web.Request) -> web.Response:
+        now = int(time.time())
+        permission = {
+            "id": f"modelperm-{uuid.uuid4().hex}", "object": "model_permission", "created": now,
+            "allow_create_engine": False, "allow_sampling": True, "allow_logprobs": True,
+            "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
+            "organization": "*", "group": None, "is_blocking": False,
+        }
+        card = {"id": self.model, "object": "model", "created": now, "owned_by": "vllm", "root": self.model,
+                "parent": None, "permission": [permission], "max_model_len": self.max_model_len}
+        return _json({"object": "list", "data": [card]})
+
+    async def _parse(self, request: web.Request, default_max_tokens: Optional[int]) -> Tuple[dict, bool, Optional[int]]:
+        """Common field validation (vLLM's pydantic step, which precedes the model check)."""
+        try:
+            body = json.loads(await request.read())
+        except ValueError as exc:
+            raise _APIError(f"Invalid JSON body: {exc}") from None
+        if not isinstance(body, dict):
+            raise _APIError("Request body must be a JSON object")
+        if not isinstance(body.get("model"), str):
+            raise _APIError("'model' is required and must be a string")
+        stream = body.get("stream", False)
+        max_tokens = body.get("max_tokens", default_max_tokens)
+        if not isinstance(stream, bool) and stream is not None:
+            raise _APIError("'stream' must be a boolean")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
+            raise _APIError("'max_tokens' must be an integer")
+        return body, bool(stream), max_tokens
+
+    def _check_model(self, body: dict) -> None:
+        if body["model"] != self.model:
+            raise _APIError(f"The model `{body['model']}` does not exist.", "NotFoundError", 404)
+
+    def _budget(self, prompt_tokens: int, max_tokens: Optional[int]) -> int:
+        """vLLM 0.3's context-length rule, then SamplingParams' ``max_tokens >= 1``."""
+        if max_tokens is None:
+            max_tokens = self.max_model_len - prompt_tokens
+        if prompt_tokens + max_tokens > self.max_model_len:
+            raise _APIError(
+                f"This model's maximum context length is {self.max_model_len} tokens. "
+                f"However, you requested {max_tokens + prompt_tokens} tokens "
+                f"({prompt_tokens} in the messages, {max_tokens} in the completion). "
+                "Please reduce the length of the messages or completion.")
+        if max_tokens < 1:
+            raise _APIError(f"max_tokens must be at least 1, got {max_tokens}.")
+        return max_tokens
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body, stream, max_tokens = await self._parse(request, None)
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise _APIError("'messages' is required and must be a list of message objects")
+        self._check_model(body)
+        texts = [_content_text(m.get("content")) for m in messages]
+        prompt_tokens = sum(_words(t) for t in texts)
+        max_tokens = self._budget(prompt_tokens, max_tokens)
+        last_user = next((t for m, t in zip(reversed(messages), reversed(texts)) if m.get("role") == "user"), "")
+        pieces, finish = _answer(last_user, max_tokens)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
+                 "total_tokens": prompt_tokens + len(pieces)}
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model}
+        if not stream:
+            choice = {"index": 0, "message": {"role": "assistant", "content": "".join(pieces)}, "finish_reason": finish}
+            return _json({"id": head["id"], "object": "chat.completion", "created": head["created"],
+                          "model": self.model, "choices": [choice], "usage": usage})
+
+        def chunk(delta: Dict[str, Any], finish_reason: Optional[str], **extra: Any) -> Dict[str, Any]:
+            return {"id": head["id"], "object": "chat.completion.chunk", "created": head["created"],
+                    "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+                    **extra}
+
+        events = [chunk({"role": "assistant"}, None)]
+        events += [chunk({"content": piece}, None) for piece in pieces]
+        events.append(chunk({}, finish, usage=usage))  # vLLM 0.3 puts usage on the last chunk
+        return await _sse(request, events)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body, stream, max_tokens = await self._parse(request, 16)  # 0.3's CompletionRequest default
+        prompt = body.get("prompt")
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
+            raise _APIError("'prompt' is required and must be a string or a list of strings")
+        self._check_model(body)
+        answers = [(_words(p), _answer(p, self._budget(_words(p), max_tokens))) for p in prompts]
+        prompt_tokens = sum(n for n, _ in answers)
+        completion_tokens = sum(len(pieces) for _, (pieces, _) in answers)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+                "created": int(time.time()), "model": self.model}
+
+        def choice(index: int, text: str, finish_reason: Optional[str]) -> Dict[str, Any]:
+            return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+        if not stream:
+            choices = [choice(i, "".join(pieces), fin) for i, (_, (pieces, fin)) in enumerate(answers)]
+            return _json({**head, "choices": choices, "usage": usage})
+        events = []
+        for i, (_, (pieces, fin)) in enumerate(answers):
+            events += [{**head, "choices": [choice(i, piece, None)]} for piece in pieces]
+            events.append({**head, "choices": [choice(i, "", fin)]})
+        events[-1]["usage"] = usage
+        return await _sse(request, events)
+
+
+def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_model_len: int = 4096,
+              key_check: str = "vllm-0.3", recorder: Optional[list] = None) -> web.Application:
+    """The emulated server as an aiohttp app; every response is appended to ``recorder``.
+
+    Empty keys are ignored; with no key at all the server is open, as in vLLM.
+    vLLM 0.3 takes exactly one key, so several keys require ``key_check="vllm-0.11"``.
+    """
+    _check_mode(key_check)
+    keys = [k for k in api_keys if k]
+    if key_check == "vllm-0.3" and len(keys) > 1:
+        raise ValueError("vllm-0.3 accepts a single API key; use key_check='vllm-0.11' for several")
+
+    @web.middleware
+    async def authentication(request: web.Request, handler: Callable) -> web.StreamResponse:
+        # aiohttp runs middlewares even when routing failed, so unknown /v1 paths get 401
+        # first, like vLLM's middleware.  Newer vLLM lets CORS preflights (OPTIONS) through.
+        checked = keys and request.path.startswith("/v1")
+        if checked and not (key_check == "vllm-0.11" and request.method == "OPTIONS"):
+            if not authorized(request.headers.get("Authorization"), keys, key_check):
+                return web.Response(body=_UNAUTHORIZED, status=401, content_type="application/json")
+        return await handler(request)
+
+    @web.middleware
+    async def api_errors(request: web.Request, handler: Callable) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _APIError as exc:
+            return _json({"object": "error", "message": exc.message, "type": exc.err_type,
+                          "param": None, "code": exc.status}, exc.status)
+
+    async def record(request: web.Request, response: web.StreamResponse) -> None:
+        # Runs before the first response byte is sent, so a client that has its answer
+        # always finds the record.  list.append is atomic under the GIL: safe across threads.
+        if recorder is not None:
+            recorder.append(RecordedRequest(request.method, request.path,
+                                            request.headers.get("Authorization"), response.status))
+
+    ep = _Endpoints(model, max_model_len)
+    app = web.Application(middlewares=[authentication, api_errors])
+    app.on_response_prepare.append(record)
+    app.router.add_get("/health", ep.health)
+    app.router.add_get("/metrics", ep.metrics)
+    app.router.add_get("/v1/models", ep.models)
+    app.router.add_post("/v1/chat/completions", ep.chat)
+    app.router.add_post("/v1/completions", ep.completions)
+    return app
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _describe_keys(api_keys: Sequence[str], key_check: str) -> str:
+    keys = [k for k in api_keys if k]
+    if not keys:
+        return "no API key (open server)"
+    return f"API key check {key_check}, keys " + ", ".join(_mask(k) for k in keys)
+
+
+class VLLMServer:
+    """The emulator on a background thread with its own event loop (tests, demo)."""
+
+    def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_keys: Sequence[str] = (),
+                 model: str = DEFAULT_MODEL, max_model_len: int = 4096, key_check: str = "vllm-0.3") -> None:
+        self.host, self.port, self.model = host, port, model
+        self._recorded: List[RecordedRequest] = []
+        self._app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len,
+                              key_check=key_check, recorder=self._recorded)  # validates arguments early
+        self._banner = _describe_keys(api_keys, key_check)
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+
+    @property
+    def url(self) -> str:
+        return _url(self.host, self.port)
+
+    @property
+    def base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def requests(self) -> List[RecordedRequest]:
+        return list(self._recorded)
+
+    def clear_requests(self) -> None:
+        self._recorded.clear()
+
+    def start(self) -> "VLLMServer":
+        """Return once the socket listens; a bind error is raised here, not lost in the thread."""
+        with self._lock:
+            if self._thread is not None:
+                raise RuntimeError("server already started")
+            started = threading.Event()
+            failure: List[BaseException] = []
+            self._thread = threading.Thread(target=self._run, args=(started, failure),
+                                            name="vllm-emulator", daemon=True)
+            self._thread.start()
+            started.wait()
+            if failure:
+                self._thread.join()
+                self._thread = None
+                raise failure[0]
+        return self
+
+    def _run(self, started: threading.Event, failure: List[BaseException]) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        runner = web.AppRunner(self._app, access_log=None)
+        try:
+            loop.run_until_complete(runner.setup())
+            loop.run_until_complete(web.TCPSite(runner, self.host, self.port).start())
+            self.port = runner.addresses[0][1]
+            self._loop = loop
+            log.info("vLLM emulator listening on %s (model %s, %s)", self.url, self.model, self._banner)
+        except BaseException as exc:  # noqa: BLE001 - handed to start()'s caller
+            failure.append(exc)
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+            started.set()
+            return
+        started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(runner.cleanup())
+            loop.close()
+
+    def stop(self) -> None:
+        """Idempotent; returns after the port is closed and the loop is gone."""
+        with self._lock:
+            thread, loop = self._thread, self._loop
+            self._thread = self._loop = None
+        if thread is None or loop is None:
+            return
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+
+    def __enter__(self) -> "VLLMServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+async def serve(*, host: str = "127.0.0.1", port: int = 8000, api_keys: Sequence[str] = (),
+                model: str = DEFAULT_MODEL, max_model_len: int = 4096, key_check: str = "vllm-0.3",
+                ready: Optional[Callable[[str], None]] = None) -> None:
+    """Serve until cancelled, then close the socket; ``ready(url)`` is called once listening."""
+    app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len, key_check=key_check)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        url = _url(host, runner.addresses[0][1])
+        log.info("vLLM emulator listening on %s (model %s, %s)", url, model, _describe_keys(api_keys, key_check))
+        if ready is not None:
+            ready(url)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def run(**kwargs: Any) -> None:
+    """Blocking :func:`serve` that exits cleanly on Ctrl-C or SIGTERM."""
+
+    async def main() -> None:
+        task = asyncio.ensure_future(serve(**kwargs))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, task.cancel)
+            except (NotImplementedError, RuntimeError):  # Windows / not the main thread
+                pass
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:  # where signal handlers could not be installed
+        pass

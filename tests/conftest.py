@@ -1,0 +1,139 @@
+"""Shared fixtures: a vLLM-0.3-compatible server on 127.0.0.1, a temporary HOME with the seed's config2.yaml,
+and a runner for fresh interpreters of the test environment (so the .pth start-up path is what is tested)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+from typing import Dict, Optional
+
+import pytest
+
+# MetaGPT 0.7 writes logs/ and workspace/ under its project root, which is the current directory when the
+# package is not a checkout: keep this interpreter's in a temporary directory, not in the repo.
+os.environ["METAGPT_PROJECT_ROOT"] = tempfile.mkdtemp(prefix="metagpt-root-")
+
+from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
+
+SEED_KEY = "token-abc123"
+RESULT_MARK = "@@RESULT@@ "
+
+SEED_CONFIG = """\
+llm:
+  api_type: open_llm
+  base_url: '{base_url}'
+  model: '{model}'
+  api_key: {api_key}
+"""
+
+# Asks MetaGPT 0.7 the way a user does: config2.yaml -> metagpt.llm.LLM() -> aask. Prints one JSON result line.
+ASK_SCRIPT = """
+import asyncio, json, sys
+{prelude}
+from metagpt.llm import LLM
+
+async def main():
+    try:
+        answer = await LLM().aask("hello from the test", stream={stream})
+        result = {{"ok": True, "answer": answer}}
+    except Exception as exc:
+        result = {{"ok": False, "error": type(exc).__name__, "status": getattr(exc, "status_code", None)}}
+    print({mark!r} + json.dumps(result), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def vllm_server():
+    """A key-checking server started like the seed's: ``--api-key token-abc123``.
+
+    Its context is 8192 tokens because MetaGPT 0.7 always asks for ``max_tokens = llm.max_token`` (4096 by
+    default), which a 4096-token model rejects with 400 whatever the key (``doctor`` warns about that)."""
+    with VLLMServer(api_keys=[SEED_KEY], model=DEFAULT_MODEL, max_model_len=8192) as server:
+        yield server
+
+
+def write_config(home: Path, base_url: str, api_key: str = SEED_KEY, model: str = DEFAULT_MODEL,
+                 extra: str = "") -> Path:
+    path = home / ".metagpt" / "config2.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(SEED_CONFIG.format(base_url=base_url, model=model, api_key=api_key) + extra)
+    return path
+
+
+@pytest.fixture
+def user_home(tmp_path, vllm_server):
+    """A temporary HOME whose ~/.metagpt/config2.yaml is the seed's, pointed at ``vllm_server``."""
+    home = tmp_path / "home"
+    write_config(home, vllm_server.base_url)
+    return home
+
+
+def clean_env(home: Optional[Path] = None, **extra: str) -> Dict[str, str]:
+    """The test process's environment without proxies or our switch, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if k.upper() not in {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "METAGPT_VLLM_FIX",
+                                "METAGPT_PROJECT_ROOT", "VLLM_API_KEY", "PYTHONPATH"}}
+    if home is not None:
+        env["HOME"] = str(home)
+    env.update(extra)
+    return env
+
+
+def run_python(code: str, *, home: Optional[Path] = None, cwd: Optional[Path] = None, python: str = sys.executable,
+               args: tuple = (), timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (start-up hooks included) and return the completed process."""
+    return subprocess.run([python, *args, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=clean_env(home, **env), cwd=str(cwd or home or Path.cwd()), timeout=timeout)
+
+
+def ask_metagpt(home: Path, *, stream: bool = False, prelude: str = "", **env: str) -> dict:
+    """Run MetaGPT's ``LLM().aask`` in a fresh interpreter configured by ``home``; return its JSON result."""
+    proc = run_python(ASK_SCRIPT.format(prelude=prelude, stream=stream, mark=RESULT_MARK), home=home, **env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    assert lines, f"no result from the child (rc={proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    result = json.loads(lines[-1][len(RESULT_MARK):])
+    result["stderr"] = proc.stderr
+    return result
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory) -> Path:
+    """The project's wheel, built from this checkout the way pip builds it for users."""
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
+                   check=True, capture_output=True)
+    (wheel,) = out.glob("metagpt_vllm_fix-*.whl")
+    return wheel
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+@pytest.fixture(scope="session")
+def bare_venv(tmp_path_factory, built_wheel) -> Path:
+    """A fresh venv holding the plugin and its own dependencies, but no MetaGPT; returns its python."""
+    venv = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    python = venv_python(venv)
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(built_wheel), "wrapt==1.15.0", "packaging==23.2"],
+                   check=True, capture_output=True)
+    return python
+
+
+def imported_at_startup(python, *args: str, env: Optional[Dict[str, str]] = None) -> set:
+    """Names of the modules ``python -c pass`` imports, from ``-X importtime``."""
+    proc = subprocess.run([str(python), *args, "-X", "importtime", "-c", "pass"], capture_output=True, text=True,
+                          env=env or clean_env(), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}

@@ -1,0 +1,318 @@
+"""The vLLM 0.3 emulator, exercised over real HTTP on 127.0.0.1 (httpx and the openai SDK)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+
+import httpx
+import openai
+import pytest
+
+from metagpt_vllm_fix.server import (
+    DEFAULT_MODEL, RecordedRequest, VLLMServer, _mask, api_key_from_env, authorized, serve,
+)
+
+KEY = "sk-vllm-test-0123456789"
+OTHER_KEY = "sk-vllm-other-9876543210"
+UNAUTHORIZED = b'{"error":"Unauthorized"}'
+
+
+@pytest.fixture(scope="module")
+def server():
+    with VLLMServer(api_keys=[KEY]) as srv:
+        yield srv
+
+
+@pytest.fixture
+def client(server):
+    server.clear_requests()
+    with httpx.Client(base_url=server.url, timeout=5) as c:
+        yield c
+
+
+def auth(key=KEY):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def chat_body(text="hello there", **extra):
+    return {"model": DEFAULT_MODEL, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def sse_events(raw: str):
+    assert raw.endswith("\n\n"), "every event must be followed by a blank line"
+    blocks = raw[:-2].split("\n\n")
+    assert all(b.startswith("data: ") for b in blocks), blocks
+    return [b[len("data: "):] for b in blocks]
+
+
+def port_is_free(port):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+# --- the key check -----------------------------------------------------------------------------
+
+def test_wrong_key_gets_vllm_401_body(client):
+    for headers in (auth("sk-wrong-key-000000"), {}):
+        r = client.post("/v1/chat/completions", json=chat_body(), headers=headers)
+        assert r.status_code == 401
+        assert r.content == UNAUTHORIZED
+        assert r.headers["content-type"] == "application/json"
+
+
+def test_health_is_open_without_key(client):
+    r = client.get("/health")
+    assert (r.status_code, r.content) == (200, b"")
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/not-v1").status_code == 404  # outside /v1: routed, never 401
+
+
+def test_key_compare_is_exact_in_vllm_03_mode(client):
+    assert authorized(f"Bearer {KEY}", [KEY])
+    for header in (f"bearer {KEY}", f"Bearer {KEY} ", f"Bearer  {KEY}", KEY, "Bearer", "", None,
+                   f"Bearer {KEY[:-1]}", f"BEARER {KEY}"):
+        assert not authorized(header, [KEY], "vllm-0.3"), header
+    # Over the wire too (trailing spaces cannot be: HTTP strips them from header values).
+    for header in (f"bearer {KEY}", f"Bearer  {KEY}", f"Token {KEY}"):
+        r = client.get("/v1/models", headers={"Authorization": header})
+        assert (r.status_code, r.content) == (401, UNAUTHORIZED), header
+    assert client.get("/v1/models", headers=auth()).status_code == 200
+
+
+def test_newer_mode_accepts_case_insensitive_scheme_and_several_keys():
+    assert authorized(f"bearer {KEY}", [OTHER_KEY, KEY], "vllm-0.11")
+    assert authorized(f"BeArEr {OTHER_KEY}", [OTHER_KEY, KEY], "vllm-0.11")
+    for header in (f"Bearer  {KEY}", f"Bearer {KEY} ", f"Basic {KEY}", KEY, None, ""):
+        assert not authorized(header, [KEY], "vllm-0.11"), header
+    with pytest.raises(ValueError):
+        authorized(f"Bearer {KEY}", [KEY], "vllm-9")
+    with pytest.raises(ValueError):  # 0.3 has a single --api-key
+        VLLMServer(api_keys=[KEY, OTHER_KEY])
+    with VLLMServer(api_keys=[KEY, OTHER_KEY], key_check="vllm-0.11") as srv, httpx.Client(base_url=srv.url) as c:
+        assert c.get("/v1/models", headers={"Authorization": f"bearer {KEY}"}).status_code == 200
+        assert c.get("/v1/models", headers={"Authorization": f"BEARER {OTHER_KEY}"}).status_code == 200
+        r = c.get("/v1/models", headers=auth("sk-wrong-key-000000"))
+        assert (r.status_code, r.content) == (401, UNAUTHORIZED)
+        assert c.options("/v1/models").status_code != 401  # newer vLLM lets CORS preflights through
+
+
+def test_unknown_v1_path_without_key_is_401(client):
+    for path in ("/v1/nope", "/v1", "/v1beta/anything"):  # vLLM checks the "/v1" prefix, not a segment
+        r = client.get(path)
+        assert (r.status_code, r.content) == (401, UNAUTHORIZED), path
+    assert client.get("/v1/nope", headers=auth()).status_code == 404
+    assert client.get("/v1/chat/completions", headers=auth()).status_code == 405
+
+
+def test_no_key_configured_means_open_server():
+    with VLLMServer(api_keys=["", ""]) as srv, httpx.Client(base_url=srv.url) as c:
+        assert c.get("/v1/models").status_code == 200
+        r = c.post("/v1/chat/completions", json=chat_body("hi"), headers=auth("anything"))
+        assert r.status_code == 200
+        assert r.json()["choices"][0]["message"]["content"] == "echo: hi"
+
+
+def test_requests_record_authorization_header(server, client):
+    client.get("/health")
+    client.get("/v1/models")
+    client.post("/v1/chat/completions", json=chat_body(), headers=auth())
+    assert server.requests == [
+        RecordedRequest("GET", "/health", None, 200),
+        RecordedRequest("GET", "/v1/models", None, 401),
+        RecordedRequest("POST", "/v1/chat/completions", f"Bearer {KEY}", 200),
+    ]
+    assert KEY not in repr(server.requests)  # reprs mask the key
+    server.clear_requests()
+    assert server.requests == []
+
+
+def test_api_key_from_env_follows_vllm_precedence(monkeypatch):
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    assert api_key_from_env(None) is None
+    assert api_key_from_env("cli") == "cli"
+    assert api_key_from_env("") is None
+    monkeypatch.setenv("VLLM_API_KEY", "env")
+    assert api_key_from_env(None) == "env"
+    assert api_key_from_env("cli") == "env"  # vLLM 0.3: os.environ.get("VLLM_API_KEY") or args.api_key
+    assert api_key_from_env("cli", mode="vllm-0.11") == "cli"  # newer vLLM: --api-key wins
+    monkeypatch.setenv("VLLM_API_KEY", "")
+    assert api_key_from_env("cli") == "cli"
+
+
+def test_startup_log_masks_key(caplog):
+    assert _mask("12345678") == "***"
+    assert _mask("sk-abcdefghij") == "sk-...hij"
+    with caplog.at_level(logging.INFO, logger="metagpt_vllm_fix.server"):
+        with VLLMServer(api_keys=[KEY]):
+            pass
+    assert "sk-...789" in caplog.text
+    assert KEY not in caplog.text
+
+
+# --- endpoints ---------------------------------------------------------------------------------
+
+def test_models_lists_served_model_in_vllm_shape(client):
+    body = client.get("/v1/models", headers=auth()).json()
+    assert body["object"] == "list" and len(body["data"]) == 1
+    card = body["data"][0]
+    perm = card.pop("permission")[0]
+    created = card.pop("created")
+    assert isinstance(created, int)
+    assert card == {"id": DEFAULT_MODEL, "object": "model", "owned_by": "vllm", "root": DEFAULT_MODEL,
+                    "parent": None, "max_model_len": 4096}
+    assert perm["id"].startswith("modelperm-") and perm["object"] == "model_permission"
+    assert (perm["allow_sampling"], perm["allow_create_engine"], perm["organization"]) == (True, False, "*")
+
+
+def test_chat_non_stream_shape_and_usage(client):
+    r = client.post("/v1/chat/completions", headers=auth(), json={
+        "model": DEFAULT_MODEL, "max_tokens": 50,
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi  you\nall"}]})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert body["id"].startswith("cmpl-") and body["object"] == "chat.completion" and body["model"] == DEFAULT_MODEL
+    assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "echo: hi  you\nall"},
+                                "finish_reason": "stop"}]
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+
+
+def test_unknown_model_gets_vllm_404_shape(client):
+    r = client.post("/v1/chat/completions", headers=auth(), json={**chat_body(), "model": "gpt-4"})
+    assert r.status_code == 404
+    assert r.json() == {"object": "error", "message": "The model `gpt-4` does not exist.",
+                        "type": "NotFoundError", "param": None, "code": 404}
+    r = client.post("/v1/completions", headers=auth(), json={"model": "x", "prompt": "p"})
+    assert (r.status_code, r.json()["type"]) == (404, "NotFoundError")
+
+
+def test_bad_requests_get_400_in_vllm_shape(client):
+    bad = [b"{not json", json.dumps({"model": DEFAULT_MODEL}).encode(),
+           json.dumps({"model": "gpt-4"}).encode(),  # field validation precedes the model check
+           json.dumps(chat_body(max_tokens="many")).encode(), json.dumps(chat_body(max_tokens=0)).encode()]
+    for content in bad:
+        r = client.post("/v1/chat/completions", headers={**auth(), "Content-Type": "application/json"},
+                        content=content)
+        assert r.status_code == 400, content
+        body = r.json()
+        assert {k: body[k] for k in ("object", "type", "param", "code")} == {
+            "object": "error", "type": "BadRequestError", "param": None, "code": 400}
+        assert body["message"]
+
+
+def test_context_overflow_gets_400(client):
+    # MetaGPT 0.7 sends max_tokens=4096 by default: with a 4096-token model that overflows.
+    r = client.post("/v1/chat/completions", headers=auth(), json=chat_body("a b c", max_tokens=4096))
+    assert r.status_code == 400
+    assert r.json() == {"object": "error", "type": "BadRequestError", "param": None, "code": 400, "message": (
+        "This model's maximum context length is 4096 tokens. However, you requested 4099 tokens "
+        "(3 in the messages, 4096 in the completion). Please reduce the length of the messages or completion.")}
+    assert client.post("/v1/chat/completions", headers=auth(),
+                       json=chat_body("a b c", max_tokens=4093)).status_code == 200
+
+
+def test_max_tokens_truncates_with_length_finish(client):
+    r = client.post("/v1/chat/completions", headers=auth(), json=chat_body("one two three", max_tokens=2))
+    choice = r.json()["choices"][0]
+    assert (choice["message"]["content"], choice["finish_reason"]) == ("echo: one ", "length")
+
+
+def test_stream_ends_with_done(client):
+    with client.stream("POST", "/v1/chat/completions", headers=auth(),
+                       json=chat_body("stream me please", stream=True)) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = r.read().decode()
+    events = sse_events(raw)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" and c["model"] == DEFAULT_MODEL for c in chunks)
+    assert len({c["id"] for c in chunks}) == 1
+    assert chunks[0]["choices"] == [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]
+    middle = chunks[1:-1]
+    assert len(middle) == 4
+    assert "".join(c["choices"][0]["delta"]["content"] for c in middle) == "echo: stream me please"
+    assert all(c["choices"][0]["finish_reason"] is None for c in middle)
+    assert chunks[-1]["choices"] == [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    assert chunks[-1]["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
+def test_completions_plain_and_stream(client):
+    r = client.post("/v1/completions", headers=auth(), json={"model": DEFAULT_MODEL, "prompt": "say it"})
+    body = r.json()
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+    assert body["choices"] == [{"index": 0, "text": "echo: say it", "logprobs": None, "finish_reason": "stop"}]
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+    long_prompt = " ".join(["w"] * 30)  # vLLM 0.3 defaults completions to max_tokens=16
+    choice = client.post("/v1/completions", headers=auth(),
+                         json={"model": DEFAULT_MODEL, "prompt": long_prompt}).json()["choices"][0]
+    assert (len(choice["text"].split()), choice["finish_reason"]) == (16, "length")
+    with client.stream("POST", "/v1/completions", headers=auth(),
+                       json={"model": DEFAULT_MODEL, "prompt": ["a", "b c"], "stream": True}) as r:
+        events = sse_events(r.read().decode())
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e)["choices"][0] for e in events[:-1]]
+    texts = {i: "".join(c["text"] for c in chunks if c["index"] == i) for i in (0, 1)}
+    assert texts == {0: "echo: a", 1: "echo: b c"}
+    assert [c["finish_reason"] for c in chunks if c["finish_reason"]] == ["stop", "stop"]
+
+
+def test_openai_sdk_parses_chat_and_stream(server):
+    server.clear_requests()
+    sdk = openai.OpenAI(api_key=KEY, base_url=server.base_url, max_retries=0, timeout=5)
+    rsp = sdk.chat.completions.create(model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi sdk"}])
+    assert rsp.choices[0].message.content == "echo: hi sdk"
+    assert rsp.usage.total_tokens == rsp.usage.prompt_tokens + rsp.usage.completion_tokens == 2 + 3
+    pieces = [c.choices[0].delta.content or "" for c in sdk.chat.completions.create(
+        model=DEFAULT_MODEL, messages=[{"role": "user", "content": "hi stream"}], stream=True)]
+    assert "".join(pieces) == "echo: hi stream"
+    assert [r.authorization for r in server.requests] == [f"Bearer {KEY}"] * 2
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(api_key="sk-xxx", base_url=server.base_url, max_retries=0).models.list()
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        sdk.completions.create(model="nope", prompt="x")
+
+
+# --- lifecycle ---------------------------------------------------------------------------------
+
+def test_stop_is_idempotent_and_frees_port():
+    srv = VLLMServer(api_keys=[KEY]).start()
+    port = srv.port
+    assert port != 0 and srv.url == f"http://127.0.0.1:{port}" and srv.base_url == srv.url + "/v1"
+    assert not port_is_free(port)
+    assert httpx.get(srv.url + "/health").status_code == 200
+    srv.stop()
+    srv.stop()
+    assert port_is_free(port)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/health")
+    with VLLMServer(port=port) as again:  # the same port can be served again at once
+        assert httpx.get(again.url + "/health").status_code == 200
+
+
+def test_start_reports_bind_errors():
+    with VLLMServer() as srv:
+        with pytest.raises(OSError):
+            VLLMServer(port=srv.port).start()
+
+
+def test_serve_runs_until_cancelled():
+    async def scenario():
+        ready = asyncio.get_running_loop().create_future()
+        task = asyncio.ensure_future(serve(port=0, api_keys=[KEY], ready=ready.set_result))
+        url = await asyncio.wait_for(ready, 5)
+        async with httpx.AsyncClient(base_url=url) as c:
+            assert (await c.get("/v1/models")).status_code == 401
+            assert (await c.get("/v1/models", headers=auth())).json()["data"][0]["id"] == DEFAULT_MODEL
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return int(url.rsplit(":", 1)[1])
+
+    port = asyncio.run(scenario())
+    assert port_is_free(port)
