@@ -23,6 +23,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from aiohttp import web
 
+from .masking import mask
+
 __all__ = [
     "DEFAULT_MODEL", "KEY_CHECK_MODES", "RecordedRequest", "VLLMServer",
     "api_key_from_env", "authorized", "build_app", "run", "serve",
@@ -48,13 +50,8 @@ class RecordedRequest:
         auth = self.authorization
         if auth is not None:
             scheme, sep, cred = auth.partition(" ")
-            auth = scheme + sep + _mask(cred) if sep else _mask(auth)
+            auth = scheme + sep + mask(cred) if sep else mask(auth)
         return f"RecordedRequest({self.method} {self.path} auth={auth!r} -> {self.status})"
-
-
-def _mask(key: str) -> str:
-    """Short keys would be fully revealed by first-3/last-3, so hide them entirely."""
-    return "***" if len(key) <= 8 else f"{key[:3]}...{key[-3:]}"
 
 
 def _check_mode(mode: str) -> None:
@@ -319,7 +316,7 @@ def _describe_keys(api_keys: Sequence[str], key_check: str) -> str:
     keys = [k for k in api_keys if k]
     if not keys:
         return "no API key (open server)"
-    return f"API key check {key_check}, keys " + ", ".join(_mask(k) for k in keys)
+    return f"API key check {key_check}, keys " + ", ".join(mask(k) for k in keys)
 
 
 class VLLMServer:

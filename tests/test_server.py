@@ -10,8 +10,9 @@ import httpx
 import openai
 import pytest
 
+from metagpt_vllm_fix.masking import mask
 from metagpt_vllm_fix.server import (
-    DEFAULT_MODEL, RecordedRequest, VLLMServer, _mask, api_key_from_env, authorized, serve,
+    DEFAULT_MODEL, RecordedRequest, VLLMServer, api_key_from_env, authorized, serve,
 )
 
 KEY = "sk-vllm-test-0123456789"
@@ -146,8 +147,8 @@ def test_api_key_from_env_follows_vllm_precedence(monkeypatch):
 
 
 def test_startup_log_masks_key(caplog):
-    assert _mask("12345678") == "***"
-    assert _mask("sk-abcdefghij") == "sk-...hij"
+    assert mask("12345678901") == "***"
+    assert mask("sk-abcdefghij") == "sk-...hij"
     with caplog.at_level(logging.INFO, logger="metagpt_vllm_fix.server"):
         with VLLMServer(api_keys=[KEY]):
             pass
