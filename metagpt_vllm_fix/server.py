@@ -407,9 +407,13 @@ class VLLMServer:
 
 async def serve(*, host: str = "127.0.0.1", port: int = 8000, api_keys: Sequence[str] = (),
                 model: str = DEFAULT_MODEL, max_model_len: int = 4096, key_check: str = "vllm-0.3",
-                ready: Optional[Callable[[str], None]] = None) -> None:
-    """Serve until cancelled, then close the socket; ``ready(url)`` is called once listening."""
-    app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len, key_check=key_check)
+                ready: Optional[Callable[[str], None]] = None, recorder: Optional[list] = None) -> None:
+    """Serve until cancelled, then close the socket; ``ready(url)`` is called once listening.
+
+    ``recorder`` receives every answered request (see :func:`build_app`); the ``serve`` command prints them.
+    """
+    app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len, key_check=key_check,
+                    recorder=recorder)
     runner = web.AppRunner(app)
     await runner.setup()
     try:

@@ -3,8 +3,10 @@ and a runner for fresh interpreters of the test environment (so the .pth start-u
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,6 +19,7 @@ import pytest
 # MetaGPT 0.7 writes logs/ and workspace/ under its project root, which is the current directory when the
 # package is not a checkout: keep this interpreter's in a temporary directory, not in the repo.
 os.environ["METAGPT_PROJECT_ROOT"] = tempfile.mkdtemp(prefix="metagpt-root-")
+atexit.register(shutil.rmtree, os.environ["METAGPT_PROJECT_ROOT"], ignore_errors=True)
 
 from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
 

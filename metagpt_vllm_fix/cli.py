@@ -1,0 +1,229 @@
+"""The ``metagpt-vllm-fix`` command: demo, doctor, serve, status.
+
+Only argparse and the package itself are imported here; MetaGPT, httpx, aiohttp and rich are imported by the
+command that needs them, so ``status`` and ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .report import Report
+    from .server import RecordedRequest
+
+EPILOG = "Exit codes: 0 ok, 1 a problem was found, 2 usage or configuration error. Docs: docs/cli.md"
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metagpt-vllm-fix",
+        description="Make MetaGPT 0.7's open_llm provider send the api_key you configured (vLLM --api-key).",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    demo = commands.add_parser(
+        "demo", help="show the bug and the fix against a local vLLM-compatible server",
+        description="Start a vLLM-compatible server with a random --api-key on 127.0.0.1 and ask it twice through "
+                    "MetaGPT 0.7's open_llm provider: as shipped (401, 'Bearer sk-xxx') and patched (200).",
+        epilog="Exit codes: 0 the fix works (upstream got 401, patched got 200), 1 anything else.")
+    demo.add_argument("--api-key", metavar="KEY",
+                      help="use KEY as the server's key instead of a random one (it is never printed in full)")
+
+    doctor = commands.add_parser(
+        "doctor", help="check MetaGPT's config, the plugin and the server",
+        description="Read the configuration the way MetaGPT 0.7 does (METAGPT_ROOT/config/config2.yaml, then "
+                    "~/.metagpt/config2.yaml), then probe the server with the configured key.",
+        epilog="Exit codes: 0 ok (warnings allowed), 1 a problem was found, 2 usage or configuration error.")
+    doctor.add_argument("--config", metavar="PATH", help="check exactly this config2.yaml")
+    doctor.add_argument("--timeout", metavar="S", type=_positive_float, default=5.0,
+                        help="bound for all network checks together (default: 5)")
+    doctor.add_argument("--json", action="store_true", help="print one JSON object (fields in docs/cli.md)")
+
+    serve = commands.add_parser(
+        "serve", help="run a vLLM-compatible test server (no GPU, echo answers)",
+        description="A GPU-free stand-in for vLLM 0.3's OpenAI-compatible server: same key check, same 401/404/400 "
+                    "answers, deterministic echo text.",
+        epilog="The key may also come from VLLM_API_KEY, which wins over --api-key as in vLLM 0.3. "
+               "Ctrl-C or SIGTERM stops the server (exit 0).")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0 picks a free one)")
+    serve.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1 paths")
+    serve.add_argument("--model", default=None, metavar="NAME", help="served model name "
+                       "(default: meta-llama/Llama-2-7b-hf)")
+    serve.add_argument("--max-model-len", type=_positive_int, default=4096, metavar="N",
+                       help="context length the server enforces (default: 4096)")
+
+    status = commands.add_parser("status", help="one line: is the fix active here, and why",
+                                 description="Print whether the plugin is active, and why, in one line.")
+    status.add_argument("--json", action="store_true", help="print the status fields as one JSON object")
+    return parser
+
+
+def cmd_status(as_json: bool) -> int:
+    """One honest line: the plugin's state in this process (the CLI imports it) and automatic activation."""
+    from ._activation import status
+
+    st = status()
+    raw = os.environ.get("METAGPT_VLLM_FIX")
+    switch = f"METAGPT_VLLM_FIX={raw}" if raw is not None else "METAGPT_VLLM_FIX unset"
+    if st.code not in ("supported", "removed"):
+        automatic = "nothing to patch"
+        on = False
+    elif st.pth_file is None:
+        automatic = "not installed (no metagpt-vllm-fix.pth): only programs that `import metagpt_vllm_fix` are patched"
+        on = False
+    elif st.switch == "off":
+        automatic = f"off ({switch}): only programs that `import metagpt_vllm_fix` are patched"
+        on = False
+    else:
+        automatic = f"on ({st.pth_file}, {switch})"
+        on = True
+    line = f"{st} Automatic activation: {automatic}."
+    if as_json:
+        import dataclasses
+        import json
+
+        print(json.dumps({**dataclasses.asdict(st), "automatic": on, "line": line}))
+    else:
+        print(line)
+    return 0
+
+
+class _RequestLog(list):
+    """The server's recorder: prints one line per request as it is answered (keys masked)."""
+
+    def __init__(self, report: "Report", show: "Callable[[Optional[str]], str]") -> None:
+        super().__init__()
+        self.report, self.show = report, show
+
+    def append(self, item: "RecordedRequest") -> None:  # type: ignore[override]
+        header = ("no Authorization header" if item.authorization is None
+                  else f"Authorization: {self.show(item.authorization)}")
+        self.report.line(f"  {item.method} {item.path}  {header}  -> {item.status}")
+
+
+def _client_url(url: str) -> str:
+    """The URL a local client should use (a wildcard bind address is not one)."""
+    return url.replace("//0.0.0.0:", "//127.0.0.1:", 1).replace("//[::]:", "//[::1]:", 1)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the embedded vLLM-0.3-compatible server until Ctrl-C / SIGTERM."""
+    from . import server as srv
+    from .demo import show_header
+    from .doctor import is_loopback
+    from .masking import mask
+    from .report import PROBLEM, WARNING, Report
+
+    report = Report()
+    env_key = os.environ.get("VLLM_API_KEY") or None
+    key = srv.api_key_from_env(args.api_key)
+    report.secret(key, args.api_key, env_key)
+    model = args.model or srv.DEFAULT_MODEL
+    if key is None:
+        key_line = "none: every request is accepted (like vLLM started without --api-key)"
+    elif env_key and args.api_key and env_key != args.api_key:
+        key_line = f"{mask(key)} from VLLM_API_KEY, which wins over --api-key as in vLLM 0.3"
+    else:
+        key_line = f"{mask(key)} (from {'VLLM_API_KEY' if env_key else '--api-key'})"
+
+    def ready(url: str) -> None:
+        base_url = _client_url(url) + "/v1"
+        loopback = is_loopback(args.host)
+        report.title("metagpt-vllm-fix serve: a vLLM 0.3-compatible server for trying a config without a GPU")
+        report.field("URL", base_url + ("   (loopback only: reachable from this machine)" if loopback else ""))
+        report.field("API key", key_line)
+        report.field("model", f"{model} (max_model_len {args.max_model_len}; answers echo the prompt)")
+        if not loopback:
+            report.check(WARNING, f"listening on {args.host}, not loopback: anyone who can reach this machine can "
+                                  "use this server, and keys travel in clear text over plain http.")
+        report.line("config2.yaml for MetaGPT 0.7 (~/.metagpt/config2.yaml)"
+                    + (", with your key in place of the masked one:" if key else ":"))
+        report.line("  llm:")
+        report.line("    api_type: open_llm")
+        report.line(f"    base_url: '{base_url}'")
+        report.line(f"    model: '{model}'")
+        report.line(f"    api_key: '{mask(key)}'" if key else
+                    "    api_key: 'any-non-empty-text'   # MetaGPT requires one; this server checks none")
+        report.line(f"    max_token: {max(1, args.max_model_len // 4)}   # MetaGPT always asks for this many; "
+                    "it must fit in max_model_len with the prompt")
+        report.line("Requests are listed below as they come (keys masked). Ctrl-C stops the server.")
+
+    log = _RequestLog(report, lambda header: show_header(header, key or ""))
+    try:
+        srv.run(host=args.host, port=args.port, api_keys=[key] if key else [], model=model,
+                max_model_len=args.max_model_len, ready=ready, recorder=log)
+    except OSError as exc:
+        report.check(PROBLEM, f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return 1
+    report.line("stopped.")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``metagpt-vllm-fix`` console script and of ``python -m metagpt_vllm_fix``."""
+    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    try:
+        if args.command == "status":
+            return cmd_status(args.json)
+        if args.command == "demo":
+            from . import demo
+
+            return demo.run(api_key=args.api_key)
+        if args.command == "doctor":
+            from . import doctor
+
+            return doctor.run(config=args.config, timeout=args.timeout, as_json=args.json)
+        if args.command == "serve":
+            return cmd_serve(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `metagpt-vllm-fix doctor | head`: stop quietly, as other tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    raise AssertionError(args.command)  # pragma: no cover - argparse rejects unknown commands
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

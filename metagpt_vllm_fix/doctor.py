@@ -1,0 +1,699 @@
+"""``metagpt-vllm-fix doctor``: read the configuration the way MetaGPT 0.7 does, probe the server, explain.
+
+MetaGPT 0.7 builds ``Config.default()`` while it is imported (so a broken config2.yaml makes the import itself
+crash) and writes ``logs/``, ``workspace/`` and ``metagpt/tools/schemas`` under its project root (often the
+current directory). :func:`import_metagpt` therefore imports it against a scratch root and a scratch HOME; the
+doctor then runs MetaGPT's own ``Config.default()`` against the real paths, so it can report a broken file as
+a config error and leaves the user's directories alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
+
+from . import __version__, gate
+from ._activation import status as plugin_status
+from .masking import mask
+from .report import OK, PROBLEM, WARNING, Report, scrub_obj, worst
+
+EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
+PLACEHOLDER_KEY = "sk-xxx"  # what MetaGPT 0.7's OpenLLM sends instead of the configured key
+TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+TIKTOKEN_HOST = "openaipublic.blob.core.windows.net"
+MIN_PROMPT_ROOM = 256  # tokens a prompt needs at the very least next to llm.max_token
+_ROOT_MARKERS = (".git", ".project_root", ".gitignore")
+_SCRATCH_CONFIG = """\
+llm:
+  api_type: open_llm
+  base_url: 'http://127.0.0.1:9/v1'
+  model: placeholder
+  api_key: placeholder-not-used
+"""
+
+
+# --- importing MetaGPT without side effects ------------------------------------------------------------------
+
+
+def metagpt_root() -> Path:
+    """MetaGPT 0.7's ``METAGPT_ROOT`` (metagpt.const), computed without importing MetaGPT."""
+    env = os.getenv("METAGPT_PROJECT_ROOT")
+    if env:
+        return Path(env)
+    spec = importlib.util.find_spec("metagpt")
+    if spec is not None and spec.origin:
+        package_root = Path(spec.origin).parent.parent
+        if any((package_root / marker).exists() for marker in _ROOT_MARKERS):
+            return package_root
+    return Path.cwd()
+
+
+def quiet_loguru() -> None:
+    """Drop every loguru sink (MetaGPT's stderr INFO lines and its log file)."""
+    try:
+        from loguru import logger
+    except ImportError:
+        return
+    logger.remove()
+
+
+def import_metagpt(scratch: Path, modules: Sequence[str]) -> None:
+    """Import MetaGPT modules silently, with a scratch project root and HOME (see the module docstring).
+
+    A valid ``scratch/config/config2.yaml`` (the caller's, or a placeholder) lets ``Config.default()`` succeed
+    at import time; the environment is restored afterwards, and MetaGPT's loguru sinks are removed.
+    """
+    config = scratch / "config" / "config2.yaml"
+    if not config.exists():
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(_SCRATCH_CONFIG, encoding="utf-8")
+    names = ("METAGPT_PROJECT_ROOT", "HOME", "USERPROFILE")
+    saved = {name: os.environ.get(name) for name in names}
+    for name in names:
+        os.environ[name] = str(scratch)
+    quiet_loguru()  # before metagpt.const logs "Package root set to ..." through loguru's default sink
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # google-auth / api_core FutureWarnings at provider import
+            for module in modules:
+                importlib.import_module(module)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        quiet_loguru()
+
+
+@contextlib.contextmanager
+def quiet_plugin_log() -> Iterator[None]:
+    """Keep the plugin's own warnings (e.g. trimmed key) off stderr: the doctor reports them itself."""
+    logger = logging.getLogger("metagpt_vllm_fix")
+    previous = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = previous
+
+
+# --- reading the configuration ------------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """The configuration cannot be loaded by MetaGPT 0.7; the message is safe to print."""
+
+
+def _show_path(path: Path) -> str:
+    try:
+        return "~/" + str(path.relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
+def _yaml_error(path: Path, exc: Exception) -> str:
+    """A YAML error without the offending line's text (it could hold the key)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or type(exc).__name__
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{_show_path(path)} is not valid YAML: {problem}{where}"
+
+
+def _validation_error(exc: Exception) -> str:
+    """pydantic's errors as ``field: message``, never with the input values (they may hold secrets)."""
+    try:
+        errors = exc.errors()  # type: ignore[attr-defined]
+    except Exception:
+        return type(exc).__name__
+    parts = []
+    for error in errors:
+        loc = ".".join(str(part) for part in error.get("loc", ())) or "(top level)"
+        parts.append(f"{loc}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def _read_yaml(config_cls: Any, path: Path) -> Any:
+    import yaml
+
+    try:
+        return config_cls.read_yaml(path)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_yaml_error(path, exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{_show_path(path)} cannot be read: {exc.__class__.__name__}: {exc}") from None
+
+
+def load_config(config2: Any, explicit: Optional[Path]) -> Tuple[Any, List[Path], List[Path]]:
+    """MetaGPT's own loader: ``Config.from_yaml_file(explicit)`` or ``Config.default()`` on the real paths.
+
+    Returns ``(config, files used, files searched)``; raises :class:`ConfigError`.
+    """
+    from pydantic import ValidationError
+
+    config_cls = config2.Config
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"{explicit}: no such file")
+        data = _read_yaml(config_cls, explicit)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{_show_path(explicit)} is empty or not a YAML mapping")
+        try:
+            return config_cls.from_yaml_file(explicit), [explicit], [explicit]
+        except ValidationError as exc:
+            raise ConfigError(f"{_show_path(explicit)}: {_validation_error(exc)}") from None
+    root = metagpt_root()
+    searched = [root / "config" / "config2.yaml", Path.home() / ".metagpt" / "config2.yaml"]
+    used = [path for path in searched if path.exists()]
+    if not used:
+        raise ConfigError("no config2.yaml found: MetaGPT 0.7 reads " + " and ".join(_show_path(p) for p in searched)
+                          + "; neither exists (create ~/.metagpt/config2.yaml, or pass --config PATH)")
+    llm_from: Optional[Path] = None
+    for path in used:
+        data = _read_yaml(config_cls, path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{_show_path(path)} is empty or not a YAML mapping; MetaGPT 0.7 cannot start with it")
+        if "llm" in data:
+            llm_from = path
+    saved_root = config2.METAGPT_ROOT
+    config2.METAGPT_ROOT = root  # Config.default() reads this module global; the import used a scratch root
+    try:
+        return config_cls.default(), used, searched
+    except ValidationError as exc:
+        where = _show_path(llm_from) if llm_from else " and ".join(_show_path(p) for p in used) + " (no llm: block)"
+        raise ConfigError(f"{where}: {_validation_error(exc)}") from None
+    except Exception as exc:  # whatever else Config.default() trips on
+        raise ConfigError(f"MetaGPT cannot load {', '.join(_show_path(p) for p in used)}: "
+                          f"{type(exc).__name__}") from None
+    finally:
+        config2.METAGPT_ROOT = saved_root
+
+
+# --- probing the server -------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _server_root(base_url: str) -> str:
+    """``http://host:port`` part of ``base_url`` plus its path without a trailing ``/v1`` (where /health is)."""
+    url = base_url.rstrip("/")
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def _describe_failure(exc: BaseException, host: str, port: Optional[int], timeout: float) -> Tuple[str, str]:
+    """(kind, sentence) for an httpx exception, from its cause chain."""
+    import httpx
+
+    where = f"{host}:{port}" if port else host
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "timeout", (f"no answer to the connection attempt to {where} within {timeout:g} s "
+                           "(host down, wrong address, or a firewall dropping packets)")
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout", (f"{where} accepted the connection but sent no HTTP answer within {timeout:g} s "
+                           "(is it really an OpenAI-compatible server, and not stuck?)")
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.InvalidURL)):
+        return "bad-url", f"base_url is not a usable http(s) URL ({exc})"
+    cause: Optional[BaseException] = exc
+    seen = 0
+    while cause is not None and seen < 10:
+        if isinstance(cause, ConnectionRefusedError):
+            return "refused", f"connection refused: nothing listens on {where}. Is the server running, on this port?"
+        if isinstance(cause, socket.gaierror):
+            return "dns", f"cannot resolve host {host!r} (DNS lookup failed): check base_url"
+        if type(cause).__name__.startswith("SSL"):
+            return "tls", f"TLS error talking to {where}: {cause}"
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "protocol", f"{where} closed the connection without a valid HTTP answer ({exc})"
+    return "connect", f"cannot reach {where}: {type(exc).__name__}: {exc}"
+
+
+def probe_server(base_url: str, key: str, proxy: Optional[str], deadline: float, timeout: float) -> Dict[str, Any]:
+    """``GET {base_url}/models`` with the key (and ``/health`` without it after a 401), all before ``deadline``."""
+    import httpx
+
+    parts = urlsplit(base_url)
+    host, port = parts.hostname or "", parts.port
+    result: Dict[str, Any] = {"url": base_url.rstrip("/") + "/models", "reachable": None, "status": None,
+                              "error": None, "message": None, "models": [], "max_model_len": {}, "health": None}
+
+    def remaining() -> float:
+        return max(0.05, deadline - time.monotonic())
+
+    def client() -> "httpx.Client":
+        kwargs: Dict[str, Any] = {"timeout": remaining(), "follow_redirects": False}
+        if proxy:
+            try:
+                return httpx.Client(proxy=proxy, **kwargs)
+            except TypeError:  # httpx < 0.26
+                return httpx.Client(proxies=proxy, **kwargs)
+        return httpx.Client(**kwargs)
+
+    try:
+        with client() as http:
+            response = http.get(result["url"], headers={"Authorization": f"Bearer {key}"}, timeout=remaining())
+            result["reachable"], result["status"] = True, response.status_code
+            if response.status_code == 200:
+                try:
+                    cards = response.json().get("data", [])
+                    result["models"] = [c["id"] for c in cards if isinstance(c, dict) and isinstance(c.get("id"), str)]
+                    result["max_model_len"] = {c["id"]: c["max_model_len"] for c in cards if isinstance(c, dict)
+                                               and isinstance(c.get("id"), str)
+                                               and isinstance(c.get("max_model_len"), int)}
+                except (ValueError, AttributeError):
+                    result["error"] = "not-openai"
+                    result["message"] = "answered 200 but not with an OpenAI model list (is base_url right?)"
+            elif response.status_code == 401:
+                try:
+                    result["health"] = http.get(_server_root(base_url) + "/health", timeout=remaining()).status_code
+                except httpx.HTTPError:
+                    result["health"] = None
+    except httpx.HTTPError as exc:
+        result["reachable"] = False
+        result["error"], result["message"] = _describe_failure(exc, host, port, timeout)
+    except Exception as exc:  # e.g. a header the key cannot travel in
+        result["reachable"] = False
+        result["error"], result["message"] = "client", f"{type(exc).__name__}: {exc}"
+    return result
+
+
+def run_bounded(func: Any, timeout: float, *args: Any) -> Tuple[bool, Any]:
+    """Run ``func`` in a daemon thread; (finished, result). A stuck DNS lookup or socket cannot outlive us."""
+    box: Dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = func(*args)
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="doctor-probe", daemon=True)
+    thread.start()
+    thread.join(max(0.0, timeout))
+    if thread.is_alive():
+        return False, None
+    if "error" in box:
+        return True, box["error"]
+    return True, box.get("result")
+
+
+# --- tiktoken (token counting) ------------------------------------------------------------------------------
+
+
+def tiktoken_cache() -> Tuple[Optional[Path], bool]:
+    """(cl100k_base cache file or None when caching is disabled, whether it is there), as tiktoken decides."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        directory = os.environ["TIKTOKEN_CACHE_DIR"]
+    elif "DATA_GYM_CACHE_DIR" in os.environ:
+        directory = os.environ["DATA_GYM_CACHE_DIR"]
+    else:
+        directory = os.path.join(tempfile.gettempdir(), "data-gym-cache")
+    if directory == "":
+        return None, False
+    path = Path(directory) / hashlib.sha1(TIKTOKEN_URL.encode()).hexdigest()
+    return path, path.is_file()
+
+
+def _can_reach(host: str, port: int, timeout: float) -> bool:
+    with socket.create_connection((host, port), timeout=timeout):
+        return True
+
+
+def _proxy_env() -> bool:
+    return any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+
+
+# --- the doctor ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Check:
+    id: str
+    level: str
+    message: str
+
+
+class Doctor:
+    """Collects checks in display order, then prints them (text or JSON) and returns the exit code."""
+
+    def __init__(self, config_path: Optional[Path], timeout: float) -> None:
+        self.config_path = config_path
+        self.timeout = timeout
+        self.checks: List[Check] = []
+        self.secrets: List[str] = []
+        self.config_info: Dict[str, Any] = {"source": "--config" if config_path else "default", "files": [],
+                                            "searched": [], "error": None}
+        self.server_info: Dict[str, Any] = {"probed": False}
+        self.config_error = False
+
+    def add(self, check_id: str, level: str, message: str) -> None:
+        self.checks.append(Check(check_id, level, message))
+
+    # the sequence of checks
+
+    def run(self) -> None:
+        version = gate.installed_version()
+        self.metagpt_version = version.metagpt_version
+        if version.code == "metagpt-absent":
+            self.add("metagpt", PROBLEM, f"MetaGPT is not installed in this Python ({sys.executable}); "
+                                         "there is no configuration to check.")
+            return
+        scratch = Path(tempfile.mkdtemp(prefix="metagpt-vllm-fix-doctor-"))
+        try:
+            self._run_with_metagpt(version, scratch)
+        finally:
+            quiet_loguru()
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    def _run_with_metagpt(self, version: gate.Decision, scratch: Path) -> None:
+        try:
+            import_metagpt(scratch, ["metagpt.config2"])
+        except Exception as exc:
+            self.add("metagpt", PROBLEM, f"MetaGPT {version.metagpt_version} cannot be imported: "
+                                         f"{type(exc).__name__}: {exc}")
+            return
+        import metagpt.config2 as config2
+
+        try:
+            config, used, searched = load_config(config2, self.config_path)
+        except ConfigError as exc:
+            self._plugin_checks(version, None)
+            self.config_error = True
+            self.config_info["error"] = str(exc)
+            self.add("config", PROBLEM, f"config error: {exc}")
+            return
+        llm = config.llm
+        self.secrets += [llm.api_key, llm.api_key.strip(), urlsplit(llm.base_url).password or ""]
+        api_type = getattr(llm.api_type, "value", str(llm.api_type))
+        sent, error = self._provider_key(version, llm, api_type, scratch)
+        self._plugin_checks(version, api_type)
+        self._config_checks(llm, api_type, used, searched)
+        if error is not None:
+            self.add("provider", PROBLEM, f"MetaGPT's open_llm provider cannot be built from this config: {error}")
+        elif sent is not None:
+            self._provider_check(llm, sent)
+        tiktoken_probe = self._start_tiktoken_probe(llm, api_type)
+        deadline = time.monotonic() + self.timeout
+        self._server_checks(llm, api_type, deadline)
+        self._tiktoken_check(tiktoken_probe, deadline)
+
+    def _provider_key(self, version: gate.Decision, llm: Any, api_type: str,
+                      scratch: Path) -> Tuple[Optional[str], Optional[str]]:
+        """(key, error): what MetaGPT's own open_llm provider, built from this config here, would send."""
+        if api_type != "open_llm" or not version.supported:
+            return None, None
+        try:
+            import_metagpt(scratch, ["metagpt.provider"])
+            from metagpt.provider.llm_provider_registry import create_llm_instance
+
+            with quiet_plugin_log():
+                return create_llm_instance(llm).aclient.api_key, None
+        except Exception as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+
+    def _plugin_checks(self, version: gate.Decision, api_type: Optional[str]) -> None:
+        st = plugin_status()
+        self.status = st
+        open_llm = api_type == "open_llm"
+        if st.code in ("supported", "removed"):
+            self.add("metagpt", OK, f"MetaGPT {st.metagpt_version}: supported; the plugin makes open_llm send "
+                                    "llm.api_key instead of the hard-coded 'sk-xxx'")
+        elif st.code == "fixed-upstream":
+            self.add("metagpt", OK, f"{st.reason} The plugin stays inactive.")
+        else:
+            level = PROBLEM if open_llm else WARNING
+            tail = " api_type open_llm will send 'sk-xxx'." if open_llm and st.code != "unsupported-old" else ""
+            self.add("metagpt", level, f"plugin inactive: {st.reason}{tail}")
+        if not version.supported:
+            return
+        raw = os.environ.get("METAGPT_VLLM_FIX")
+        switch = f"METAGPT_VLLM_FIX={raw}" if raw is not None else "METAGPT_VLLM_FIX unset"
+        level = PROBLEM if open_llm else WARNING
+        consequence = ("MetaGPT run without `import metagpt_vllm_fix` (e.g. the `metagpt` command) "
+                       "sends api_key 'sk-xxx' and vLLM answers 401")
+        if st.pth_file is None:
+            self.add("activation", level, "automatic activation is not installed (no metagpt-vllm-fix.pth in this "
+                                          f"environment's site-packages): {consequence}. Reinstall with pip.")
+        elif st.switch == "off":
+            self.add("activation", level, f"automatic activation is off ({switch}): {consequence}.")
+        elif st.switch == "unknown":
+            self.add("activation", WARNING, f"{switch} is not one of 1, 0, strict; it is treated as 1 "
+                                            f"(automatic activation on, {st.pth_file}).")
+        else:
+            strict = "; strict: a failure to patch raises" if st.switch == "strict" else ""
+            self.add("activation", OK, f"automatic activation on in this environment ({_show_path(Path(st.pth_file))}, "
+                                       f"{switch}{strict})")
+
+    def _config_checks(self, llm: Any, api_type: str, used: List[Path], searched: List[Path]) -> None:
+        self.config_info.update(files=[os.path.abspath(p) for p in used],
+                                searched=[os.path.abspath(p) for p in searched],
+                                api_type=api_type, base_url=llm.base_url, model=llm.model,
+                                api_key=mask(llm.api_key), max_token=llm.max_token, calc_usage=llm.calc_usage,
+                                proxy=bool(llm.proxy))
+        if self.config_path is not None:
+            where = f"{_show_path(self.config_path)} (--config)"
+        else:
+            missing = [p for p in searched if p not in used]
+            where = ", then ".join(_show_path(p) for p in used)
+            if len(used) > 1:
+                where += " (the later file's llm: block replaces the earlier one)"
+            if missing:
+                where += "; not present: " + ", ".join(_show_path(p) for p in missing)
+        self.add("config-files", OK, f"config: {where}")
+        self.add("llm", OK, f"llm: api_type {api_type}, base_url {llm.base_url}, model {llm.model}, "
+                            f"api_key {mask(llm.api_key.strip())}")
+        key = llm.api_key
+        if key != key.strip():
+            self.add("api-key-whitespace", WARNING,
+                     "llm.api_key has whitespace around it: the plugin sends it trimmed (and logs a warning); "
+                     "without the plugin, or with another api_type, it would not match. Remove it from config2.yaml.")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in key.strip()):
+            self.add("api-key-control", PROBLEM, "llm.api_key contains a line break or control character, which an "
+                                                 "HTTP Authorization header cannot carry: fix the key.")
+        parts = urlsplit(llm.base_url)
+        host = parts.hostname or ""
+        if parts.scheme == "http" and host and not is_loopback(host):
+            self.add("cleartext", WARNING, f"base_url uses plain http:// to {host}, which is not this machine: the "
+                                           "key travels in clear text. Prefer https (a TLS proxy in front of vLLM) "
+                                           "or an SSH tunnel to 127.0.0.1.")
+        if api_type == "openai" and host and host != "api.openai.com":
+            self.add("api-type", WARNING, f"api_type openai pointed at {host} (not OpenAI): it works with vLLM, but "
+                                          "MetaGPT counts tokens and costs with OpenAI's tables ('model not found' "
+                                          "warnings). api_type: open_llm is meant for self-hosted servers.")
+        if api_type == "open_llm" and not llm.model:
+            self.add("model", PROBLEM, "llm.model is not set: MetaGPT sends no model name and the server rejects "
+                                       "the request. Set it to the served model's name.")
+
+    def _provider_check(self, llm: Any, sent: str) -> None:
+        if sent == llm.api_key.strip():
+            self.add("provider", OK, f"MetaGPT's open_llm provider, built here from this config with the plugin "
+                                     f"loaded, sends api_key {mask(sent)} (the configured one)")
+        elif sent == PLACEHOLDER_KEY:
+            self.add("provider", PROBLEM, f"MetaGPT's open_llm provider built from this config still sends "
+                                          f"'sk-xxx': the patch did not take ({self.status.reason})")
+        else:
+            self.add("provider", PROBLEM, f"MetaGPT's open_llm provider sends {mask(sent)}, not the configured key")
+
+    def _server_checks(self, llm: Any, api_type: str, deadline: float) -> None:
+        key = llm.api_key.strip()
+        if api_type not in ("open_llm", "openai"):
+            self.add("server", WARNING, f"server not probed: the doctor checks OpenAI-compatible servers "
+                                        f"(api_type open_llm or openai), not {api_type}.")
+            return
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+            return
+        started = time.monotonic()
+        finished, result = run_bounded(probe_server, deadline - started + 0.5, llm.base_url, key,
+                                       llm.proxy, deadline, self.timeout)
+        seconds = round(time.monotonic() - started, 2)
+        url = llm.base_url.rstrip("/") + "/models"
+        if not finished:
+            parts = urlsplit(llm.base_url)
+            result = {"url": url, "reachable": False, "status": None, "error": "timeout", "models": [],
+                      "max_model_len": {}, "health": None,
+                      "message": f"no answer from {parts.netloc} within {self.timeout:g} s"}
+        elif isinstance(result, BaseException):
+            result = {"url": url, "reachable": False, "status": None, "error": "client", "models": [],
+                      "max_model_len": {}, "health": None, "message": f"{type(result).__name__}: {result}"}
+        lengths: Dict[str, int] = result.pop("max_model_len", {})
+        self.server_info = {"probed": True, **result, "max_model_len": lengths.get(llm.model or ""),
+                            "seconds": seconds}
+        status, error = result.get("status"), result.get("error")
+        if not result.get("reachable"):
+            self.add("server", PROBLEM, f"server unreachable: {result['message']}")
+            return
+        if status == 401:
+            health = result.get("health")
+            if health == 200:
+                up = "The server itself is up: /health answers 200 without a key, so only the key is refused."
+            elif health is None:
+                up = "(/health did not answer either.)"
+            else:
+                up = f"(/health answers {health}.)"
+            if urlsplit(llm.base_url).hostname == "api.openai.com":
+                self.add("server", PROBLEM, f"401 Unauthorized from {url}: OpenAI refuses api_key {mask(key)}.")
+                return
+            self.add("server", PROBLEM,
+                     f"401 Unauthorized from {url}: the server refuses api_key {mask(key)}. It does not match the "
+                     "key the server was started with: its --api-key option, or its VLLM_API_KEY environment "
+                     "variable (vLLM 0.3 uses VLLM_API_KEY when both are set). Fix llm.api_key or the server's "
+                     f"key. {up}")
+            return
+        if status == 404:
+            self.add("server", PROBLEM, f"404 from {url}: no model list there. vLLM serves the OpenAI API under "
+                                        "/v1: base_url should look like http://HOST:8000/v1")
+            return
+        if status != 200 or error:
+            detail = result.get("message") or f"HTTP {status}"
+            self.add("server", PROBLEM, f"{url} answered {status}: {detail}")
+            return
+        models: List[str] = result.get("models") or []
+        max_len = lengths.get(llm.model or "")
+        shown = ", ".join(models) if models else "(none)"
+        self.add("server", OK, f"server answers with this key: {url} -> 200, serves {shown}")
+        if llm.model and llm.model not in models:
+            self.add("model", PROBLEM, f"llm.model {llm.model!r} is not served (the server serves: {shown}): "
+                                       "requests get 404. Set llm.model to a served name, or start vLLM with "
+                                       f"--served-model-name {llm.model}")
+        elif llm.model:
+            self.add("model", OK, f"llm.model {llm.model} is served")
+        if max_len is not None:
+            self._max_token_check(llm.max_token, max_len)
+
+    def _max_token_check(self, max_token: int, max_len: int) -> None:
+        room = max_len - max_token
+        suggestion = max(1, max_len // 4)
+        if max_token >= max_len:
+            self.add("max-token", PROBLEM,
+                     f"llm.max_token {max_token} >= the server's max_model_len {max_len}: MetaGPT 0.7 always asks "
+                     f"for max_tokens = llm.max_token, so every request fails with 400 (prompt + max_tokens > "
+                     f"max_model_len). Set llm.max_token to e.g. {suggestion}, or start vLLM with a larger "
+                     "--max-model-len.")
+        elif room < MIN_PROMPT_ROOM:
+            self.add("max-token", WARNING,
+                     f"llm.max_token {max_token} leaves only {room} of max_model_len {max_len} tokens for the "
+                     f"prompt: MetaGPT 0.7 always asks for max_tokens = llm.max_token, so longer prompts fail with "
+                     f"400. Set llm.max_token to e.g. {suggestion}.")
+        else:
+            self.add("max-token", OK, f"llm.max_token {max_token} leaves {room} of max_model_len {max_len} tokens "
+                                      "for the prompt")
+
+    def _start_tiktoken_probe(self, llm: Any, api_type: str) -> Optional[Dict[str, Any]]:
+        """When MetaGPT would need to download tiktoken's encoding, test (in the background) if it could."""
+        if not llm.calc_usage or api_type not in ("open_llm", "openai"):
+            return None
+        path, cached = tiktoken_cache()
+        if cached:
+            return None
+        probe: Dict[str, Any] = {"path": path, "proxy": _proxy_env(), "thread": None, "box": {}}
+        if not probe["proxy"]:
+            box = probe["box"]
+
+            def target() -> None:
+                try:
+                    box["ok"] = _can_reach(TIKTOKEN_HOST, 443, min(1.5, self.timeout))
+                except OSError:
+                    box["ok"] = False
+
+            probe["thread"] = threading.Thread(target=target, name="doctor-tiktoken", daemon=True)
+            probe["thread"].start()
+        return probe
+
+    def _tiktoken_check(self, probe: Optional[Dict[str, Any]], deadline: float) -> None:
+        if probe is None:
+            return
+        thread = probe["thread"]
+        if thread is not None:
+            thread.join(max(0.0, min(deadline - time.monotonic(), 1.5)))
+        reachable = probe["box"].get("ok")
+        fix = ("set calc_usage: false in the llm: block, or fill a TIKTOKEN_CACHE_DIR with cl100k_base "
+               "on a connected machine")
+        where = "caching is disabled (TIKTOKEN_CACHE_DIR is empty)" if probe["path"] is None else \
+            f"not cached in {probe['path'].parent}"
+        if reachable:
+            self.add("tiktoken", OK, f"token counting: tiktoken's cl100k_base is {where}; it will be downloaded "
+                                     f"from {TIKTOKEN_HOST} on first use")
+        else:
+            cond = "if this machine cannot reach" if probe["proxy"] else "and this machine cannot reach"
+            self.add("tiktoken", WARNING,
+                     f"token counting: llm.calc_usage is on, tiktoken's cl100k_base is {where}, {cond} "
+                     f"{TIKTOKEN_HOST}: MetaGPT will log 'usage calculation failed!' on streamed calls "
+                     f"(aask's default; the calls still succeed). To avoid it, {fix}.")
+
+    # verdict and output
+
+    @property
+    def exit_code(self) -> int:
+        if self.config_error:
+            return EXIT_CONFIG
+        return EXIT_PROBLEM if worst(c.level for c in self.checks) == PROBLEM else EXIT_OK
+
+    @property
+    def verdict(self) -> str:
+        return "error" if self.config_error else worst(c.level for c in self.checks)
+
+    def as_json(self) -> Dict[str, Any]:
+        st = getattr(self, "status", None)
+        plugin: Dict[str, Any] = {"version": __version__}
+        if st is not None:
+            plugin.update(dataclasses.asdict(st))
+            plugin["automatic"] = bool(st.pth_file) and st.switch != "off" and st.code in ("supported", "removed")
+        payload = {
+            "version": 1,
+            "verdict": self.verdict,
+            "exit_code": self.exit_code,
+            "metagpt_version": getattr(self, "metagpt_version", None),
+            "plugin": plugin,
+            "config": self.config_info,
+            "server": self.server_info,
+            "checks": [dataclasses.asdict(c) for c in self.checks],
+        }
+        return scrub_obj(payload, self.secrets)
+
+    def print_text(self, report: Report) -> None:
+        report.secret(*self.secrets)
+        report.title("metagpt-vllm-fix doctor")
+        for check in self.checks:
+            report.check(check.level, check.message)
+        code = self.exit_code
+        advice = {EXIT_OK: "all good" if self.verdict == OK else "works; see the warnings above",
+                  EXIT_PROBLEM: "fix the problems above",
+                  EXIT_CONFIG: "fix the configuration: MetaGPT 0.7 cannot load it"}[code]
+        report.line(f"verdict: {self.verdict} (exit {code}): {advice}")
+
+
+def run(config: Optional[str] = None, timeout: float = 5.0, as_json: bool = False,
+        report: Optional[Report] = None) -> int:
+    """The ``doctor`` command; returns its exit code."""
+    doctor = Doctor(Path(config).expanduser() if config else None, timeout)
+    doctor.run()
+    if as_json:
+        sys.stdout.write(json.dumps(doctor.as_json(), indent=2) + "\n")
+        sys.stdout.flush()
+    else:
+        doctor.print_text(report or Report())
+    return doctor.exit_code

@@ -1,0 +1,99 @@
+"""``serve`` (the embedded server as a command) and ``status`` (one line), as subprocesses."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from conftest import clean_env
+from metagpt_vllm_fix.doctor import is_loopback
+from metagpt_vllm_fix.masking import mask
+from test_cli_doctor import start_serve, stop
+
+CLI = [sys.executable, "-m", "metagpt_vllm_fix"]
+KEY = "token-serve-0123456789"
+ENV_KEY = "token-from-env-0123456789"
+
+
+def test_serve_enforces_the_key_prints_a_masked_config_and_stops_on_sigint(tmp_path):
+    proc, base_url, out = start_serve(tmp_path, "--api-key", KEY, "--model", "my-model", "--max-model-len", "2048")
+    wrong = httpx.get(base_url + "/models", headers={"Authorization": "Bearer nope"}, timeout=5)
+    right = httpx.get(base_url + "/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=5)
+    code, stderr = stop(proc, signal.SIGINT)
+    assert (wrong.status_code, wrong.content) == (401, b'{"error":"Unauthorized"}')
+    assert right.status_code == 200 and right.json()["data"][0]["id"] == "my-model"
+    text = out.read_text()
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert f"URL          {base_url}   (loopback only" in text
+    assert f"API key      {mask(KEY)} (from --api-key)" in text
+    for line in ("  llm:", "    api_type: open_llm", f"    base_url: '{base_url}'", "    model: 'my-model'",
+                 f"    api_key: '{mask(KEY)}'", "    max_token: 512"):
+        assert line + "\n" in text or line + " " in text, (line, text)
+    assert "GET /v1/models  Authorization: Bearer *** -> 401" in text.replace("  -> ", " -> ")
+    assert f"GET /v1/models  Authorization: Bearer {mask(KEY)}  -> 200" in text
+    assert KEY not in text + stderr
+    assert text.rstrip().endswith("stopped.")
+
+
+def test_serve_prefers_vllm_api_key_like_vllm_03_and_stops_on_sigterm(tmp_path):
+    proc, base_url, out = start_serve(tmp_path, "--api-key", KEY, VLLM_API_KEY=ENV_KEY)
+    by_env = httpx.get(base_url + "/models", headers={"Authorization": f"Bearer {ENV_KEY}"}, timeout=5)
+    by_option = httpx.get(base_url + "/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=5)
+    code, stderr = stop(proc, signal.SIGTERM)
+    assert (by_env.status_code, by_option.status_code) == (200, 401)
+    assert code == 0 and "Traceback" not in stderr, stderr
+    text = out.read_text()
+    assert f"{mask(ENV_KEY)} from VLLM_API_KEY, which wins over --api-key" in text
+    assert ENV_KEY not in text and KEY not in text
+
+
+def test_serve_on_a_busy_port_fails_with_one_clear_line(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        proc = subprocess.run([*CLI, "serve", "--port", str(port)], capture_output=True, text=True,
+                              env=clean_env(tmp_path), cwd=str(tmp_path), timeout=30)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"problem cannot listen on 127.0.0.1:{port}" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("localhost", True), ("::1", True),
+                                            ("0.0.0.0", False), ("192.168.1.20", False), ("gpu-box", False)])
+def test_loopback_addresses_are_told_apart_for_the_serve_warning(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def run_cli(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-X", "importtime", "-m", "metagpt_vllm_fix", *args], capture_output=True,
+                          text=True, env=clean_env(tmp_path, **env), cwd=str(tmp_path), timeout=60)
+
+
+def imported(proc: subprocess.CompletedProcess) -> set:
+    return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+
+
+@pytest.mark.parametrize("switch, automatic", [
+    (None, "Automatic activation: on ("),
+    ("0", "Automatic activation: off (METAGPT_VLLM_FIX=0): only programs that `import metagpt_vllm_fix` are patched."),
+])
+def test_status_prints_one_line_about_this_process_and_automatic_activation(tmp_path, switch, automatic):
+    proc = run_cli(tmp_path, "status", **({"METAGPT_VLLM_FIX": switch} if switch else {}))
+    assert proc.returncode == 0
+    (line,) = proc.stdout.splitlines()
+    assert line.startswith("pending: will patch when metagpt.provider.open_llm_api is imported (MetaGPT 0.7.7).")
+    assert automatic in line
+
+
+@pytest.mark.parametrize("args", [("status",), ("--help",), ("doctor", "--help")])
+def test_status_and_help_do_not_import_metagpt_or_http_libraries(tmp_path, args):
+    proc = run_cli(tmp_path, *args)
+    assert proc.returncode == 0
+    heavy = {m for m in imported(proc) if m.split(".")[0] in ("metagpt", "httpx", "aiohttp", "rich", "openai")}
+    assert heavy == set()
