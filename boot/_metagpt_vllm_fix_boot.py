@@ -13,22 +13,21 @@ import sys
 
 TARGET = "metagpt.provider.open_llm_api"
 SWITCH = "METAGPT_VLLM_FIX"
+MARK = "_metagpt_vllm_fix_finder"  # recognised by attribute, so a second copy of this module never recurses
 
 _OFF = frozenset({"0", "off", "false", "no", "disable", "disabled"})
 _ON = frozenset({"", "1", "on", "true", "yes", "auto"})
+_busy = set()
 
 
 def mode(value=None):
     """Read the ``METAGPT_VLLM_FIX`` switch: ``"auto"``, ``"off"``, ``"strict"`` or ``"unknown"``."""
-    raw = os.environ.get(SWITCH, "") if value is None else value
-    word = raw.strip().lower()
+    word = (os.environ.get(SWITCH, "") if value is None else value).strip().lower()
     if word in _ON:
         return "auto"
     if word in _OFF:
         return "off"
-    if word == "strict":
-        return "strict"
-    return "unknown"
+    return "strict" if word == "strict" else "unknown"
 
 
 class _ChainedLoader:
@@ -41,57 +40,68 @@ class _ChainedLoader:
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
-        self.loader.exec_module(module)
-        module.__loader__ = self.loader
-        spec = getattr(module, "__spec__", None)
-        if spec is not None and spec.loader is self:
-            spec.loader = self.loader
+        try:
+            self.loader.exec_module(module)
+        finally:
+            if getattr(module, "__loader__", None) is self:
+                module.__loader__ = self.loader
+            spec = getattr(module, "__spec__", None)
+            if spec is not None and spec.loader is self:
+                spec.loader = self.loader
         _module_loaded(module)
 
     def __getattr__(self, name):  # get_source, get_code, is_package, ... for tracebacks and inspect
-        return getattr(self.loader, name)
+        loader = self.__dict__.get("loader")
+        if loader is None:
+            raise AttributeError(name)
+        return getattr(loader, name)
 
 
 class Finder:
     """A meta-path finder that answers for TARGET only, by asking the finders behind it."""
 
+    _metagpt_vllm_fix_finder = True
+
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != TARGET:
+        if fullname != TARGET or fullname in _busy:
             return None
-        for finder in sys.meta_path:
-            if finder is self or isinstance(finder, Finder):
-                continue
-            find_spec = getattr(finder, "find_spec", None)
-            if find_spec is None:
-                continue
-            spec = find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _ChainedLoader(spec.loader)
-                return spec
-        return None
+        _busy.add(fullname)
+        try:
+            finders = sys.meta_path
+            behind = finders[finders.index(self) + 1:] if self in finders else finders
+            for finder in behind:
+                find_spec = getattr(finder, "find_spec", None)
+                if getattr(finder, MARK, False) or find_spec is None:
+                    continue
+                spec = find_spec(fullname, path, target)
+                if spec is not None:
+                    if hasattr(spec.loader, "exec_module"):
+                        spec.loader = _ChainedLoader(spec.loader)
+                    return spec
+            return None
+        finally:
+            _busy.discard(fullname)
 
 
 def _module_loaded(module):
     """Hand the freshly executed module to the package; only strict mode lets a failure escape."""
     try:
         from metagpt_vllm_fix import _activation
-    except Exception as exc:  # the package or wrapt is broken: MetaGPT must still import
+
+        _activation.module_loaded(module)
+    except Exception as exc:  # the package, wrapt or the gate broke: MetaGPT must still import
         if mode() == "strict":
             raise
         import logging
 
         logging.getLogger("metagpt_vllm_fix").warning(
-            "metagpt-vllm-fix could not load (%s: %s); MetaGPT's open_llm provider is NOT patched.",
-            type(exc).__name__, exc,
+            "metagpt-vllm-fix failed (%s: %s); MetaGPT's open_llm provider is NOT patched.", type(exc).__name__, exc
         )
-        return
-    _activation.module_loaded(module, source="hook")
 
 
 def installed():
     """True when a finder of ours is on sys.meta_path."""
-    return any(isinstance(finder, Finder) for finder in sys.meta_path)
+    return any(getattr(finder, MARK, False) for finder in sys.meta_path)
 
 
 def install():
@@ -99,13 +109,14 @@ def install():
     if not installed():
         sys.meta_path.insert(0, Finder())
     module = sys.modules.get(TARGET)
-    if module is not None:
+    spec = getattr(module, "__spec__", None)
+    if module is not None and not getattr(spec, "_initializing", False):  # still executing: the loader hook fires
         _module_loaded(module)
 
 
 def uninstall():
     """Take every finder of ours off sys.meta_path."""
-    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, Finder)]
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not getattr(finder, MARK, False)]
 
 
 def autoload():
@@ -113,5 +124,5 @@ def autoload():
     try:
         if mode() != "off":
             install()
-    except Exception:  # pragma: no cover - start-up must survive anything
+    except Exception:  # start-up must survive anything
         pass

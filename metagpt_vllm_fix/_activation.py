@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Optional
@@ -21,6 +22,7 @@ from . import gate, patch
 log = logging.getLogger("metagpt_vllm_fix")
 _lock = threading.RLock()
 _refused: Optional[gate.Decision] = None  # why the loaded module was left alone, if it was
+_decided: Optional["weakref.ref[ModuleType]"] = None  # the module that decision was about (decide once per module)
 PTH_NAME = "metagpt-vllm-fix.pth"
 
 
@@ -45,18 +47,22 @@ class Status:
         return f"{self.state}: {self.reason}"
 
 
-def module_loaded(module: ModuleType, source: str = "hook") -> None:
-    """Patch the freshly imported ``metagpt.provider.open_llm_api`` if the gate allows it."""
-    global _refused
+def module_loaded(module: ModuleType) -> None:
+    """Patch the freshly imported ``metagpt.provider.open_llm_api`` if the gate allows it.
+
+    Also the entry point's hook (wrapt's post-import-hook convention: called with the module).
+    """
+    global _refused, _decided
     with _lock:
         cls = getattr(module, gate.CLASS_NAME, None)
-        if patch.is_patched(cls):
+        if patch.is_patched(cls) or (_refused is not None and _decided is not None and _decided() is module):
             return
         switch = boot.mode()
         if switch == "unknown":
-            log.warning("%s=%r is not one of 1, 0, strict; treating it as 1.", boot.SWITCH,
+            log.warning("%s=%r is not a known value (1, 0, strict, on, off, ...); treating it as 1.", boot.SWITCH,
                         os.environ.get(boot.SWITCH, "")[:20])
         decision = gate.check(module)
+        _decided = weakref.ref(module)
         if decision.supported:
             patch.patch(cls)
             _refused = None
@@ -79,14 +85,14 @@ def apply() -> Status:
 
 def remove() -> Status:
     """Undo ``apply()``: drop the import hook and restore the original method object. Idempotent."""
-    global _refused
+    global _refused, _decided
     with _lock:
         boot.uninstall()
         module = sys.modules.get(boot.TARGET)
         cls = getattr(module, gate.CLASS_NAME, None) if module is not None else None
         if isinstance(cls, type) and patch.unpatch(cls):
             log.info("removed the patch from %s.%s.", gate.CLASS_NAME, gate.METHOD_NAME)
-        _refused = None
+        _refused = _decided = None
     return status()
 
 
@@ -117,6 +123,10 @@ def status() -> Status:
                       f"OpenLLM._make_client_kwargs is patched: open_llm sends llm.api_key "
                       f"(MetaGPT {version.metagpt_version}).", **common)
     refused = _refused
+    if patch.wrapt is None:
+        return Status(False, "inactive", "wrapt-missing",
+                      "wrapt is not installed (pip install wrapt): MetaGPT's open_llm provider cannot be patched.",
+                      **common)
     if refused is not None:
         return Status(False, "inactive", refused.code, refused.reason, **common)
     if not version.supported:
@@ -129,6 +139,7 @@ def status() -> Status:
         return Status(False, "pending", "supported",
                       f"will patch when metagpt.provider.open_llm_api is imported (MetaGPT {version.metagpt_version}).",
                       **common)
-    why = (f"automatic activation is off ({boot.SWITCH}=0)" if boot.mode() == "off"
+    why = (f"automatic activation is off ({boot.SWITCH}={os.environ.get(boot.SWITCH, '')[:20]!r})"
+           if boot.mode() == "off"
            else "the import hook is not installed")
     return Status(False, "inactive", "not-applied", f"{why}; call metagpt_vllm_fix.apply() to patch.", **common)

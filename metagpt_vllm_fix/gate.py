@@ -66,9 +66,22 @@ def _by_version(version: str) -> Decision:
     )
 
 
+PLACEHOLDER = "sk-xxx"
+
+
 def check(module: ModuleType) -> Decision:
-    """Full gate for the imported ``metagpt.provider.open_llm_api``: version first, then the target's shape."""
+    """Full gate for the imported ``metagpt.provider.open_llm_api``: version first, then the target's shape.
+
+    Without readable metadata (MetaGPT run from a source tree, a damaged dist-info) the code decides: the 0.7
+    shape with the hard-coded placeholder is patched, anything else is left alone.
+    """
     decision = installed_version()
+    if decision.code in ("metagpt-absent", "metadata-broken"):
+        if _shape_problem(module) is None and _has_placeholder(module):
+            where = getattr(module, "__file__", None) or module.__name__
+            return Decision(True, "supported", f"{where} is MetaGPT 0.7's OpenLLM with api_key={PLACEHOLDER!r} "
+                            f"(no readable version metadata: {decision.reason})")
+        return decision
     if not decision.supported:
         return decision
     problem = _shape_problem(module)
@@ -76,6 +89,12 @@ def check(module: ModuleType) -> Decision:
         return Decision(False, "shape-changed", f"MetaGPT {decision.metagpt_version}: {problem}; not patching.",
                         decision.metagpt_version)
     return decision
+
+
+def _has_placeholder(module: ModuleType) -> bool:
+    """True when ``OpenLLM._make_client_kwargs`` carries MetaGPT 0.7's hard-coded key among its constants."""
+    function = inspect.unwrap(getattr(module, CLASS_NAME).__dict__[METHOD_NAME])
+    return PLACEHOLDER in function.__code__.co_consts
 
 
 def _shape_problem(module: ModuleType) -> Optional[str]:

@@ -10,12 +10,17 @@ from __future__ import annotations
 import logging
 from typing import Any, Optional
 
-import wrapt
+try:
+    import wrapt
+except ImportError:  # reported by status() and by the hook's warning; MetaGPT still imports
+    wrapt = None
 
 from .gate import METHOD_NAME
 from .masking import mask
 
 log = logging.getLogger("metagpt_vllm_fix")
+# wrapt 2.x moved FunctionWrapper onto BaseObjectProxy; wrapt 1.x has only ObjectProxy.
+_PROXY = (getattr(wrapt, "BaseObjectProxy", None) or wrapt.ObjectProxy) if wrapt is not None else ()
 
 
 class InvalidApiKey(ValueError):
@@ -23,13 +28,13 @@ class InvalidApiKey(ValueError):
 
 
 def _clean_key(key: Any) -> Any:
-    """Trim surrounding whitespace (with a warning); refuse control characters inside the key."""
+    """Trim surrounding whitespace (with a warning); refuse what an HTTP header cannot carry inside the key."""
     if not isinstance(key, str):
         return key
     clean = key.strip()
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in clean):
+    if any(not 32 <= ord(ch) < 127 for ch in clean):
         raise InvalidApiKey(
-            f"llm.api_key ({mask(clean)}) contains a line break or control character, which an HTTP "
+            f"llm.api_key ({mask(clean)}) contains a line break, control or non-ASCII character, which an HTTP "
             "Authorization header cannot carry; fix the key in your config2.yaml."
         )
     if clean != key:
@@ -53,14 +58,14 @@ def _send_configured_key(wrapped: Any, instance: Any, args: tuple, kwargs: dict)
 
 
 def _is_ours(obj: Any) -> bool:
-    return isinstance(obj, wrapt.ObjectProxy) and getattr(obj, "_self_wrapper", None) is _send_configured_key
+    return isinstance(obj, _PROXY) and getattr(obj, "_self_wrapper", None) is _send_configured_key
 
 
 def _chain(obj: Any):
     """Yield ``obj`` and every object it wraps, outermost first."""
     while obj is not None:
         yield obj
-        obj = getattr(obj, "__wrapped__", None) if isinstance(obj, wrapt.ObjectProxy) else None
+        obj = getattr(obj, "__wrapped__", None) if isinstance(obj, _PROXY) else None
 
 
 def _owner_of_ours(cls: type) -> Optional[type]:
@@ -80,6 +85,8 @@ def patch(cls: type) -> bool:
     """Wrap ``cls.<method>`` once; return False when it was already wrapped by us."""
     if is_patched(cls):
         return False
+    if wrapt is None:
+        raise ImportError("wrapt is not installed (pip install wrapt); MetaGPT's open_llm provider is NOT patched")
     wrapt.wrap_function_wrapper(cls, METHOD_NAME, _send_configured_key)
     return True
 

@@ -21,7 +21,14 @@ import pytest
 os.environ["METAGPT_PROJECT_ROOT"] = tempfile.mkdtemp(prefix="metagpt-root-")
 atexit.register(shutil.rmtree, os.environ["METAGPT_PROJECT_ROOT"], ignore_errors=True)
 
-from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
+import _metagpt_vllm_fix_boot  # noqa: E402  (installed at the top of site-packages by the wheel or editable install)
+from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+# An editable install copies boot/ into site-packages: refuse to test a stale copy of the start-up hook.
+if Path(_metagpt_vllm_fix_boot.__file__).read_bytes() != (REPO / "boot" / "_metagpt_vllm_fix_boot.py").read_bytes():
+    pytest.exit("the installed _metagpt_vllm_fix_boot.py differs from boot/: run `make venv` (or `make test`)", 2)
 
 SEED_KEY = "token-abc123"
 RESULT_MARK = "@@RESULT@@ "
@@ -104,9 +111,6 @@ def ask_metagpt(home: Path, *, stream: bool = False, prelude: str = "", **env: s
     result = json.loads(lines[-1][len(RESULT_MARK):])
     result["stderr"] = proc.stderr
     return result
-
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="session")

@@ -89,27 +89,31 @@ def test_theirs_below_ours_composes_and_survives_remove(open_llm):
     metagpt_vllm_fix.remove()
     original = open_llm.__dict__["_make_client_kwargs"]
     wrapt.wrap_function_wrapper(open_llm, "_make_client_kwargs", _their_wrapper)
-    theirs = open_llm.__dict__["_make_client_kwargs"]
-    metagpt_vllm_fix.apply()
-    client = make_llm().aclient
-    assert client.api_key == KEY and client.default_headers["X-Theirs"] == "1"
-    metagpt_vllm_fix.remove()
-    assert open_llm.__dict__["_make_client_kwargs"] is theirs
-    assert make_llm().aclient.api_key == "sk-xxx"
-    open_llm._make_client_kwargs = original
+    try:
+        theirs = open_llm.__dict__["_make_client_kwargs"]
+        metagpt_vllm_fix.apply()
+        client = make_llm().aclient
+        assert client.api_key == KEY and client.default_headers["X-Theirs"] == "1"
+        metagpt_vllm_fix.remove()
+        assert open_llm.__dict__["_make_client_kwargs"] is theirs
+        assert make_llm().aclient.api_key == "sk-xxx"
+    finally:
+        open_llm._make_client_kwargs = original
 
 
 def test_theirs_above_ours_keeps_working_when_ours_is_removed(open_llm):
     metagpt_vllm_fix.apply()
     original = inspect.unwrap(open_llm.__dict__["_make_client_kwargs"])
     wrapt.wrap_function_wrapper(open_llm, "_make_client_kwargs", _their_wrapper)
-    theirs = open_llm.__dict__["_make_client_kwargs"]
-    metagpt_vllm_fix.remove()
-    assert open_llm.__dict__["_make_client_kwargs"] is theirs
-    assert theirs.__wrapped__ is original
-    client = make_llm().aclient
-    assert client.api_key == "sk-xxx" and client.default_headers["X-Theirs"] == "1"
-    open_llm._make_client_kwargs = original
+    try:
+        theirs = open_llm.__dict__["_make_client_kwargs"]
+        metagpt_vllm_fix.remove()
+        assert open_llm.__dict__["_make_client_kwargs"] is theirs
+        assert theirs.__wrapped__ is original
+        client = make_llm().aclient
+        assert client.api_key == "sk-xxx" and client.default_headers["X-Theirs"] == "1"
+    finally:
+        open_llm._make_client_kwargs = original
 
 
 def test_key_with_surrounding_whitespace_is_trimmed_and_never_logged(open_llm, caplog):
