@@ -3,7 +3,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.bootstrapped
 DEPS   := pyproject.toml scripts/bootstrap $(wildcard requirements/*.txt) $(wildcard boot/*)
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench matrix venv clean
 
 demo: $(STAMP)
 	$(VENV)/bin/metagpt-vllm-fix demo
@@ -14,6 +14,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/startup.py $(BENCH_ARGS)
 
+matrix:
+	scripts/python-matrix
+
 venv: $(STAMP)
 
 $(STAMP): $(DEPS)
@@ -21,4 +24,4 @@ $(STAMP): $(DEPS)
 	@touch $@
 
 clean:
-	rm -rf $(VENV) build dist
+	rm -rf $(VENV) .venv-py*/ build dist

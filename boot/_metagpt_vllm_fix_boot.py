@@ -91,6 +91,8 @@ def _module_loaded(module):
         _activation.module_loaded(module)
     except Exception as exc:  # the package, wrapt or the gate broke: MetaGPT must still import
         if mode() == "strict":
+            if isinstance(exc, ImportError):
+                raise ImportError(f"metagpt-vllm-fix ({SWITCH}=strict) could not patch MetaGPT: {exc}") from exc
             raise
         import logging
 

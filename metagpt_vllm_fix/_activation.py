@@ -125,7 +125,7 @@ def status() -> Status:
     refused = _refused
     if patch.wrapt is None:
         return Status(False, "inactive", "wrapt-missing",
-                      "wrapt is not installed (pip install wrapt): MetaGPT's open_llm provider cannot be patched.",
+                      f"wrapt cannot be imported ({patch.WRAPT_ERROR}): MetaGPT's open_llm provider is not patched.",
                       **common)
     if refused is not None:
         return Status(False, "inactive", refused.code, refused.reason, **common)

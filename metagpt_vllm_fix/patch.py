@@ -12,8 +12,11 @@ from typing import Any, Optional
 
 try:
     import wrapt
-except ImportError:  # reported by status() and by the hook's warning; MetaGPT still imports
+
+    WRAPT_ERROR = ""
+except ImportError as exc:  # reported by status() and by the hook's warning; MetaGPT still imports
     wrapt = None
+    WRAPT_ERROR = f"{type(exc).__name__}: {exc}"
 
 from .gate import METHOD_NAME
 from .masking import mask
@@ -86,7 +89,7 @@ def patch(cls: type) -> bool:
     if is_patched(cls):
         return False
     if wrapt is None:
-        raise ImportError("wrapt is not installed (pip install wrapt); MetaGPT's open_llm provider is NOT patched")
+        raise ImportError(f"wrapt cannot be imported ({WRAPT_ERROR})")
     wrapt.wrap_function_wrapper(cls, METHOD_NAME, _send_configured_key)
     return True
 

@@ -1,0 +1,180 @@
+"""Version matrix: the seed's scenario on every published MetaGPT 0.7.x, and the plugin on every Python 3.9-3.11 here.
+
+How a MetaGPT version is swapped in: only the ``metagpt`` wheel changes. Each release is installed with
+``pip install --no-deps --no-compile --target <dir>`` (a session cache), and the child interpreter of ``.venv``
+(which holds MetaGPT 0.7.7's pinned dependencies and this plugin) runs with ``PYTHONPATH=<dir>``, so that
+``import metagpt`` and ``importlib.metadata.version("metagpt")`` both find that release first. Every child reports
+what it really imported, and the test checks it before it looks at the answer.
+
+The full Python matrix (a MetaGPT 0.7.7 environment per interpreter, ~70 s each) is ``scripts/python-matrix``;
+here every other 3.9-3.11 on the machine gets the cheap part (the wheel installs, the start-up hook loads, the
+package works); the test environment's own Python gets it from tests/test_startup.py's ``bare_venv``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SEED_KEY, ask_metagpt, clean_env, imported_at_startup, venv_python
+
+#: Every MetaGPT 0.7.x on the index. 0.7.5 was never published (the index goes 0.7.4 -> 0.7.6).
+PUBLISHED_07 = ["0.7.0", "0.7.1", "0.7.2", "0.7.3", "0.7.4", "0.7.6", "0.7.7"]
+NEVER_PUBLISHED = "0.7.5"
+IDENTITY_MARK = "@@IDENTITY@@ "
+
+# Runs before LLM() in the child: says which metagpt it imported, on stderr (ask_metagpt returns stderr).
+IDENTITY_PRELUDE = f"""
+import importlib.metadata as _md, metagpt as _mg
+print({IDENTITY_MARK!r} + json.dumps({{"file": _mg.__file__, "version": _md.version("metagpt")}}), file=sys.stderr)
+"""
+
+
+def _pip(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
+                          capture_output=True, text=True, timeout=timeout, env=clean_env())
+
+
+@pytest.fixture(scope="session")
+def metagpt_release(tmp_path_factory):
+    """``metagpt_release("0.7.3")`` -> a directory holding that wheel alone (installed once per session)."""
+    root = tmp_path_factory.mktemp("metagpt-releases")
+    cache = {}
+
+    def install(version: str) -> Path:
+        if version not in cache:
+            target = root / version
+            proc = _pip("install", "-q", "--no-deps", "--no-compile", "--target", str(target), f"metagpt=={version}")
+            if proc.returncode != 0:
+                pytest.fail(f"pip could not install metagpt=={version} (is PyPI reachable?):\n{proc.stderr[-2000:]}")
+            cache[version] = target
+        return cache[version]
+
+    return install
+
+
+def _identity(stderr: str) -> dict:
+    lines = [line for line in stderr.splitlines() if line.startswith(IDENTITY_MARK)]
+    assert lines, f"the child did not say which metagpt it imported:\n{stderr[-3000:]}"
+    return json.loads(lines[-1][len(IDENTITY_MARK):])
+
+
+def test_the_index_has_exactly_these_07_releases():
+    """Ask the index itself which 0.7.x exist: 0.7.5 is absent and every other one is there."""
+    proc = _pip("index", "versions", "metagpt", timeout=120)
+    if proc.returncode != 0:
+        pytest.skip(f"`pip index versions metagpt` failed (no access to PyPI?): {proc.stderr.strip()[-500:]}")
+    match = re.search(r"Available versions:\s*(.+)", proc.stdout)
+    assert match, proc.stdout
+    available = {v.strip() for v in match.group(1).split(",")}
+    assert sorted(v for v in available if v.startswith("0.7.")) == PUBLISHED_07
+    assert NEVER_PUBLISHED not in available
+
+
+def test_0_7_5_cannot_be_installed_because_it_was_never_published(tmp_path):
+    proc = _pip("install", "--no-deps", "--target", str(tmp_path / "t"), f"metagpt=={NEVER_PUBLISHED}")
+    assert proc.returncode != 0
+    assert f"No matching distribution found for metagpt=={NEVER_PUBLISHED}" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_open_llm_module_is_the_same_file_in_every_07_release(metagpt_release):
+    """One patch fits all: the file that holds the bug is byte-identical across 0.7.0-0.7.7."""
+    digests = {v: hashlib.sha256((metagpt_release(v) / "metagpt/provider/open_llm_api.py").read_bytes()).hexdigest()
+               for v in PUBLISHED_07}
+    assert len(set(digests.values())) == 1, digests
+    assert 'api_key="sk-xxx"' in (metagpt_release("0.7.7") / "metagpt/provider/open_llm_api.py").read_text()
+
+
+def auth_headers(server):
+    return [r.authorization for r in server.requests if r.path.startswith("/v1")]
+
+
+@pytest.mark.parametrize("version", PUBLISHED_07)
+def test_every_07_release_has_the_bug_and_the_plugin_fixes_it(version, metagpt_release, vllm_server, user_home):
+    target = metagpt_release(version)
+
+    vllm_server.clear_requests()
+    upstream = ask_metagpt(user_home, prelude=IDENTITY_PRELUDE, PYTHONPATH=str(target), METAGPT_VLLM_FIX="0")
+    identity = _identity(upstream["stderr"])
+    assert Path(identity["file"]).resolve().is_relative_to(target.resolve()), identity
+    assert identity["version"] == version
+    assert (upstream["ok"], upstream.get("error"), upstream.get("status")) == (False, "AuthenticationError", 401)
+    assert auth_headers(vllm_server) == ["Bearer sk-xxx"]
+
+    vllm_server.clear_requests()
+    patched = ask_metagpt(user_home, prelude=IDENTITY_PRELUDE, PYTHONPATH=str(target))
+    identity = _identity(patched["stderr"])
+    assert Path(identity["file"]).resolve().is_relative_to(target.resolve()), identity
+    assert identity["version"] == version
+    assert patched["ok"] is True, patched
+    assert "hello from the test" in patched["answer"]
+    assert auth_headers(vllm_server) == [f"Bearer {SEED_KEY}"]
+
+
+# --- Python matrix, the cheap part (the MetaGPT environments are scripts/python-matrix's job) -------------------
+
+PYENV = Path("/root/.pyenv/versions")
+
+
+def _find_python(minor: str):
+    """An interpreter for 3.<minor> on this machine: python3.X on PATH, else pyenv's, else None."""
+    import shutil
+
+    for candidate in [shutil.which(f"python3.{minor}"), *sorted(PYENV.glob(f"3.{minor}.*/bin/python"))]:
+        if candidate and Path(candidate).exists():
+            proc = subprocess.run([str(candidate), "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                  capture_output=True, text=True)
+            if proc.returncode == 0 and proc.stdout.strip() == f"3.{minor}":
+                return str(candidate)
+    return None
+
+
+PLUGIN_PROBE = """
+import json, sys
+import _metagpt_vllm_fix_boot as boot
+hook_at_startup = boot.installed()
+import metagpt_vllm_fix
+s = metagpt_vllm_fix.status()
+print(json.dumps({"hook_at_startup": hook_at_startup, "code": s.code, "state": s.state, "pth": bool(s.pth_file),
+                  "python": "%d.%d" % sys.version_info[:2]}))
+"""
+
+
+OTHER_MINORS = [m for m in ("9", "10", "11") if m != str(sys.version_info[1])]  # this one: test_startup's bare_venv
+
+
+@pytest.mark.parametrize("minor", OTHER_MINORS)
+def test_plugin_wheel_installs_and_hooks_on_each_supported_python(minor, built_wheel, tmp_path):
+    python = _find_python(minor)
+    if python is None:
+        pytest.skip(f"Python 3.{minor} is not on this machine (no python3.{minor} on PATH, nothing in {PYENV})")
+    venv = tmp_path / "venv"
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True)
+    vpy = venv_python(venv)
+    proc = subprocess.run([str(vpy), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(built_wheel)],
+                          capture_output=True, text=True, env=clean_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = subprocess.run([str(vpy), "-c", PLUGIN_PROBE], capture_output=True, text=True, env=clean_env(),
+                         cwd=str(tmp_path), timeout=120)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    assert status == {"hook_at_startup": True, "code": "metagpt-absent", "state": "inactive", "pth": True,
+                      "python": f"3.{minor}"}
+    modules = imported_at_startup(vpy)
+    assert "_metagpt_vllm_fix_boot" in modules
+    assert not {"wrapt", "metagpt_vllm_fix", "importlib.metadata", "packaging"} & modules
+
+
+@pytest.mark.parametrize("minor", ["9", "10", "11"])
+def test_each_python_on_this_machine_has_a_metagpt_lock_file(minor):
+    """scripts/bootstrap refuses a Python without requirements/metagpt-0.7.7-pyXY.txt."""
+    if _find_python(minor) is None:
+        pytest.skip(f"Python 3.{minor} is not on this machine")
+    lock = REPO / "requirements" / f"metagpt-0.7.7-py3{minor}.txt"
+    assert lock.is_file(), f"{lock.relative_to(REPO)} is missing: `PYTHON=python3.{minor} ./scripts/bootstrap` fails"
