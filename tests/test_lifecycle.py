@@ -26,7 +26,7 @@ from conftest import (ASK_SCRIPT, REPO, RESULT_MARK, SEED_KEY, clean_env, import
 from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
 from test_upstream_untouched import record_problems
 
-PLUGIN_ROOT_FILES = {"_metagpt_vllm_fix_boot.py", "metagpt-vllm-fix.pth"}
+PLUGIN_ROOT_FILES = {"_metagpt_vllm_fix_boot.py", "metagpt-vllm-fix.pth", "metagpt-vllm-fix.start"}
 
 
 def pip(python, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -287,57 +287,26 @@ def test_metagpt_files_keep_their_recorded_hashes_through_install_use_uninstall(
 
 # --- PEP 829 (Python 3.15+): a <name>.start file beside the .pth ---------------------------------------------
 
-START_LINE = "_metagpt_vllm_fix_boot:autoload\n"
-FORCE_INCLUDE = '"boot/metagpt-vllm-fix.pth" = "metagpt-vllm-fix.pth"\n'
 
-
-@pytest.fixture(scope="module")
-def start_file_venv(tmp_path_factory):
-    """A copy of the project with the proposed metagpt-vllm-fix.start, built and installed into a fresh venv."""
-    root = tmp_path_factory.mktemp("pep829")
-    project = root / "project"
-    for name in ("pyproject.toml", "README.md", "LICENSE", "boot", "metagpt_vllm_fix"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.exists():
-            project.mkdir(exist_ok=True)
-            shutil.copy2(source, project / name)
-    (project / "boot" / "metagpt-vllm-fix.start").write_text(START_LINE, encoding="utf-8")
-    pyproject = (project / "pyproject.toml").read_text()
-    assert FORCE_INCLUDE in pyproject
-    (project / "pyproject.toml").write_text(
-        pyproject.replace(FORCE_INCLUDE, FORCE_INCLUDE + '"boot/metagpt-vllm-fix.start" = "metagpt-vllm-fix.start"\n'))
-    proc = pip(sys.executable, "wheel", "-q", "--no-deps", "-w", str(root / "dist"), str(project))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    (wheel,) = (root / "dist").glob("*.whl")
-    venv = root / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
-    proc = pip(venv_python(venv), "install", "-q", str(wheel), "wrapt==1.15.0", "packaging==23.2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"wheel": wheel, "python": venv_python(venv)}
-
-
-def test_a_pep829_start_file_ships_beside_the_pth_and_older_pythons_ignore_it(start_file_venv, tmp_path):
-    names = zipfile.ZipFile(start_file_venv["wheel"]).namelist()
+def test_a_pep829_start_file_ships_beside_the_pth_and_older_pythons_ignore_it(built_wheel, bare_venv, tmp_path):
+    names = zipfile.ZipFile(built_wheel).namelist()
     assert {"metagpt-vllm-fix.pth", "metagpt-vllm-fix.start", "_metagpt_vllm_fix_boot.py"} <= set(names)
-    python = start_file_venv["python"]
-    site = site_packages(python)
-    assert (site / "metagpt-vllm-fix.start").read_text(encoding="utf-8-sig") == START_LINE
+    site = site_packages(bare_venv)
+    start = (site / "metagpt-vllm-fix.start").read_text(encoding="utf-8")
+    (entry,) = [line.strip() for line in start.splitlines() if line.strip() and not line.startswith("#")]
+    assert entry == "_metagpt_vllm_fix_boot:autoload"
     # Python < 3.15 does not know .start files: start-up runs the .pth line once, nothing else.
     probe = run_python(f"""
         import json, pkgutil, sys
-        import _metagpt_vllm_fix_boot as boot
-        count = lambda: sum(isinstance(f, boot.Finder) for f in sys.meta_path)
+        count = lambda: sum(bool(getattr(f, "_metagpt_vllm_fix_finder", False)) for f in sys.meta_path)
         at_startup = count()
         # What PEP 829's site.py does with the .start line: resolve pkg.mod:callable and call it with no arguments.
-        entry = open({str(site / "metagpt-vllm-fix.start")!r}, encoding="utf-8-sig").read().split()[0]
-        pkgutil.resolve_name(entry)()
+        pkgutil.resolve_name({entry!r})()
         print(json.dumps({{"at_startup": at_startup, "after_start_entry": count(),
                            "loaded": sorted(m for m in ("wrapt", "metagpt_vllm_fix") if m in sys.modules)}}))
-    """, python=str(python), cwd=tmp_path)
+    """, python=str(bare_venv), cwd=tmp_path)
     assert probe.returncode == 0, probe.stderr
     assert probe.stderr == ""
     assert json.loads(probe.stdout) == {"at_startup": 1, "after_start_entry": 1, "loaded": []}
-    modules = imported_at_startup(python)
+    modules = imported_at_startup(bare_venv)
     assert "_metagpt_vllm_fix_boot" in modules and not {"wrapt", "metagpt_vllm_fix", "pkgutil"} & modules

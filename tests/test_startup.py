@@ -55,19 +55,3 @@ def test_hook_is_inert_for_every_other_module(tmp_path):
     result = json.loads(proc.stdout)
     assert result == {"installed": True, "loaded": [], "loaders_untouched": "SourceFileLoader"}
 
-
-def test_wheel_ships_a_pep_829_start_file_that_resolves(built_wheel, tmp_path):
-    import zipfile
-
-    with zipfile.ZipFile(built_wheel) as wheel:
-        start = wheel.read("metagpt-vllm-fix.start").decode()
-        assert "metagpt-vllm-fix.pth" in wheel.namelist()
-    (entry,) = [line for line in start.splitlines() if line.strip() and not line.startswith("#")]
-    # What Python 3.15's site does with each line: pkgutil.resolve_name, then call it with no arguments.
-    proc = run_python(f"""
-        import pkgutil, sys
-        pkgutil.resolve_name({entry!r})()
-        print(sum(getattr(f, "_metagpt_vllm_fix_finder", False) for f in sys.meta_path))
-    """, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "1"  # already installed by the .pth on this Python: not added twice
