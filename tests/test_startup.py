@@ -47,11 +47,15 @@ def test_hook_is_inert_for_every_other_module(tmp_path):
     proc = run_python("""
         import sys, json, email.mime.text, xml.dom.minidom
         import _metagpt_vllm_fix_boot as boot
-        print(json.dumps({"installed": boot.installed(),
-                          "loaded": sorted(m for m in ("wrapt", "metagpt", "metagpt_vllm_fix") if m in sys.modules),
-                          "loaders_untouched": type(email.__spec__.loader).__name__}))
+        (finder,) = [f for f in sys.meta_path if getattr(f, boot.MARK, False)]
+        others = ["email", "json", "metagpt", "metagpt.provider", "metagpt.provider.open_llm_api_x", "wrapt"]
+        import importlib.util, os
+        package_dir = importlib.util.find_spec("metagpt").submodule_search_locations[0]  # finds, does not import
+        target = finder.find_spec(boot.TARGET, [os.path.join(package_dir, "provider")])
+        print(json.dumps({"others": [finder.find_spec(name, None) for name in others],
+                          "target_loader": type(target.loader).__name__,
+                          "loaded": sorted(m for m in ("wrapt", "metagpt", "metagpt_vllm_fix") if m in sys.modules)}))
     """, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
-    assert result == {"installed": True, "loaded": [], "loaders_untouched": "SourceFileLoader"}
-
+    assert result == {"others": [None] * 6, "target_loader": "_ChainedLoader", "loaded": []}
