@@ -43,6 +43,11 @@ class Status:
     switch: str  #: METAGPT_VLLM_FIX as read: auto, off, strict or unknown
     pth_file: Optional[str]  #: the start-up file that activates the plugin automatically, if installed
 
+    @property
+    def automatic(self) -> bool:
+        """Every interpreter of this environment patches MetaGPT on import: .pth installed, switch on, gate ok."""
+        return bool(self.pth_file) and self.switch != "off" and self.code in ("supported", "removed")
+
     def __str__(self) -> str:
         return f"{self.state}: {self.reason}"
 

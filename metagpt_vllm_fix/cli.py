@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 from . import __version__
 
@@ -20,34 +20,24 @@ if TYPE_CHECKING:
 EPILOG = "Exit codes: 0 ok, 1 a problem was found, 2 usage or configuration error. Docs: docs/cli.md"
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
+def _number(convert: Callable[[str], Any], ok: Callable[[Any], bool], rule: str) -> Callable[[str], Any]:
+    """An argparse type: ``convert`` the text, then insist on ``ok`` (described by ``rule``)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
+        return value
+
+    return parse
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_positive_float = _number(float, lambda v: v > 0, "> 0")
+_port = _number(int, lambda v: 0 <= v <= 65535, "a port, 0-65535")
+_positive_int = _number(int, lambda v: v >= 1, ">= 1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,24 +95,20 @@ def cmd_status(as_json: bool) -> int:
     st = status()
     raw = os.environ.get("METAGPT_VLLM_FIX")
     switch = f"METAGPT_VLLM_FIX={raw}" if raw is not None else "METAGPT_VLLM_FIX unset"
-    if st.code not in ("supported", "removed"):
+    if st.automatic:
+        automatic = f"on ({st.pth_file}, {switch})"
+    elif st.code not in ("supported", "removed"):
         automatic = "nothing to patch"
-        on = False
     elif st.pth_file is None:
         automatic = "not installed (no metagpt-vllm-fix.pth): only programs that `import metagpt_vllm_fix` are patched"
-        on = False
-    elif st.switch == "off":
-        automatic = f"off ({switch}): only programs that `import metagpt_vllm_fix` are patched"
-        on = False
     else:
-        automatic = f"on ({st.pth_file}, {switch})"
-        on = True
+        automatic = f"off ({switch}): only programs that `import metagpt_vllm_fix` are patched"
     line = f"{st} Automatic activation: {automatic}."
     if as_json:
         import dataclasses
         import json
 
-        print(json.dumps({**dataclasses.asdict(st), "automatic": on, "line": line}))
+        print(json.dumps({**dataclasses.asdict(st), "automatic": st.automatic, "line": line}))
     else:
         print(line)
     return 0

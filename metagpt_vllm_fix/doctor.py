@@ -461,7 +461,7 @@ class Doctor:
         elif st.switch == "off":
             self.add("activation", level, f"automatic activation is off ({switch}): {consequence}.")
         elif st.switch == "unknown":
-            self.add("activation", WARNING, f"{switch} is not one of 1, 0, strict; it is treated as 1 "
+            self.add("activation", WARNING, f"{switch} is not a known value (1, 0, strict, on, off, ...); it is treated as 1 "
                                             f"(automatic activation on, {st.pth_file}).")
         else:
             strict = "; strict: a failure to patch raises" if st.switch == "strict" else ""
@@ -661,7 +661,7 @@ class Doctor:
         plugin: Dict[str, Any] = {"version": __version__}
         if st is not None:
             plugin.update(dataclasses.asdict(st))
-            plugin["automatic"] = bool(st.pth_file) and st.switch != "off" and st.code in ("supported", "removed")
+            plugin["automatic"] = st.automatic
         payload = {
             "version": 1,
             "verdict": self.verdict,
