@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Tuple
 
+from .gate import PLACEHOLDER as PLACEHOLDER_KEY  # what MetaGPT 0.7 sends instead of the key
 from .masking import mask
 from .report import OK, PROBLEM, Report
 
 PROMPT = "Say hello to the vLLM server."
-PLACEHOLDER_KEY = "sk-xxx"
 CALL_TIMEOUT = 20.0  # seconds per call: MetaGPT retries connection errors for minutes, the demo must not hang
 
 DEMO_CONFIG = """\

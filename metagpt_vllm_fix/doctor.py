@@ -31,11 +31,11 @@ from urllib.parse import urlsplit
 
 from . import __version__, gate
 from ._activation import status as plugin_status
+from .gate import PLACEHOLDER as PLACEHOLDER_KEY  # what MetaGPT 0.7 sends instead of the key
 from .masking import mask
 from .report import OK, PROBLEM, WARNING, Report, scrub_obj, worst
 
 EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
-PLACEHOLDER_KEY = "sk-xxx"  # what MetaGPT 0.7's OpenLLM sends instead of the configured key
 TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 TIKTOKEN_HOST = "openaipublic.blob.core.windows.net"
 MIN_PROMPT_ROOM = 256  # tokens a prompt needs at the very least next to llm.max_token
