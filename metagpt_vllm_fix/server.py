@@ -1,9 +1,9 @@
-"""A GPU-free stand-in for vLLM 0.3.x's OpenAI-compatible API server.
+"""A GPU-free stand-in for vLLM's OpenAI-compatible API server, playing a chosen vLLM release.
 
-It answers deterministic echo text so tests and the demo can prove, over real
-HTTP, which ``Authorization`` header MetaGPT's ``open_llm`` provider sends.
-The API-key check copies vLLM byte for byte, because that check is the bug
-this project fixes.
+It answers deterministic echo text so tests and the demo can prove, over real HTTP, what MetaGPT's ``open_llm``
+provider sends and what vLLM answers. Everything that differs between vLLM generations -- the key check, error
+bodies, ``/version``, the ``max_tokens`` rule, streamed usage -- is read from :mod:`metagpt_vllm_fix.vllm_versions`;
+a conformance test holds the default generation to a real vLLM (docs/proof.md).
 """
 from __future__ import annotations
 
@@ -23,17 +23,19 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from aiohttp import web
 
+from . import vllm_versions
 from .masking import mask
+from .vllm_versions import DEFAULT_VERSION, Generation
 
 __all__ = [
-    "DEFAULT_MODEL", "KEY_CHECK_MODES", "RecordedRequest", "VLLMServer",
+    "DEFAULT_MODEL", "DEFAULT_VERSION", "RecordedRequest", "VLLMServer",
     "api_key_from_env", "authorized", "build_app", "run", "serve",
 ]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
-KEY_CHECK_MODES = ("vllm-0.3", "vllm-0.11")
+_BODY = "metagpt_vllm_fix.body"  # where a handler leaves the parsed request body for the recorder
 _UNAUTHORIZED = b'{"error":"Unauthorized"}'  # starlette's compact JSONResponse rendering
 
 
@@ -45,33 +47,37 @@ class RecordedRequest:
     path: str
     authorization: Optional[str]
     status: int
+    fields: Tuple[str, ...] = ()  #: top-level fields of the JSON body, when it was one
+    max_tokens: Optional[int] = None  #: the body's max_tokens, when sent
 
     def __repr__(self) -> str:  # masked, so a failing assert or a print never leaks a key
         auth = self.authorization
         if auth is not None:
             scheme, sep, cred = auth.partition(" ")
             auth = scheme + sep + mask(cred) if sep else mask(auth)
-        return f"RecordedRequest({self.method} {self.path} auth={auth!r} -> {self.status})"
+        return f"RecordedRequest({self.method} {self.path} auth={auth!r} fields={self.fields} -> {self.status})"
 
 
-def _check_mode(mode: str) -> None:
-    if mode not in KEY_CHECK_MODES:
-        raise ValueError(f"key_check must be one of {KEY_CHECK_MODES}, got {mode!r}")
+def _generation(version: str) -> Generation:
+    """The generation of ``version``, with a clear message for a version the table cannot place."""
+    try:
+        return vllm_versions.for_version(version)
+    except ValueError as exc:
+        raise ValueError(f"vllm_version: {exc}") from None
 
 
-def authorized(header: Optional[str], keys: Sequence[str], mode: str = "vllm-0.3") -> bool:
-    """Would vLLM accept this ``Authorization`` header value?
+def authorized(header: Optional[str], keys: Sequence[str], vllm_version: str = DEFAULT_VERSION) -> bool:
+    """Would that vLLM release accept this ``Authorization`` header value?
 
-    ``vllm-0.3``: ``header == "Bearer " + key`` -- plain, case-sensitive string
-    equality, nothing trimmed.  ``vllm-0.11``: scheme split at the first space and
-    compared case-insensitively; the rest is matched against every key in constant
-    time (sha256 digests + ``hmac.compare_digest``, as newer vLLM does).
+    vLLM 0.3 -- 0.10: ``header == "Bearer " + key``, plain case-sensitive string equality, nothing trimmed.
+    0.11 and later: the scheme is split at the first space and compared case-insensitively; the rest is matched
+    against every key in constant time (sha256 digests + ``hmac.compare_digest``).
     No keys means nothing matches; whether to check at all is the caller's choice.
     """
-    _check_mode(mode)
+    generation = _generation(vllm_version)
     if header is None:
         return False
-    if mode == "vllm-0.3":
+    if not generation.key_scheme_any_case:
         return any(header == "Bearer " + key for key in keys)
     scheme, _, credential = header.partition(" ")
     if scheme.lower() != "bearer":
@@ -83,25 +89,32 @@ def authorized(header: Optional[str], keys: Sequence[str], mode: str = "vllm-0.3
     return match
 
 
-def api_key_from_env(cli_value: Optional[str], mode: str = "vllm-0.3") -> Optional[str]:
-    """Resolve the server key like vLLM does.
+def api_key_from_env(cli_value: Optional[str], vllm_version: str = DEFAULT_VERSION) -> Optional[str]:
+    """Resolve the server key as that vLLM release does.
 
-    vLLM 0.3.x reads ``os.environ.get("VLLM_API_KEY") or args.api_key`` -- the
-    environment variable wins.  Newer vLLM (``vllm-0.11``) lets ``--api-key`` win.
-    Empty strings count as unset in both.
+    vLLM 0.3 reads ``os.environ.get("VLLM_API_KEY") or args.api_key`` -- the environment variable wins; newer
+    vLLM lets ``--api-key`` win. Empty strings count as unset in both.
     """
-    _check_mode(mode)
     env = os.environ.get("VLLM_API_KEY")
-    first, second = (env, cli_value) if mode == "vllm-0.3" else (cli_value, env)
+    first, second = (env, cli_value) if _generation(vllm_version).env_key_wins else (cli_value, env)
     return first or second or None
 
 
 class _APIError(Exception):
     """Raised by handlers; rendered in vLLM's ``ErrorResponse`` shape."""
 
-    def __init__(self, message: str, err_type: str = "BadRequestError", status: int = 400) -> None:
+    def __init__(self, message: str, err_type: str = "BadRequestError", status: int = 400,
+                 param: Optional[str] = None) -> None:
         super().__init__(message)
-        self.message, self.err_type, self.status = message, err_type, status
+        self.message, self.err_type, self.status, self.param = message, err_type, status, param
+
+
+# Fields of OpenAI's chat and completion requests that a strict server knows (``reject_unknown_fields``).
+_KNOWN_FIELDS = frozenset({
+    "model", "messages", "prompt", "max_tokens", "n", "temperature", "top_p", "stream", "stop", "presence_penalty",
+    "frequency_penalty", "logit_bias", "user", "logprobs", "top_logprobs", "echo", "suffix", "best_of", "seed",
+    "tools", "tool_choice", "functions", "function_call", "response_format",
+})
 
 
 def _dumps(obj: Any) -> bytes:
@@ -145,11 +158,16 @@ async def _sse(request: web.Request, events: List[Dict[str, Any]]) -> web.Stream
 class _Endpoints:
     """Request handlers; one instance per app holds the served model's settings."""
 
-    def __init__(self, model: str, max_model_len: int) -> None:
-        self.model, self.max_model_len = model, max_model_len
+    def __init__(self, model: str, max_model_len: int, version: str, reject_unknown_fields: bool) -> None:
+        self.model, self.max_model_len, self.version = model, max_model_len, version
+        self.generation = _generation(version)
+        self.reject_unknown_fields = reject_unknown_fields
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(status=200)
+
+    async def version_info(self, request: web.Request) -> web.Response:
+        return _json({"version": self.version})
 
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(text=f'vllm:num_requests_running{{model_name="{self.model}"}} 0.0\n')
@@ -169,13 +187,16 @@ class _Endpoints:
     async def _parse(self, request: web.Request, default_max_tokens: Optional[int]) -> Tuple[dict, bool, Optional[int]]:
         """Common field validation (vLLM's pydantic step, which precedes the model check)."""
         try:
-            body = json.loads(await request.read())
+            body = request[_BODY] = json.loads(await request.read())
         except ValueError as exc:
             raise _APIError(f"Invalid JSON body: {exc}") from None
         if not isinstance(body, dict):
             raise _APIError("Request body must be a JSON object")
         if not isinstance(body.get("model"), str):
             raise _APIError("'model' is required and must be a string")
+        unknown = sorted(set(body) - _KNOWN_FIELDS)
+        if self.reject_unknown_fields and unknown:  # some OpenAI-compatible servers do this; vLLM ignores them
+            raise _APIError(f"Extra inputs are not permitted: {', '.join(unknown)}", param=unknown[0])
         stream = body.get("stream", False)
         max_tokens = body.get("max_tokens", default_max_tokens)
         if not isinstance(stream, bool) and stream is not None:
@@ -186,20 +207,34 @@ class _Endpoints:
 
     def _check_model(self, body: dict) -> None:
         if body["model"] != self.model:
-            raise _APIError(f"The model `{body['model']}` does not exist.", "NotFoundError", 404)
+            message = self.generation.unknown_model_message.format(model=body["model"], served=self.model)
+            raise _APIError(message, self.generation.not_found_type, 404)
 
     def _budget(self, prompt_tokens: int, max_tokens: Optional[int]) -> int:
-        """vLLM 0.3's context-length rule, then SamplingParams' ``max_tokens >= 1``."""
-        if max_tokens is None:
-            max_tokens = self.max_model_len - prompt_tokens
-        if prompt_tokens + max_tokens > self.max_model_len:
-            raise _APIError(
-                f"This model's maximum context length is {self.max_model_len} tokens. "
-                f"However, you requested {max_tokens + prompt_tokens} tokens "
-                f"({prompt_tokens} in the messages, {max_tokens} in the completion). "
-                "Please reduce the length of the messages or completion.")
-        if max_tokens < 1:
-            raise _APIError(f"max_tokens must be at least 1, got {max_tokens}.")
+        """The generation's context rule: how many tokens the answer may have, or the 400 it sends."""
+        gen, context = self.generation, self.max_model_len
+        fields: Dict[str, Any] = dict(context=context, prompt=prompt_tokens)
+
+        def refuse(template: str, param: Optional[str], **more: int) -> _APIError:
+            return _APIError(template.format(**fields, **more), gen.bad_request_type, param=param)
+
+        if gen.clamps_max_tokens:  # 0.18+: max_tokens only bounded by the context, then clamped to the room left
+            if max_tokens is not None and max_tokens > context:
+                raise refuse(gen.max_tokens_message, gen.max_tokens_param, completion=max_tokens)
+            if prompt_tokens >= context:
+                raise refuse(gen.prompt_message, gen.prompt_param)
+            return min(context if max_tokens is None else max_tokens, context - prompt_tokens)
+        if gen.checks_prompt_alone and max_tokens is None:  # 0.10 - 0.17 without max_tokens
+            if prompt_tokens >= context:
+                raise refuse(gen.prompt_message, gen.prompt_param)
+            return context - prompt_tokens
+        if max_tokens is None:  # 0.3 defaults to the room left, even when there is none
+            max_tokens = context - prompt_tokens
+        if prompt_tokens + max_tokens > context:
+            raise refuse(gen.max_tokens_message, gen.max_tokens_param, completion=max_tokens,
+                         total=prompt_tokens + max_tokens)
+        if max_tokens < 1:  # SamplingParams' own check
+            raise refuse(gen.prompt_message, gen.prompt_param, completion=max_tokens)
         return max_tokens
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -226,9 +261,15 @@ class _Endpoints:
                     "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
                     **extra}
 
+        gen = self.generation
+        options = body.get("stream_options")
+        include_usage = gen.include_usage and isinstance(options, dict) and options.get("include_usage") is True
         events = [chunk({"role": "assistant"}, None)]
         events += [chunk({"content": piece}, None) for piece in pieces]
-        events.append(chunk({}, finish, usage=usage))  # vLLM 0.3 puts usage on the last chunk
+        events.append(chunk({}, finish, **({"usage": usage} if gen.usage_on_finish_chunk else {})))
+        if include_usage:  # a last chunk with no choices carries the usage
+            events.append({"id": head["id"], "object": "chat.completion.chunk", "created": head["created"],
+                           "model": self.model, "choices": [], "usage": usage})
         return await _sse(request, events)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
@@ -256,29 +297,37 @@ class _Endpoints:
         for i, (_, (pieces, fin)) in enumerate(answers):
             events += [{**head, "choices": [choice(i, piece, None)]} for piece in pieces]
             events.append({**head, "choices": [choice(i, "", fin)]})
-        events[-1]["usage"] = usage
+        if self.generation.usage_on_finish_chunk:
+            events[-1]["usage"] = usage
         return await _sse(request, events)
 
 
 def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_model_len: int = 4096,
-              key_check: str = "vllm-0.3", recorder: Optional[list] = None) -> web.Application:
-    """The emulated server as an aiohttp app; every response is appended to ``recorder``.
+              vllm_version: str = DEFAULT_VERSION, reject_unknown_fields: bool = False,
+              recorder: Optional[list] = None) -> web.Application:
+    """The emulated server as an aiohttp app playing vLLM ``vllm_version``; every response goes to ``recorder``.
 
-    Empty keys are ignored; with no key at all the server is open, as in vLLM.
-    vLLM 0.3 takes exactly one key, so several keys require ``key_check="vllm-0.11"``.
+    Empty keys are ignored; with no key at all the server is open, as in vLLM. Before 0.11 vLLM takes exactly
+    one key. ``reject_unknown_fields`` plays an OpenAI-compatible server that refuses fields it does not know
+    (vLLM itself ignores them).
     """
-    _check_mode(key_check)
+    generation = _generation(vllm_version)
     keys = [k for k in api_keys if k]
-    if key_check == "vllm-0.3" and len(keys) > 1:
-        raise ValueError("vllm-0.3 accepts a single API key; use key_check='vllm-0.11' for several")
+    if not generation.key_scheme_any_case and len(keys) > 1:
+        raise ValueError(f"vLLM {vllm_version} accepts a single API key; several need vLLM 0.11 or later")
 
     @web.middleware
     async def authentication(request: web.Request, handler: Callable) -> web.StreamResponse:
         # aiohttp runs middlewares even when routing failed, so unknown /v1 paths get 401
         # first, like vLLM's middleware.  Newer vLLM lets CORS preflights (OPTIONS) through.
         checked = keys and request.path.startswith("/v1")
-        if checked and not (key_check == "vllm-0.11" and request.method == "OPTIONS"):
-            if not authorized(request.headers.get("Authorization"), keys, key_check):
+        if checked and not (generation.key_scheme_any_case and request.method == "OPTIONS"):
+            if not authorized(request.headers.get("Authorization"), keys, vllm_version):
+                if request.can_read_body:  # only for the recorder: what the refused request asked for
+                    try:
+                        request[_BODY] = json.loads(await request.read())
+                    except ValueError:
+                        pass
                 return web.Response(body=_UNAUTHORIZED, status=401, content_type="application/json")
         return await handler(request)
 
@@ -287,21 +336,24 @@ def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_m
         try:
             return await handler(request)
         except _APIError as exc:
-            return _json({"object": "error", "message": exc.message, "type": exc.err_type,
-                          "param": None, "code": exc.status}, exc.status)
+            return _json(generation.error_body(exc.status, exc.message, exc.err_type, exc.param), exc.status)
 
     async def record(request: web.Request, response: web.StreamResponse) -> None:
         # Runs before the first response byte is sent, so a client that has its answer
         # always finds the record.  list.append is atomic under the GIL: safe across threads.
         if recorder is not None:
-            recorder.append(RecordedRequest(request.method, request.path,
-                                            request.headers.get("Authorization"), response.status))
+            body = request.get(_BODY)
+            recorder.append(RecordedRequest(request.method, request.path, request.headers.get("Authorization"),
+                                            response.status, tuple(sorted(body)) if isinstance(body, dict) else (),
+                                            body.get("max_tokens") if isinstance(body, dict) else None))
 
-    ep = _Endpoints(model, max_model_len)
+    ep = _Endpoints(model, max_model_len, vllm_version, reject_unknown_fields)
     app = web.Application(middlewares=[authentication, api_errors])
     app.on_response_prepare.append(record)
     app.router.add_get("/health", ep.health)
     app.router.add_get("/metrics", ep.metrics)
+    if generation.version_endpoint:
+        app.router.add_get("/version", ep.version_info)
     app.router.add_get("/v1/models", ep.models)
     app.router.add_post("/v1/chat/completions", ep.chat)
     app.router.add_post("/v1/completions", ep.completions)
@@ -312,23 +364,26 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _describe_keys(api_keys: Sequence[str], key_check: str) -> str:
+def _describe_keys(api_keys: Sequence[str], vllm_version: str) -> str:
     keys = [k for k in api_keys if k]
     if not keys:
-        return "no API key (open server)"
-    return f"API key check {key_check}, keys " + ", ".join(mask(k) for k in keys)
+        return f"vLLM {vllm_version}, no API key (open server)"
+    return f"vLLM {vllm_version}, keys " + ", ".join(mask(k) for k in keys)
 
 
 class VLLMServer:
     """The emulator on a background thread with its own event loop (tests, demo)."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_keys: Sequence[str] = (),
-                 model: str = DEFAULT_MODEL, max_model_len: int = 4096, key_check: str = "vllm-0.3") -> None:
+                 model: str = DEFAULT_MODEL, max_model_len: int = 4096, vllm_version: str = DEFAULT_VERSION,
+                 reject_unknown_fields: bool = False) -> None:
         self.host, self.port, self.model = host, port, model
+        self.max_model_len, self.vllm_version = max_model_len, vllm_version
         self._recorded: List[RecordedRequest] = []
-        self._app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len,
-                              key_check=key_check, recorder=self._recorded)  # validates arguments early
-        self._banner = _describe_keys(api_keys, key_check)
+        self._app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len, vllm_version=vllm_version,
+                              reject_unknown_fields=reject_unknown_fields,
+                              recorder=self._recorded)  # validates arguments early
+        self._banner = _describe_keys(api_keys, vllm_version)
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -406,20 +461,21 @@ class VLLMServer:
 
 
 async def serve(*, host: str = "127.0.0.1", port: int = 8000, api_keys: Sequence[str] = (),
-                model: str = DEFAULT_MODEL, max_model_len: int = 4096, key_check: str = "vllm-0.3",
-                ready: Optional[Callable[[str], None]] = None, recorder: Optional[list] = None) -> None:
+                model: str = DEFAULT_MODEL, max_model_len: int = 4096, vllm_version: str = DEFAULT_VERSION,
+                reject_unknown_fields: bool = False, ready: Optional[Callable[[str], None]] = None,
+                recorder: Optional[list] = None) -> None:
     """Serve until cancelled, then close the socket; ``ready(url)`` is called once listening.
 
     ``recorder`` receives every answered request (see :func:`build_app`); the ``serve`` command prints them.
     """
-    app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len, key_check=key_check,
-                    recorder=recorder)
+    app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len, vllm_version=vllm_version,
+                    reject_unknown_fields=reject_unknown_fields, recorder=recorder)
     runner = web.AppRunner(app)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()
         url = _url(host, runner.addresses[0][1])
-        log.info("vLLM emulator listening on %s (model %s, %s)", url, model, _describe_keys(api_keys, key_check))
+        log.info("vLLM emulator listening on %s (model %s, %s)", url, model, _describe_keys(api_keys, vllm_version))
         if ready is not None:
             ready(url)
         await asyncio.Event().wait()

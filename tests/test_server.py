@@ -1,4 +1,6 @@
-"""The vLLM 0.3 emulator, exercised over real HTTP on 127.0.0.1 (httpx and the openai SDK)."""
+"""The emulator playing vLLM 0.3.3 (MetaGPT 0.7's time), exercised over real HTTP on 127.0.0.1 (httpx and the openai SDK).
+
+Other generations: tests/test_emulator_generations.py."""
 from __future__ import annotations
 
 import asyncio
@@ -18,11 +20,12 @@ from metagpt_vllm_fix.server import (
 KEY = "sk-vllm-test-0123456789"
 OTHER_KEY = "sk-vllm-other-9876543210"
 UNAUTHORIZED = b'{"error":"Unauthorized"}'
+V03 = "0.3.3"
 
 
 @pytest.fixture(scope="module")
 def server():
-    with VLLMServer(api_keys=[KEY]) as srv:
+    with VLLMServer(api_keys=[KEY], vllm_version=V03) as srv:
         yield srv
 
 
@@ -75,10 +78,10 @@ def test_health_is_open_without_key(client):
 
 
 def test_key_compare_is_exact_in_vllm_03_mode(client):
-    assert authorized(f"Bearer {KEY}", [KEY])
+    assert authorized(f"Bearer {KEY}", [KEY], V03)
     for header in (f"bearer {KEY}", f"Bearer {KEY} ", f"Bearer  {KEY}", KEY, "Bearer", "", None,
                    f"Bearer {KEY[:-1]}", f"BEARER {KEY}"):
-        assert not authorized(header, [KEY], "vllm-0.3"), header
+        assert not authorized(header, [KEY], V03), header
     # Over the wire too (trailing spaces cannot be: HTTP strips them from header values).
     for header in (f"bearer {KEY}", f"Bearer  {KEY}", f"Token {KEY}"):
         r = client.get("/v1/models", headers={"Authorization": header})
@@ -87,15 +90,15 @@ def test_key_compare_is_exact_in_vllm_03_mode(client):
 
 
 def test_newer_mode_accepts_case_insensitive_scheme_and_several_keys():
-    assert authorized(f"bearer {KEY}", [OTHER_KEY, KEY], "vllm-0.11")
-    assert authorized(f"BeArEr {OTHER_KEY}", [OTHER_KEY, KEY], "vllm-0.11")
+    assert authorized(f"bearer {KEY}", [OTHER_KEY, KEY], "0.11.0")
+    assert authorized(f"BeArEr {OTHER_KEY}", [OTHER_KEY, KEY], "0.11.0")
     for header in (f"Bearer  {KEY}", f"Bearer {KEY} ", f"Basic {KEY}", KEY, None, ""):
-        assert not authorized(header, [KEY], "vllm-0.11"), header
+        assert not authorized(header, [KEY], "0.11.0"), header
     with pytest.raises(ValueError):
-        authorized(f"Bearer {KEY}", [KEY], "vllm-9")
+        authorized(f"Bearer {KEY}", [KEY], "0.2.7")
     with pytest.raises(ValueError):  # 0.3 has a single --api-key
-        VLLMServer(api_keys=[KEY, OTHER_KEY])
-    with VLLMServer(api_keys=[KEY, OTHER_KEY], key_check="vllm-0.11") as srv, httpx.Client(base_url=srv.url) as c:
+        VLLMServer(api_keys=[KEY, OTHER_KEY], vllm_version=V03)
+    with VLLMServer(api_keys=[KEY, OTHER_KEY], vllm_version="0.11.0") as srv, httpx.Client(base_url=srv.url) as c:
         assert c.get("/v1/models", headers={"Authorization": f"bearer {KEY}"}).status_code == 200
         assert c.get("/v1/models", headers={"Authorization": f"BEARER {OTHER_KEY}"}).status_code == 200
         r = c.get("/v1/models", headers=auth("sk-wrong-key-000000"))
@@ -112,7 +115,7 @@ def test_unknown_v1_path_without_key_is_401(client):
 
 
 def test_no_key_configured_means_open_server():
-    with VLLMServer(api_keys=["", ""]) as srv, httpx.Client(base_url=srv.url) as c:
+    with VLLMServer(api_keys=["", ""], vllm_version=V03) as srv, httpx.Client(base_url=srv.url) as c:
         assert c.get("/v1/models").status_code == 200
         r = c.post("/v1/chat/completions", json=chat_body("hi"), headers=auth("anything"))
         assert r.status_code == 200
@@ -126,7 +129,7 @@ def test_requests_record_authorization_header(server, client):
     assert server.requests == [
         RecordedRequest("GET", "/health", None, 200),
         RecordedRequest("GET", "/v1/models", None, 401),
-        RecordedRequest("POST", "/v1/chat/completions", f"Bearer {KEY}", 200),
+        RecordedRequest("POST", "/v1/chat/completions", f"Bearer {KEY}", 200, ("messages", "model")),
     ]
     assert KEY not in repr(server.requests)  # reprs mask the key
     server.clear_requests()
@@ -135,15 +138,16 @@ def test_requests_record_authorization_header(server, client):
 
 def test_api_key_from_env_follows_vllm_precedence(monkeypatch):
     monkeypatch.delenv("VLLM_API_KEY", raising=False)
-    assert api_key_from_env(None) is None
-    assert api_key_from_env("cli") == "cli"
-    assert api_key_from_env("") is None
+    assert api_key_from_env(None, V03) is None
+    assert api_key_from_env("cli", V03) == "cli"
+    assert api_key_from_env("", V03) is None
     monkeypatch.setenv("VLLM_API_KEY", "env")
-    assert api_key_from_env(None) == "env"
-    assert api_key_from_env("cli") == "env"  # vLLM 0.3: os.environ.get("VLLM_API_KEY") or args.api_key
-    assert api_key_from_env("cli", mode="vllm-0.11") == "cli"  # newer vLLM: --api-key wins
+    assert api_key_from_env(None, V03) == "env"
+    assert api_key_from_env("cli", V03) == "env"  # vLLM 0.3: os.environ.get("VLLM_API_KEY") or args.api_key
+    assert api_key_from_env("cli", "0.11.0") == "cli"  # newer vLLM: --api-key wins
+    assert api_key_from_env("cli") == "cli"  # the default generation is the newest
     monkeypatch.setenv("VLLM_API_KEY", "")
-    assert api_key_from_env("cli") == "cli"
+    assert api_key_from_env("cli", V03) == "cli"
 
 
 def test_startup_log_masks_key(caplog):

@@ -1,0 +1,193 @@
+"""What each vLLM generation does, in one table: the emulator plays it, the doctor judges by it, the fixes read it.
+
+Facts come from vLLM's released wheels (0.3.3 ... 0.32.0) and from measurements of a real vLLM 0.32.0 (see
+docs/proof.md). A release is mapped to the newest generation whose ``since`` it reaches; releases between
+generations we have not read behave like the generation before them, which is the best guess we can state.
+
+Error messages are kept as templates with named fields (``{context}``, ``{prompt}``, ``{completion}``,
+``{total}``): the emulator formats them, and :func:`classify_refusal` turns the very same templates into
+patterns to recognise a refusal from any generation. One source, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Pattern, Tuple
+
+__all__ = [
+    "CURRENT", "DEFAULT_VERSION", "GENERATIONS", "Generation", "Refusal", "classify_refusal", "for_version",
+    "parse_version",
+]
+
+DEFAULT_VERSION = "0.32.0"  #: the release the emulator plays unless told otherwise (the one CI runs for real)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generation of vLLM's OpenAI-compatible server, as seen by a client."""
+
+    since: Tuple[int, int, int]  #: first release with this behaviour
+    name: str  #: short label for people, e.g. "0.18+"
+    key_scheme_any_case: bool  #: ``bearer KEY`` accepted (scheme compared case-insensitively), several keys
+    env_key_wins: bool  #: ``VLLM_API_KEY`` wins over ``--api-key`` when both are set
+    nested_errors: bool  #: error bodies are ``{"error": {...}}`` rather than flat ``{"object": "error", ...}``
+    version_endpoint: bool  #: ``GET /version`` answers ``{"version": ...}`` without a key
+    clamps_max_tokens: bool  #: only ``max_tokens > context`` is refused; a larger sum is clamped to the room left
+    checks_prompt_alone: bool  #: without ``max_tokens``, a prompt that fills the context gets ``prompt_message``
+    include_usage: bool  #: understands ``stream_options.include_usage`` (a last chunk with ``choices: []``)
+    usage_on_finish_chunk: bool  #: a stream's finish chunk carries ``usage`` without being asked
+    max_tokens_message: str  #: 400 when ``max_tokens`` does not fit
+    max_tokens_param: Optional[str]
+    prompt_message: str  #: 400 when the prompt alone does not fit (``max_tokens`` left out)
+    prompt_param: Optional[str]
+    unknown_model_message: str  #: 404 for a model name that is not served
+    bad_request_type: str = "BadRequestError"
+    not_found_type: str = "NotFoundError"
+
+    @property
+    def context_rule(self) -> str:
+        """The ``max_tokens`` rule in words, for the doctor and the docs."""
+        if self.clamps_max_tokens:
+            return "max_tokens <= max_model_len (larger sums are clamped to the room left)"
+        return "prompt + max_tokens <= max_model_len"
+
+    def refuses_max_tokens(self, max_tokens: int, context: int, prompt_tokens: int = 1) -> bool:
+        """Would this generation answer 400 for ``max_tokens`` with a prompt of ``prompt_tokens``?"""
+        if self.clamps_max_tokens:
+            return max_tokens > context
+        return prompt_tokens + max_tokens > context
+
+    def error_body(self, status: int, message: str, err_type: str, param: Optional[str]) -> dict:
+        """The JSON body of an error response, in this generation's shape."""
+        if self.nested_errors:
+            return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
+        return {"object": "error", "message": message, "type": err_type, "param": param, "code": status}
+
+
+_V03_MAX_TOKENS = ("This model's maximum context length is {context} tokens. However, you requested {total} tokens "
+                   "({prompt} in the messages, {completion} in the completion). Please reduce the length of the "
+                   "messages or completion.")
+# Without max_tokens, 0.3 defaults it to the room left, which is negative for a prompt longer than the context;
+# SamplingParams then refuses it. (With max_tokens, a prompt alone too long gets _V03_MAX_TOKENS.)
+_V03_PROMPT = "max_tokens must be at least 1, got {completion}."
+_V010_MAX_TOKENS = ("'max_tokens' or 'max_completion_tokens' is too large: {completion}. This model's maximum context "
+                    "length is {context} tokens and your request has {prompt} input tokens ({completion} > {context} "
+                    "- {prompt}).")
+_V010_PROMPT = ("This model's maximum context length is {context} tokens. However, your request has {prompt} input "
+                "tokens. Please reduce the length of the input messages.")
+_V018_MAX_TOKENS = ("max_tokens={completion} cannot be greater than max_model_len={context}. Please request fewer "
+                    "output tokens.")
+_V018_PROMPT = ("This model's maximum context length is {context} tokens. However, your prompt contains {prompt} "
+                "input tokens, which exceeds this limit even without any output tokens. Please reduce the length "
+                "of the input prompt.")
+_UNKNOWN_MODEL = "The model `{model}` does not exist."
+
+GENERATIONS: Tuple[Generation, ...] = (
+    # MetaGPT 0.7's time. One check for everything: prompt + max_tokens <= context.
+    Generation(since=(0, 3, 0), name="0.3", key_scheme_any_case=False, env_key_wins=True, nested_errors=False,
+               version_endpoint=False, clamps_max_tokens=False, checks_prompt_alone=False, include_usage=False, usage_on_finish_chunk=True,
+               max_tokens_message=_V03_MAX_TOKENS, max_tokens_param=None,
+               prompt_message=_V03_PROMPT, prompt_param=None, unknown_model_message=_UNKNOWN_MODEL),
+    # Nested error bodies (0.10.2), /version, stream_options; the key check is still exact.
+    Generation(since=(0, 10, 2), name="0.10.2", key_scheme_any_case=False, env_key_wins=True, nested_errors=True,
+               version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True, include_usage=True, usage_on_finish_chunk=False,
+               max_tokens_message=_V010_MAX_TOKENS, max_tokens_param="max_tokens",
+               prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL),
+    # Several keys, constant-time compare, case-insensitive scheme; --api-key wins over VLLM_API_KEY.
+    Generation(since=(0, 11, 0), name="0.11", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
+               version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True, include_usage=True, usage_on_finish_chunk=False,
+               max_tokens_message=_V010_MAX_TOKENS, max_tokens_param="max_tokens",
+               prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL),
+    # max_tokens is clamped to the room left; only max_tokens > context is refused (measured on 0.32.0).
+    Generation(since=(0, 18, 0), name="0.18+", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
+               version_endpoint=True, clamps_max_tokens=True, checks_prompt_alone=True, include_usage=True, usage_on_finish_chunk=False,
+               max_tokens_message=_V018_MAX_TOKENS, max_tokens_param="max_tokens",
+               prompt_message=_V018_PROMPT, prompt_param="input_tokens",
+               unknown_model_message=_UNKNOWN_MODEL + " Valid aliases: {served}."),
+)
+CURRENT = GENERATIONS[-1]
+
+
+def parse_version(text: str) -> Tuple[int, int, int]:
+    """``"0.32.0"``, ``"v0.10.2"``, ``"0.8.5.post1"``, ``"0.11.0rc2+cpu"`` -> ``(0, 32, 0)`` ...; ValueError otherwise."""
+    match = re.match(r"\s*v?(\d+)\.(\d+)(?:\.(\d+))?", text or "")
+    if not match:
+        raise ValueError(f"not a vLLM version: {text!r}")
+    major, minor, micro = match.groups()
+    return int(major), int(minor), int(micro or 0)
+
+
+def for_version(version: Optional[str]) -> Generation:
+    """The generation a vLLM release belongs to; None (no ``/version``) means the 0.3 generation."""
+    if version is None:
+        return GENERATIONS[0]
+    release = parse_version(version)
+    if release < GENERATIONS[0].since:
+        raise ValueError(f"vLLM {version} is older than any generation this project knows (0.3.0)")
+    return [g for g in GENERATIONS if g.since <= release][-1]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A 400 about the context, as recognised from the server's message."""
+
+    kind: str  #: "max_tokens" (the requested completion does not fit) or "prompt" (the prompt alone does not)
+    context: Optional[int]  #: the server's max_model_len, when the message says it
+    prompt_tokens: Optional[int]  #: when the message says it
+    completion_tokens: Optional[int]  #: the max_tokens the server saw, when the message says it
+
+    @property
+    def retry_helps(self) -> bool:
+        """Sending the request without ``max_tokens`` lets the server use the room left: only if there is some."""
+        if self.kind != "max_tokens":
+            return False
+        return self.prompt_tokens is None or self.context is None or self.prompt_tokens < self.context
+
+
+_TEXT_FIELDS = frozenset({"model", "served"})
+
+
+def _pattern(template: str) -> Pattern[str]:
+    """A template as a regex: literal text escaped, each field a group (a repeated field must repeat its value)."""
+    out, seen = [], set()
+    for literal, field in re.findall(r"([^{]*)(?:\{(\w+)\})?", template):
+        out.append(re.escape(literal))
+        if field in seen:
+            out.append(f"(?P={field})")
+        elif field:
+            out.append(rf"(?P<{field}>.*?)" if field in _TEXT_FIELDS else rf"(?P<{field}>-?\d+)")
+            seen.add(field)
+    return re.compile("".join(out))
+
+
+def _patterns() -> Tuple[Tuple[str, Pattern[str]], ...]:
+    found = []
+    for generation in reversed(GENERATIONS):
+        for kind, template in (("max_tokens", generation.max_tokens_message), ("prompt", generation.prompt_message)):
+            if template not in {t for _, t in found}:
+                found.append((kind, template))
+    return tuple((kind, _pattern(template)) for kind, template in found)
+
+
+_REFUSALS = _patterns()
+
+
+def error_fields(body: Any) -> Mapping[str, Any]:
+    """The ``message`` / ``param`` / ``type`` mapping of an error body in any generation's shape."""
+    if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
+        return body["error"]
+    return body if isinstance(body, Mapping) else {}
+
+
+def classify_refusal(message: str) -> Optional[Refusal]:
+    """Recognise a context refusal of any vLLM generation from its message; None for anything else."""
+    for kind, pattern in _REFUSALS:
+        match = pattern.search(message or "")
+        if match:
+            fields = {name: int(value) for name, value in match.groupdict().items() if name not in _TEXT_FIELDS}
+            prompt, completion, context = fields.get("prompt"), fields.get("completion"), fields.get("context")
+            if kind == "max_tokens" and prompt is not None and context is not None and prompt >= context:
+                kind = "prompt"  # 0.3's single check: the prompt alone already fills the context
+            return Refusal(kind, context, prompt, completion)
+    return None
