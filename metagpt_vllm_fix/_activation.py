@@ -1,7 +1,8 @@
-"""Activation: apply / remove / status, shared by the start-up hook, ``import metagpt_vllm_fix`` and the CLI.
+"""Activation: apply / remove / status of every fix, shared by the start-up hook, ``import metagpt_vllm_fix`` and the CLI.
 
 One lock guards every change, so concurrent imports and calls patch exactly once. ``apply()`` and ``remove()``
-are symmetric and idempotent, in the manner of OpenTelemetry's instrument() / uninstrument().
+are symmetric and idempotent, in the manner of OpenTelemetry's instrument() / uninstrument(). The fixes
+(``fixes/``) are applied together, each after its own gate; ``METAGPT_VLLM_FIX_DISABLE`` leaves named ones off.
 """
 
 from __future__ import annotations
@@ -13,17 +14,20 @@ import threading
 import weakref
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Optional
+from typing import Dict, List, Optional, Set, Tuple
 
 import _metagpt_vllm_fix_boot as boot
 
-from . import gate, patch
+from . import gate, wrapping
+from .fixes import NAMES, Fix, all_fixes
 
 log = logging.getLogger("metagpt_vllm_fix")
 _lock = threading.RLock()
 _refused: Optional[gate.Decision] = None  # why the loaded module was left alone, if it was
 _decided: Optional["weakref.ref[ModuleType]"] = None  # the module that decision was about (decide once per module)
+_outcome: Dict[str, Tuple[str, str]] = {}  # fix name -> (state, reason) from the last decision
 PTH_NAME = "metagpt-vllm-fix.pth"
+DISABLE = "METAGPT_VLLM_FIX_DISABLE"
 
 
 class PatchRefused(RuntimeError):
@@ -31,10 +35,22 @@ class PatchRefused(RuntimeError):
 
 
 @dataclass(frozen=True)
+class FixStatus:
+    """One fix in this interpreter: ``active``, ``pending``, ``off`` (disabled by name), ``refused`` or ``inactive``."""
+
+    name: str
+    state: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.state} ({self.reason})"
+
+
+@dataclass(frozen=True)
 class Status:
     """What the plugin is doing in this interpreter, and why."""
 
-    active: bool  #: our wrapper is on ``OpenLLM._make_client_kwargs`` right now
+    active: bool  #: at least one fix is on MetaGPT's open_llm right now
     state: str  #: "active", "pending" (will patch when MetaGPT's module is imported) or "inactive"
     code: str  #: machine-readable reason: supported, metagpt-absent, unsupported-old, fixed-upstream, ...
     reason: str  #: one sentence for people
@@ -42,6 +58,7 @@ class Status:
     hook_installed: bool  #: the import hook is on sys.meta_path in this interpreter
     switch: str  #: METAGPT_VLLM_FIX as read: auto, off, strict or unknown
     pth_file: Optional[str]  #: the start-up file that activates the plugin automatically, if installed
+    fixes: Tuple[FixStatus, ...] = ()  #: each fix and its state
 
     @property
     def automatic(self) -> bool:
@@ -52,33 +69,73 @@ class Status:
         return f"{self.state}: {self.reason}"
 
 
+def disabled() -> Tuple[Set[str], List[str]]:
+    """(fix names turned off by METAGPT_VLLM_FIX_DISABLE, words in it that name no fix)."""
+    words = [w.strip().lower().replace("-", "_") for w in os.environ.get(DISABLE, "").split(",")]
+    words = [w for w in words if w]
+    return {w for w in words if w in NAMES}, [w for w in words if w not in NAMES]
+
+
+def _apply_fixes(module: ModuleType, decision: gate.Decision) -> Dict[str, Tuple[str, str]]:
+    """Apply every fix its gate lets through; say per fix what happened."""
+    off, unknown = disabled()
+    if unknown:
+        log.warning("%s names no fix: %s (the fixes are %s); ignoring those.", DISABLE,
+                    ", ".join(w[:20] for w in unknown[:5]), ", ".join(NAMES))
+    outcome: Dict[str, Tuple[str, str]] = {}
+    for fix in all_fixes():
+        if fix.name in off:
+            outcome[fix.name] = ("off", f"turned off by {DISABLE}; MetaGPT 0.7 as shipped: {fix.upstream}")
+            continue
+        problem = decision.reason if (fix.name == "api_key" and not decision.supported) else fix.problem(module)
+        if problem:
+            outcome[fix.name] = ("refused", problem)
+            continue
+        fix.apply(module)
+        outcome[fix.name] = ("active", fix.summary)
+    return outcome
+
+
 def module_loaded(module: ModuleType) -> None:
-    """Patch the freshly imported ``metagpt.provider.open_llm_api`` if the gate allows it.
+    """Apply the fixes to the freshly imported ``metagpt.provider.open_llm_api`` if the gates allow it.
 
     Also the entry point's hook (wrapt's post-import-hook convention: called with the module).
     """
-    global _refused, _decided
+    global _refused, _decided, _outcome
     with _lock:
-        cls = getattr(module, gate.CLASS_NAME, None)
-        if patch.is_patched(cls) or (_refused is not None and _decided is not None and _decided() is module):
+        if _decided is not None and _decided() is module:
             return
         switch = boot.mode()
         if switch == "unknown":
             log.warning("%s=%r is not a known value (1, 0, strict, on, off, ...); treating it as 1.", boot.SWITCH,
                         os.environ.get(boot.SWITCH, "")[:20])
         decision = gate.check(module)
-        _decided = weakref.ref(module)
-        if decision.supported:
-            patch.patch(cls)
-            _refused = None
-            log.info("patched %s.%s (%s): open_llm sends llm.api_key.", gate.CLASS_NAME, gate.METHOD_NAME,
-                     decision.metagpt_version)
+        if not decision.supported and decision.code != "shape-changed":
+            _refused, _decided, _outcome = decision, weakref.ref(module), {}
+            if switch == "strict" and decision.code not in ("unsupported-old", "fixed-upstream"):
+                raise PatchRefused(f"metagpt-vllm-fix ({boot.SWITCH}=strict): {decision.reason}")
+            level = logging.INFO if decision.code in ("unsupported-old", "fixed-upstream") else logging.WARNING
+            log.log(level, "not patching MetaGPT's open_llm: %s", decision.reason)
             return
-        _refused = decision
-        if switch == "strict" and decision.code not in ("unsupported-old", "fixed-upstream"):
-            raise PatchRefused(f"metagpt-vllm-fix ({boot.SWITCH}=strict): {decision.reason}")
-        level = logging.INFO if decision.code in ("unsupported-old", "fixed-upstream") else logging.WARNING
-        log.log(level, "not patching MetaGPT's open_llm: %s", decision.reason)
+        if wrapping.wrapt is None:
+            raise ImportError(f"wrapt cannot be imported ({wrapping.WRAPT_ERROR})")
+        try:
+            outcome = _apply_fixes(module, decision)
+        except BaseException:
+            for fix in all_fixes():
+                fix.remove(module)
+            raise
+        _decided, _outcome = weakref.ref(module), outcome
+        _refused = None if any(state == "active" for state, _ in outcome.values()) else decision
+        refused = {name: why for name, (state, why) in outcome.items() if state == "refused"}
+        if refused and switch == "strict":
+            raise PatchRefused(f"metagpt-vllm-fix ({boot.SWITCH}=strict): "
+                               + "; ".join(f"{name}: {why}" for name, why in refused.items()))
+        for name, why in refused.items():
+            log.warning("not applying the %s fix to MetaGPT's open_llm: %s", name, why)
+        applied = [name for name, (state, _) in outcome.items() if state == "active"]
+        if applied:
+            log.info("patched MetaGPT %s's open_llm: %s.", decision.metagpt_version or "0.7", ", ".join(applied))
 
 
 def apply() -> Status:
@@ -89,15 +146,16 @@ def apply() -> Status:
 
 
 def remove() -> Status:
-    """Undo ``apply()``: drop the import hook and restore the original method object. Idempotent."""
-    global _refused, _decided
+    """Undo ``apply()``: drop the import hook and restore every original object. Idempotent."""
+    global _refused, _decided, _outcome
     with _lock:
         boot.uninstall()
         module = sys.modules.get(boot.TARGET)
-        cls = getattr(module, gate.CLASS_NAME, None) if module is not None else None
-        if isinstance(cls, type) and patch.unpatch(cls):
-            log.info("removed the patch from %s.%s.", gate.CLASS_NAME, gate.METHOD_NAME)
+        removed = [fix.name for fix in reversed(all_fixes()) if fix.remove(module)]
+        if removed:
+            log.info("removed the %s fix(es) from MetaGPT's open_llm.", ", ".join(reversed(removed)))
         _refused = _decided = None
+        _outcome = {}
     return status()
 
 
@@ -115,23 +173,45 @@ def find_pth() -> Optional[str]:
     return None
 
 
+def _fix_statuses(module: Optional[ModuleType], hook: bool) -> Tuple[FixStatus, ...]:
+    off, _ = disabled()
+    found = []
+    for fix in all_fixes():
+        if module is not None and fix.is_applied(module):
+            found.append(FixStatus(fix.name, "active", fix.summary))
+        elif fix.name in _outcome:
+            found.append(FixStatus(fix.name, *_outcome[fix.name]))
+        elif fix.name in off:
+            found.append(FixStatus(fix.name, "off", f"turned off by {DISABLE}"))
+        elif module is None and hook:
+            found.append(FixStatus(fix.name, "pending", fix.summary))
+        else:
+            found.append(FixStatus(fix.name, "inactive", f"not applied; MetaGPT 0.7 as shipped: {fix.upstream}"))
+    return tuple(found)
+
+
+def _describe(fixes: Tuple[FixStatus, ...]) -> str:
+    active = [f.name for f in fixes if f.state == "active"]
+    others = [f"{f.name} {f.state}" for f in fixes if f.state != "active"]
+    return "fixes " + ", ".join(active) + " active" + (f" ({', '.join(others)})" if others else "")
+
+
 def status() -> Status:
-    """The plugin's state in this interpreter: active or not, and why."""
+    """The plugin's state in this interpreter: active or not, and why, with each fix's state."""
     module = sys.modules.get(boot.TARGET)
-    cls = getattr(module, gate.CLASS_NAME, None) if module is not None else None
     version = gate.installed_version()
     hook = boot.installed()
+    fixes = _fix_statuses(module, hook)
     common = dict(metagpt_version=version.metagpt_version, hook_installed=hook, switch=boot.mode(),
-                  pth_file=find_pth())
-    if patch.is_patched(cls):
+                  pth_file=find_pth(), fixes=fixes)
+    if any(f.state == "active" for f in fixes):
         return Status(True, "active", "supported",
-                      f"OpenLLM._make_client_kwargs is patched: open_llm sends llm.api_key "
-                      f"(MetaGPT {version.metagpt_version}).", **common)
+                      f"MetaGPT {version.metagpt_version}'s open_llm is patched: {_describe(fixes)}.", **common)
     refused = _refused
-    if patch.wrapt is None:
+    if wrapping.wrapt is None:
         return Status(False, "inactive", "wrapt-missing",
-                      f"wrapt cannot be imported ({patch.WRAPT_ERROR}): MetaGPT's open_llm provider is not patched.",
-                      **common)
+                      f"wrapt cannot be imported ({wrapping.WRAPT_ERROR}): MetaGPT's open_llm provider is not "
+                      "patched.", **common)
     if refused is not None:
         return Status(False, "inactive", refused.code, refused.reason, **common)
     if not version.supported:
@@ -139,11 +219,11 @@ def status() -> Status:
     if module is not None:
         return Status(False, "inactive", "removed",
                       "MetaGPT's open_llm module is loaded but not patched (metagpt_vllm_fix.remove() was called, "
-                      "or the plugin was never applied).", **common)
+                      "every fix is turned off, or the plugin was never applied).", **common)
     if hook:
         return Status(False, "pending", "supported",
-                      f"will patch when metagpt.provider.open_llm_api is imported (MetaGPT {version.metagpt_version}).",
-                      **common)
+                      f"will patch when metagpt.provider.open_llm_api is imported (MetaGPT {version.metagpt_version}; "
+                      f"fixes {', '.join(f.name for f in fixes if f.state == 'pending') or 'none'}).", **common)
     why = (f"automatic activation is off ({boot.SWITCH}={os.environ.get(boot.SWITCH, '')[:20]!r})"
            if boot.mode() == "off"
            else "the import hook is not installed")

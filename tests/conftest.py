@@ -3,6 +3,7 @@ and a runner for fresh interpreters of the test environment (so the .pth start-u
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import json
 import os
@@ -110,6 +111,7 @@ def ask_metagpt(home: Path, *, stream: bool = False, prelude: str = "", **env: s
     assert lines, f"no result from the child (rc={proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     result = json.loads(lines[-1][len(RESULT_MARK):])
     result["stderr"] = proc.stderr
+    result["stdout"] = "".join(line for line in proc.stdout.splitlines(keepends=True) if not line.startswith(RESULT_MARK))
     return result
 
 
@@ -144,3 +146,33 @@ def imported_at_startup(python, *args: str, env: Optional[Dict[str, str]] = None
                           env=env or clean_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr
     return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+
+
+def open_llm_instance(base_url: str, api_key: str = SEED_KEY, model: str = DEFAULT_MODEL, **extra):
+    """MetaGPT 0.7's provider for the seed's ``llm:`` block (plus ``extra`` fields), built as ``LLM()`` builds it."""
+    from metagpt.configs.llm_config import LLMConfig
+    from metagpt.provider.llm_provider_registry import create_llm_instance
+
+    return create_llm_instance(LLMConfig(api_type="open_llm", base_url=base_url, model=model, api_key=api_key,
+                                         **extra))
+
+
+_loop: Optional[asyncio.AbstractEventLoop] = None
+
+
+def run(awaitable):
+    """Run ``awaitable`` on one event loop per test (openai's pooled connections belong to the loop that opened them;
+    a new loop per call would make the client reconnect and retry behind the test's back)."""
+    global _loop
+    if _loop is None or _loop.is_closed():
+        _loop = asyncio.new_event_loop()
+    return _loop.run_until_complete(awaitable)
+
+
+@pytest.fixture(autouse=True)
+def _one_event_loop_per_test():
+    yield
+    global _loop
+    if _loop is not None:
+        _loop.close()
+        _loop = None

@@ -10,7 +10,8 @@ import pytest
 import wrapt
 
 import metagpt_vllm_fix
-from metagpt_vllm_fix import patch
+from metagpt_vllm_fix import wrapping
+from metagpt_vllm_fix.fixes.api_key import send_configured_key
 
 KEY = "token-abc123"
 
@@ -34,7 +35,8 @@ def make_llm(api_key=KEY, **extra):
 
 
 def our_wrappers(cls):
-    return [node for node in patch._chain(cls.__dict__["_make_client_kwargs"]) if patch._is_ours(node)]
+    return [node for node in wrapping.chain(cls.__dict__["_make_client_kwargs"])
+            if wrapping.is_ours(node, send_configured_key)]
 
 
 def test_patched_client_carries_configured_key(open_llm):

@@ -1,0 +1,163 @@
+"""The fixes, one module each, all of one small shape (OpenTelemetry's instrumentors are the model).
+
+A fix names what it wraps in MetaGPT 0.7's ``metagpt.provider.open_llm_api``, checks that the code there is
+still the code it was written for (its gate), and wraps and unwraps symmetrically and idempotently. The
+activation (``_activation.py``) applies and removes them together; ``METAGPT_VLLM_FIX_DISABLE`` names the ones
+to leave off.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from types import ModuleType
+from typing import Any, Optional, Sequence, Tuple
+
+from .. import wrapping
+
+Target = Tuple[str, str, wrapping.Wrapper]  # (class name in the module, attribute, our wrapper)
+
+
+class Fix:
+    """Base of every fix: ``targets`` are wrapped on apply and unwrapped on remove, nothing else is touched."""
+
+    name: str = ""  #: the name users switch it by (METAGPT_VLLM_FIX_DISABLE)
+    summary: str = ""  #: one line: what the user gets
+    upstream: str = ""  #: one line: what MetaGPT 0.7 does without it
+
+    def targets(self) -> Sequence[Target]:
+        raise NotImplementedError
+
+    def problem(self, module: ModuleType) -> Optional[str]:
+        """Why this fix does not fit the imported module (its gate), or None when it does."""
+        for class_name, attribute, _ in self.targets():
+            cls = getattr(module, class_name, None)
+            if not isinstance(cls, type):
+                return f"{module.__name__} has no class {class_name}"
+            if not callable(getattr(cls, attribute, None)):
+                return f"{class_name} has no method {attribute}"
+        return None
+
+    def _owners(self, module: ModuleType) -> Sequence[Tuple[Any, str, wrapping.Wrapper]]:
+        return [(getattr(module, c, None), a, w) for c, a, w in self.targets()]
+
+    def is_applied(self, module: Optional[ModuleType]) -> bool:
+        """Every target of this fix carries our wrapper."""
+        if module is None:
+            return False
+        return all(isinstance(owner, type) and wrapping.is_wrapped(owner, attribute, wrapper)
+                   for owner, attribute, wrapper in self._owners(module))
+
+    def apply(self, module: ModuleType) -> None:
+        """Wrap every target (idempotent); on a failure, nothing of this fix stays applied."""
+        try:
+            for owner, attribute, wrapper in self._owners(module):
+                wrapping.wrap(owner, attribute, wrapper)
+        except BaseException:
+            self.remove(module)
+            raise
+
+    def remove(self, module: Optional[ModuleType]) -> bool:
+        """Unwrap every target (idempotent); True when something was unwrapped."""
+        if module is None:
+            return False
+        removed = False
+        for owner, attribute, wrapper in self._owners(module):
+            if isinstance(owner, type):
+                removed = wrapping.unwrap(owner, attribute, wrapper) or removed
+        return removed
+
+
+class RequestFix(Fix):
+    """A fix on every chat-completion request an ``OpenLLM`` makes: ``aask`` streamed or not, function calls.
+
+    All of them go through ``self.aclient.chat.completions.create(...)``. ``OpenLLM._init_client`` is wrapped so
+    that each new client's ``create`` (an instance attribute, nothing shared with other providers) carries
+    ``call``; ``remove()`` takes those off again too.
+    """
+
+    CLIENT_INIT = ("OpenLLM", "_init_client")
+
+    def __init__(self) -> None:
+        self._clients: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self.on_init_client = self._make_init_wrapper()  # one function object, so wrapping can recognise it
+
+    @staticmethod
+    async def call(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        """The wrapper of ``create``: a subclass's job."""
+        raise NotImplementedError
+
+    def extra_targets(self) -> Sequence[Target]:
+        return ()
+
+    def targets(self) -> Sequence[Target]:
+        return [(*self.CLIENT_INIT, self.on_init_client), *self.extra_targets()]
+
+    def _make_init_wrapper(self) -> wrapping.Wrapper:
+        fix = self
+
+        def wrap_new_client(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+            result = wrapped(*args, **kwargs)
+            completions = getattr(getattr(getattr(instance, "aclient", None), "chat", None), "completions", None)
+            if callable(getattr(completions, "create", None)):
+                with fix._lock:
+                    wrapping.wrap(completions, "create", type(fix).call)
+                    fix._clients.add(completions)
+            return result
+
+        wrap_new_client.__qualname__ = f"{type(self).__name__}.wrap_new_client"
+        return wrap_new_client
+
+    def remove(self, module: Optional[ModuleType]) -> bool:
+        removed = super().remove(module)
+        with self._lock:
+            for completions in list(self._clients):
+                removed = wrapping.unwrap(completions, "create", type(self).call) or removed
+            self._clients = weakref.WeakSet()
+        return removed
+
+
+def server_of(wrapped: Any, instance: Any) -> str:
+    """The base URL a ``create`` call goes to (instance of AsyncCompletions, or the bound method's owner)."""
+    owner = instance if instance is not None else getattr(wrapped, "__self__", None)
+    return str(getattr(getattr(owner, "_client", None), "base_url", "") or "")
+
+
+def status_code(exc: BaseException) -> Optional[int]:
+    """The HTTP status of an openai ``APIStatusError`` (duck-typed: openai is imported by MetaGPT, not by us)."""
+    code = getattr(exc, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def error_message(exc: BaseException) -> str:
+    """The server's own error message from an openai ``APIStatusError``, in any vLLM body shape."""
+    from ..vllm_versions import error_fields
+
+    message = error_fields(getattr(exc, "body", None)).get("message")
+    return message if isinstance(message, str) else str(exc)
+
+
+def mentions(function: Any, text: str) -> bool:
+    """True when ``text`` is among the function's constants (dict keys sit in a tuple there, so look inside)."""
+    import inspect
+
+    code = getattr(inspect.unwrap(function), "__code__", None) if callable(function) else None
+    pending = list(code.co_consts) if code is not None else []
+    while pending:
+        const = pending.pop()
+        if const == text:
+            return True
+        if isinstance(const, tuple):
+            pending.extend(const)
+    return False
+
+
+def all_fixes() -> Tuple[Fix, ...]:
+    """Every fix, in the order they are applied (imported here so that nothing loads before it is needed)."""
+    from . import api_key, max_tokens, usage
+
+    return (api_key.FIX, max_tokens.FIX, usage.FIX)
+
+
+NAMES = ("api_key", "max_tokens", "usage")

@@ -1,0 +1,78 @@
+"""The ``api_key`` fix: ``open_llm`` sends ``llm.api_key`` (and honours ``llm.proxy``), not ``"sk-xxx"``.
+
+MetaGPT 0.7's ``OpenLLM._make_client_kwargs`` returns ``api_key="sk-xxx"`` and no proxy client. The wrapper keeps
+whatever the wrapped method returns and takes the key and the proxy ``http_client`` from the parent
+``OpenAILLM``'s own method, so the fix is upstream's logic rather than a copy of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+from typing import Any, Optional, Sequence
+
+from .. import gate, wrapping
+from ..masking import mask
+from . import Fix, Target
+
+log = logging.getLogger("metagpt_vllm_fix")
+METHOD = gate.METHOD_NAME
+
+
+class InvalidApiKey(ValueError):
+    """The configured key cannot travel in an HTTP header (it would break or inject headers)."""
+
+
+def clean_key(key: Any) -> Any:
+    """Trim surrounding whitespace (with a warning); refuse what an HTTP header cannot carry inside the key."""
+    if not isinstance(key, str):
+        return key
+    clean = key.strip()
+    if any(not 32 <= ord(ch) < 127 for ch in clean):
+        raise InvalidApiKey(
+            f"llm.api_key ({mask(clean)}) contains a line break, control or non-ASCII character, which an HTTP "
+            "Authorization header cannot carry; fix the key in your config2.yaml."
+        )
+    if clean != key:
+        log.warning("llm.api_key (%s) has whitespace around it; sending it trimmed. Check your config2.yaml.",
+                    mask(clean))
+    return clean
+
+
+def send_configured_key(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """wrapt wrapper: the wrapped kwargs, with the key and proxy client that ``OpenAILLM`` would use."""
+    result = wrapped(*args, **kwargs)
+    owner = _owner_of_ours(type(instance)) if instance is not None else None
+    if owner is None or not isinstance(result, dict):
+        return result
+    upstream = getattr(super(owner, instance), METHOD)()
+    fixed = dict(result)
+    fixed["api_key"] = clean_key(upstream.get("api_key"))
+    if "http_client" in upstream and "http_client" not in fixed:
+        fixed["http_client"] = upstream["http_client"]
+    return fixed
+
+
+def _owner_of_ours(cls: type) -> Optional[type]:
+    """The class in ``cls``'s MRO whose own attribute carries our wrapper."""
+    return next((klass for klass in cls.__mro__ if wrapping.is_wrapped(klass, METHOD, send_configured_key)), None)
+
+
+def is_patched(cls: Any) -> bool:
+    """True when ``cls`` itself defines the method and our wrapper is in its wrapper chain."""
+    return isinstance(cls, type) and wrapping.is_wrapped(cls, METHOD, send_configured_key)
+
+
+class ApiKeyFix(Fix):
+    name = "api_key"
+    summary = "open_llm sends llm.api_key and honours llm.proxy"
+    upstream = "every request carries 'Authorization: Bearer sk-xxx' (401 from a vLLM started with --api-key)"
+
+    def targets(self) -> Sequence[Target]:
+        return [(gate.CLASS_NAME, METHOD, send_configured_key)]
+
+    def problem(self, module: ModuleType) -> Optional[str]:
+        return gate._shape_problem(module)
+
+
+FIX = ApiKeyFix()

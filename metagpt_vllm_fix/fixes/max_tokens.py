@@ -1,0 +1,119 @@
+"""The ``max_tokens`` fix: a request whose ``max_tokens`` does not fit the server's context is sent again without it.
+
+MetaGPT 0.7 always sends ``max_tokens = llm.max_token`` (4096 by default). vLLM up to 0.17 refuses
+prompt + max_tokens > context with 400, vLLM 0.18+ refuses max_tokens > context; without ``max_tokens`` every
+generation answers with the room left. So on exactly that 400 (recognised by the messages in
+``vllm_versions``, any generation) the same request goes once more without ``max_tokens``. Nothing else is
+retried: not 401 or 404, not a prompt too long by itself, never twice. Once the server has said its context and
+``llm.max_token`` does not fit it, later requests to that server and model leave ``max_tokens`` out at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import ModuleType
+from typing import Any, Dict, Optional, Set, Tuple
+
+from ..vllm_versions import Refusal, classify_refusal
+from . import RequestFix, error_message, mentions, server_of, status_code
+
+log = logging.getLogger("metagpt_vllm_fix")
+
+_Key = Tuple[str, str]  # (server base URL, model)
+_contexts: Dict[_Key, int] = {}  # the context size each server said, for the models it refused max_tokens for
+_warned: Set[Tuple[_Key, str]] = set()
+_lock = threading.Lock()
+
+
+def refusal_of(exc: BaseException) -> Optional[Refusal]:
+    """The context refusal this exception reports, if it is one (a 400 with a known vLLM message)."""
+    if status_code(exc) != 400:
+        return None
+    return classify_refusal(error_message(exc))
+
+
+def _warn_once(key: _Key, kind: str, message: str) -> None:
+    with _lock:
+        if (key, kind) in _warned:
+            return
+        _warned.add((key, kind))
+    log.warning(message)
+
+
+def _remember(key: _Key, requested: int, refusal: Refusal) -> None:
+    """Note what the refusal taught and say it once, with the value that would avoid it."""
+    model, context = key[1], refusal.context
+    if context is not None and requested >= context:
+        with _lock:
+            _contexts[key] = context
+        _warn_once(key, "context",
+                   f"llm.max_token {requested} does not fit {model}'s context of {context} tokens; sending requests "
+                   f"without max_tokens so the server uses the room left. Set llm.max_token below {context} to "
+                   "silence this.")
+        return
+    room = f"{model}'s context of {context} tokens" if context is not None else f"{model}'s context"
+    _warn_once(key, "prompt",
+               f"llm.max_token {requested} plus a prompt of {refusal.prompt_tokens or 'many'} tokens does not fit "
+               f"{room}; sent again without max_tokens so the server uses the room left (one extra request each "
+               "time). A lower llm.max_token avoids the extra request.")
+
+
+def _without_max_tokens(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    return {name: value for name, value in kwargs.items() if name != "max_tokens"}
+
+
+async def fit_max_tokens(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """wrapt wrapper of ``chat.completions.create``: at most one more request, without ``max_tokens``."""
+    requested = kwargs.get("max_tokens")
+    if not isinstance(requested, int) or isinstance(requested, bool):
+        return await wrapped(*args, **kwargs)
+    key = (server_of(wrapped, instance), str(kwargs.get("model")))
+    context = _contexts.get(key)
+    if context is not None and requested >= context:
+        return await wrapped(*args, **_without_max_tokens(kwargs))
+    try:
+        return await wrapped(*args, **kwargs)
+    except Exception as exc:
+        refusal = refusal_of(exc)
+        if refusal is None or not refusal.retry_helps:
+            raise
+    _remember(key, requested, refusal)
+    return await wrapped(*args, **_without_max_tokens(kwargs))
+
+
+def known_contexts() -> Dict[_Key, int]:
+    """What this process has learnt: (server, model) -> context size (for status and tests)."""
+    with _lock:
+        return dict(_contexts)
+
+
+def forget() -> None:
+    """Drop what was learnt (``remove()`` calls it, so a re-applied fix starts afresh)."""
+    with _lock:
+        _contexts.clear()
+        _warned.clear()
+
+
+class MaxTokensFix(RequestFix):
+    name = "max_tokens"
+    summary = "a max_tokens that does not fit the server's context is left out, so the server uses the room left"
+    upstream = "every request asks for max_tokens = llm.max_token (4096): 400 when it does not fit the context"
+    call = staticmethod(fit_max_tokens)
+
+    def problem(self, module: ModuleType) -> Optional[str]:
+        found = super().problem(module)
+        if found:
+            return found
+        cons = getattr(getattr(module, "OpenAILLM", None), "_cons_kwargs", None)
+        if not mentions(cons, "max_tokens"):
+            return "OpenAILLM._cons_kwargs no longer sends max_tokens as MetaGPT 0.7 does"
+        return None
+
+    def remove(self, module: Optional[ModuleType]) -> bool:
+        removed = super().remove(module)
+        forget()
+        return removed
+
+
+FIX = MaxTokensFix()

@@ -1,0 +1,167 @@
+"""The ``usage`` fix: a streamed answer is counted with the server's own token counts, quietly and offline.
+
+MetaGPT 0.7 counts every streamed ``open_llm`` answer with tiktoken (``OpenLLM._calc_usage``): it prints
+"Warning: model not found" on stdout each time, downloads cl100k_base with no timeout, and logs an ERROR
+offline. vLLM counts exactly, with the served model's own tokenizer, and says so in the stream: on the finish
+chunk (0.3) or, asked with ``stream_options.include_usage`` (0.5+; openai 1.6 passes it through
+``extra_body``), on a last chunk with no choices. This fix asks for it, watches the stream for it, and hands it
+to ``_calc_usage``'s caller. Without it (a server that sends none) ``token_count`` counts locally, never
+waiting long. A server that refuses the extra field gets the request again without it, once, and never again.
+Non-streamed answers already carry the server's usage: untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from types import ModuleType
+from typing import Any, Optional, Sequence, Set, Tuple
+
+from .. import token_count, wrapping
+from . import RequestFix, Target, error_message, server_of, status_code
+
+log = logging.getLogger("metagpt_vllm_fix")
+
+STREAM_OPTIONS = {"include_usage": True}
+_KEEP = 256  # streams whose usage waits for _calc_usage at once; a bound, not a cache
+
+_lock = threading.Lock()
+_refusers: Set[str] = set()  # servers that answered 400/422 to stream_options
+_captured: "OrderedDict[int, Tuple[Any, Tuple[int, int]]]" = OrderedDict()  # id(messages) -> (messages, counts)
+
+
+def _counts(usage: Any) -> Optional[Tuple[int, int]]:
+    """(prompt, completion) from a usage dict (openai 1.6 keeps unknown chunk fields raw) or object."""
+    get = usage.get if isinstance(usage, dict) else (lambda name: getattr(usage, name, None))
+    prompt, completion = get("prompt_tokens"), get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        return prompt, completion
+    return None
+
+
+def _record(messages: Any, counts: Tuple[int, int]) -> None:
+    with _lock:
+        _captured[id(messages)] = (messages, counts)  # the list itself is kept, so its id cannot be reused
+        while len(_captured) > _KEEP:
+            _captured.popitem(last=False)
+
+
+def _take(messages: Any) -> Optional[Tuple[int, int]]:
+    with _lock:
+        entry = _captured.get(id(messages))
+        if entry is None or entry[0] is not messages:
+            return None
+        del _captured[id(messages)]
+        return entry[1]
+
+
+def _watched(stream: Any, messages: Any) -> Any:
+    """The stream, unchanged for its reader, noting the last usage any chunk carries for these messages."""
+    if wrapping.wrapt is None or messages is None:
+        return stream
+
+    class UsageWatcher(wrapping.wrapt.ObjectProxy):  # type: ignore[name-defined,misc]
+        def __aiter__(self) -> Any:
+            return self._self_chunks()
+
+        async def _self_chunks(self) -> Any:
+            async for chunk in self.__wrapped__:
+                counts = _counts(getattr(chunk, "usage", None))
+                if counts is not None:
+                    _record(messages, counts)
+                yield chunk
+
+    return UsageWatcher(stream)
+
+
+def _refuses_field(exc: BaseException) -> bool:
+    """A 400/422 that names stream_options: the server does not take the extra field."""
+    return status_code(exc) in (400, 422) and "stream_options" in f"{error_message(exc)} {getattr(exc, 'body', '')}"
+
+
+async def ask_for_usage(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """wrapt wrapper of ``chat.completions.create``: streams ask for usage and are watched for it."""
+    if not kwargs.get("stream"):
+        return await wrapped(*args, **kwargs)
+    server = server_of(wrapped, instance)
+    extra = kwargs.get("extra_body")
+    if server in _refusers or (isinstance(extra, dict) and "stream_options" in extra) or \
+            (extra is not None and not isinstance(extra, dict)):
+        return _watched(await wrapped(*args, **kwargs), kwargs.get("messages"))
+    try:
+        stream = await wrapped(*args, **{**kwargs, "extra_body": {**(extra or {}), "stream_options": STREAM_OPTIONS}})
+    except Exception as exc:
+        if not _refuses_field(exc):
+            raise
+        with _lock:
+            first = server not in _refusers
+            _refusers.add(server)
+        if first:
+            log.warning("usage: %s refused stream_options (%s); asking it without them from now on.", server,
+                        error_message(exc)[:120])
+        stream = await wrapped(*args, **kwargs)
+    return _watched(stream, kwargs.get("messages"))
+
+
+def use_server_usage(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    """wrapt wrapper of ``OpenLLM._calc_usage(messages, rsp)``: the server's counts, else a quiet local count."""
+    messages = kwargs["messages"] if "messages" in kwargs else (args[0] if args else None)
+    answer = kwargs["rsp"] if "rsp" in kwargs else (args[1] if len(args) > 1 else "")
+    counts = _take(messages)
+    config = getattr(instance, "config", None)
+    if not getattr(config, "calc_usage", True) or not isinstance(messages, list):
+        return wrapped(*args, **kwargs)  # upstream: zeros when calc_usage is off
+    from openai.types import CompletionUsage
+
+    if counts is None:
+        prompt, completion, _ = token_count.count(messages, answer if isinstance(answer, str) else "",
+                                                  getattr(instance, "model", ""))
+        counts = (prompt, completion)
+    return CompletionUsage(prompt_tokens=counts[0], completion_tokens=counts[1], total_tokens=sum(counts))
+
+
+def refusing_servers() -> Set[str]:
+    with _lock:
+        return set(_refusers)
+
+
+def forget() -> None:
+    with _lock:
+        _refusers.clear()
+        _captured.clear()
+
+
+class UsageFix(RequestFix):
+    name = "usage"
+    summary = "streamed answers are counted with the server's own usage; no stdout print, no tiktoken download wait"
+    upstream = ("every streamed answer prints 'Warning: model not found' and counts with tiktoken, which "
+                "downloads with no timeout (offline: an ERROR each call)")
+    call = staticmethod(ask_for_usage)
+
+    def extra_targets(self) -> Sequence[Target]:
+        return [("OpenLLM", "_calc_usage", use_server_usage)]
+
+    def problem(self, module: ModuleType) -> Optional[str]:
+        import inspect
+
+        found = super().problem(module)
+        if found:
+            return found
+        calc = inspect.unwrap(vars(module.OpenLLM).get("_calc_usage", None) or (lambda: None))
+        if not inspect.isfunction(calc) or list(inspect.signature(calc).parameters) != ["self", "messages", "rsp"]:
+            return "OpenLLM no longer defines _calc_usage(self, messages, rsp) as MetaGPT 0.7 does"
+        stream = inspect.unwrap(getattr(getattr(module, "OpenAILLM", None), "_achat_completion_stream", None)
+                                or (lambda: None))
+        if not inspect.isasyncgenfunction(stream):
+            return "OpenAILLM._achat_completion_stream is no longer MetaGPT 0.7's async generator"
+        return None
+
+    def remove(self, module: Optional[ModuleType]) -> bool:
+        removed = super().remove(module)
+        forget()
+        return removed
+
+
+FIX = UsageFix()
+

@@ -1,0 +1,86 @@
+"""Counting tokens locally when the server sent no usage: tiktoken if it is at hand within seconds, else an estimate.
+
+MetaGPT 0.7 counts an ``open_llm`` answer with tiktoken's cl100k_base, which tiktoken downloads on first use
+with no timeout: offline that fails on every call, and behind a network that drops packets it hangs. Here the
+encoding is loaded once per process on a background thread; a request path waits for it at most
+``WAIT_SECONDS`` once, and after a failure or a timeout never again (an estimate of 4 characters per token
+stands in). The arithmetic is upstream's for "open-llm-model" (no per-message overhead, 3 for the reply).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+log = logging.getLogger("metagpt_vllm_fix")
+
+WAIT_SECONDS = 3.0
+ENCODING = "cl100k_base"
+CHARS_PER_TOKEN = 4
+
+_lock = threading.Lock()
+_state: Dict[str, Any] = {"encoding": None, "error": None, "thread": None, "announced": False}
+
+
+def _load() -> None:
+    try:
+        import tiktoken
+
+        encoding = tiktoken.get_encoding(ENCODING)
+    except BaseException as exc:  # noqa: BLE001 - offline, proxy, broken cache: all mean "not available"
+        with _lock:
+            _state["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
+        return
+    with _lock:
+        _state["encoding"] = encoding
+
+
+def encoding(wait: float = WAIT_SECONDS) -> Optional[Any]:
+    """cl100k_base if it loaded; the first caller waits up to ``wait`` seconds, later callers not at all."""
+    with _lock:
+        if _state["encoding"] is not None or _state["error"] is not None:
+            return _state["encoding"]
+        thread = _state["thread"]
+        if thread is None:
+            thread = _state["thread"] = threading.Thread(target=_load, name="metagpt-vllm-fix-tiktoken", daemon=True)
+            thread.start()
+    thread.join(wait)
+    with _lock:
+        if _state["encoding"] is None and _state["error"] is None:
+            _state["error"] = f"tiktoken's {ENCODING} did not load within {wait:g} s (download blocked?)"
+        return _state["encoding"]
+
+
+def _estimate(text: str) -> int:
+    return (len(text) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def _text(value: Any) -> str:
+    """A message field as text; OpenAI vision-style content lists count their text parts (as upstream does)."""
+    if isinstance(value, list):
+        return "".join(item.get("text", "") for item in value if isinstance(item, dict) and item.get("type") == "text")
+    return value if isinstance(value, str) else str(value)
+
+
+def count(messages: List[Dict[str, Any]], answer: str, model: str = "") -> Tuple[int, int, str]:
+    """(prompt tokens, completion tokens, how they were counted) without printing and without waiting long."""
+    enc = encoding()
+    measure: Callable[[str], int] = (lambda text: len(enc.encode(text))) if enc is not None else _estimate
+    how = f"tiktoken {ENCODING}" if enc is not None else f"an estimate ({CHARS_PER_TOKEN} characters per token)"
+    prompt = sum(measure(_text(value)) for message in messages for value in message.values()) + 3
+    completion = measure(answer)
+    with _lock:
+        announce = not _state["announced"]
+        _state["announced"] = True
+    if announce:
+        why = "" if enc is not None else f": tiktoken's {ENCODING} is not available ({_state['error']})"
+        log.warning("usage: the server sent no token counts for %s; counting with %s%s. The server's own counts "
+                    "are exact (vLLM 0.5+ sends them when asked).", model or "this model", how, why)
+    return prompt, completion, how
+
+
+def reset() -> None:
+    """Forget the loaded encoding and any failure (for tests; a running load thread finishes on its own)."""
+    with _lock:
+        _state.update(encoding=None, error=None, thread=None, announced=False)

@@ -1,0 +1,149 @@
+"""The max_tokens fix against the emulator in each vLLM generation, through the real MetaGPT 0.7.7 in this process."""
+
+from __future__ import annotations
+
+import logging
+
+import openai
+import pytest
+
+import metagpt_vllm_fix
+from conftest import SEED_KEY, open_llm_instance, run
+from metagpt_vllm_fix.fixes import max_tokens
+from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
+
+# (vLLM release, context): each refuses MetaGPT's default max_tokens 4096 upstream.
+REFUSING = [("0.3.3", 4096), ("0.10.2", 4096), ("0.32.0", 512)]
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugin(monkeypatch):
+    """Each test starts with every fix applied and nothing learnt; the default state is put back afterwards."""
+    monkeypatch.delenv("METAGPT_VLLM_FIX_DISABLE", raising=False)
+    import metagpt.provider.open_llm_api  # noqa: F401  (the hook patches it)
+
+    metagpt_vllm_fix.remove()
+    metagpt_vllm_fix.apply()
+    yield
+    metagpt_vllm_fix.remove()
+    monkeypatch.delenv("METAGPT_VLLM_FIX_DISABLE", raising=False)
+    metagpt_vllm_fix.apply()
+
+
+def ask(llm, prompt="hello from the test", stream=True):
+    """One aask on the test's event loop (a client's pooled connections belong to the loop that opened them)."""
+    return run(llm.aask(prompt, stream=stream))
+
+
+def v1(server):
+    return [r for r in server.requests if r.path.startswith("/v1")]
+
+
+@pytest.mark.parametrize("version,context", REFUSING)
+def test_seed_config_answers_with_one_extra_request_per_llm(version, context, caplog):
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=context, vllm_version=version) as server, \
+            caplog.at_level(logging.WARNING, logger="metagpt_vllm_fix"):
+        llm = open_llm_instance(server.base_url)
+        assert llm.config.max_token == 4096  # MetaGPT's default: the seed's config has no max_token line
+        for stream in (True, False, True, False):
+            assert ask(llm, stream=stream).startswith("echo: ")
+        seen = v1(server)
+    assert [(r.status, r.max_tokens) for r in seen] == [(400, 4096)] + [(200, None)] * 4
+    warnings = [r.getMessage() for r in caplog.records if "does not fit" in r.getMessage()]
+    assert warnings == [f"llm.max_token 4096 does not fit {DEFAULT_MODEL}'s context of {context} tokens; sending "
+                        f"requests without max_tokens so the server uses the room left. Set llm.max_token below "
+                        f"{context} to silence this."]
+
+
+def test_a_second_llm_of_the_same_server_needs_no_extra_request():
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=512) as server:
+        ask(open_llm_instance(server.base_url))
+        ask(open_llm_instance(server.base_url))
+        assert [r.status for r in v1(server)] == [400, 200, 200]
+
+
+@pytest.mark.parametrize("version", ["0.3.3", "0.32.0"])
+def test_a_request_that_fits_is_sent_once_and_unchanged(version):
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, vllm_version=version) as server:
+        llm = open_llm_instance(server.base_url)
+        ask(llm, stream=True)
+        ask(llm, stream=False)
+        assert [(r.status, r.max_tokens) for r in v1(server)] == [(200, 4096), (200, 4096)]
+
+
+def test_context_equal_to_max_token_on_a_clamping_vllm_is_not_touched():
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=4096, vllm_version="0.32.0") as server:
+        ask(open_llm_instance(server.base_url))
+        assert [(r.status, r.max_tokens) for r in v1(server)] == [(200, 4096)]
+
+
+@pytest.mark.parametrize("version,context", REFUSING)
+def test_disabled_by_name_brings_the_upstream_400_back(version, context, monkeypatch):
+    monkeypatch.setenv("METAGPT_VLLM_FIX_DISABLE", "max_tokens")
+    metagpt_vllm_fix.remove()
+    metagpt_vllm_fix.apply()
+    assert {f.name: f.state for f in metagpt_vllm_fix.status().fixes}["max_tokens"] == "off"
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=context, vllm_version=version) as server:
+        llm = open_llm_instance(server.base_url)
+        for stream in (True, False):
+            with pytest.raises(openai.BadRequestError):
+                ask(llm, stream=stream)
+        assert [r.status for r in v1(server)] == [400, 400]
+
+
+@pytest.mark.parametrize("version,context,requests", [("0.3.3", 512, 1), ("0.10.2", 512, 1), ("0.32.0", 512, 2)])
+def test_a_prompt_too_long_by_itself_gets_the_servers_error_after_at_most_one_retry(version, context, requests):
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=context, vllm_version=version) as server:
+        llm = open_llm_instance(server.base_url)
+        with pytest.raises(openai.BadRequestError) as caught:
+            ask(llm, "word " * 600)
+        assert len(v1(server)) == requests
+    assert "605" in str(caught.value)  # the server's own message, naming the prompt's size (600 words + 5 system)
+
+
+def test_a_long_prompt_under_a_small_max_token_is_resent_each_time_without_being_remembered(caplog):
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=512, vllm_version="0.3.3") as server, \
+            caplog.at_level(logging.WARNING, logger="metagpt_vllm_fix"):
+        llm = open_llm_instance(server.base_url, max_token=256)
+        ask(llm, "word " * 300)
+        ask(llm, "word " * 300)
+        ask(llm, "short")
+        assert [(r.status, r.max_tokens) for r in v1(server)] == [(400, 256), (200, None), (400, 256), (200, None),
+                                                                 (200, 256)]
+    assert max_tokens.known_contexts() == {}
+    assert len([r for r in caplog.records if "plus a prompt of" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("status,key,model", [(401, "wrong-key", DEFAULT_MODEL), (404, SEED_KEY, "llama2")])
+def test_401_and_404_are_never_retried(status, key, model):
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=512) as server:
+        llm = open_llm_instance(server.base_url, api_key=key, model=model)
+        with pytest.raises(openai.APIStatusError) as caught:
+            ask(llm)
+        assert caught.value.status_code == status
+        assert [r.status for r in v1(server)] == [status]
+
+
+@pytest.mark.parametrize("version,context", REFUSING)
+def test_function_call_path_is_fixed_too(version, context):
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=context, vllm_version=version) as server:
+        llm = open_llm_instance(server.base_url)
+        answer = run(llm.aask_code([{"role": "user", "content": "write hello world"}]))
+        assert answer["language"] == "markdown" and answer["code"].startswith("echo: ")
+        assert [(r.status, r.max_tokens, "tools" in r.fields) for r in v1(server)] == [(400, 4096, True),
+                                                                                      (200, None, True)]
+
+
+def test_remove_restores_every_original_object_and_unwraps_live_clients():
+    from metagpt.provider.open_llm_api import OpenAILLM, OpenLLM
+
+    llm = open_llm_instance("http://127.0.0.1:9/v1")
+    completions = llm.aclient.chat.completions
+    assert "create" in vars(completions)  # our wrappers, on this client only
+    metagpt_vllm_fix.remove()
+    assert "create" not in vars(completions)
+    assert "_init_client" not in vars(OpenLLM)  # inherited again, as shipped
+    assert OpenLLM._init_client is OpenAILLM._init_client
+    assert not hasattr(vars(OpenLLM)["_calc_usage"], "__wrapped__")
+    other = openai.AsyncOpenAI(api_key="x", base_url="http://127.0.0.1:9/v1")
+    assert "create" not in vars(other.chat.completions)  # never touched: only OpenLLM's clients are wrapped

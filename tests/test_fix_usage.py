@@ -1,0 +1,178 @@
+"""The usage fix: streamed answers counted with the server's own usage, quietly, offline, without waiting long."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+
+import metagpt_vllm_fix
+from conftest import SEED_KEY, ask_metagpt, open_llm_instance, run, write_config
+from metagpt_vllm_fix import token_count
+from metagpt_vllm_fix.server import VLLMServer
+
+STREAM_NOISE = ("Warning: model not found", "usage calculation failed", "ERROR")
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugin(monkeypatch):
+    monkeypatch.delenv("METAGPT_VLLM_FIX_DISABLE", raising=False)
+    import metagpt.provider.open_llm_api  # noqa: F401
+
+    metagpt_vllm_fix.remove()
+    metagpt_vllm_fix.apply()
+    yield
+    metagpt_vllm_fix.remove()
+    metagpt_vllm_fix.apply()
+
+
+class SilentProxy:
+    """A proxy that accepts connections and never answers: a network that swallows tiktoken's download."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held: list = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def __enter__(self) -> "SilentProxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+def costs(llm):
+    c = llm.get_costs()
+    return c.total_prompt_tokens, c.total_completion_tokens
+
+
+def counted(llm, prompt, stream):
+    before = costs(llm)
+    run(llm.aask(prompt, stream=stream))
+    after = costs(llm)
+    return after[0] - before[0], after[1] - before[1]
+
+
+@pytest.mark.parametrize("version", ["0.3.3", "0.10.2", "0.32.0"])
+def test_streamed_answer_is_counted_with_the_servers_own_usage(version):
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, vllm_version=version) as server:
+        llm = open_llm_instance(server.base_url)
+        streamed = counted(llm, "count these five words please", stream=True)
+        plain = counted(llm, "count these five words please", stream=False)  # the server's usage, upstream's path
+        fields = [r.fields for r in server.requests if r.path == "/v1/chat/completions"]
+    assert streamed == plain == (10, 6)  # the emulator counts words: 5 system + 5 prompt; "echo:" + 5
+    assert "stream_options" in fields[0] and "stream_options" not in fields[1]
+
+
+def test_server_refusing_stream_options_is_asked_again_without_them_once_and_never_again(caplog):
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, reject_unknown_fields=True) as server:
+        llm = open_llm_instance(server.base_url)
+        first = counted(llm, "one two three", stream=True)
+        second = counted(llm, "one two three", stream=True)
+        seen = [(r.status, "stream_options" in r.fields) for r in server.requests]
+    assert seen == [(400, True), (200, False), (200, False)]
+    assert first == second and first[0] > 0 and first[1] > 0  # counted locally: no usage from this server
+    assert len([r for r in caplog.records if "refused stream_options" in r.getMessage()]) == 1
+
+
+def test_two_concurrent_streams_of_one_llm_keep_their_own_counts():
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192) as server:
+        llm = open_llm_instance(server.base_url)
+        recorded = []
+        update = llm._update_costs
+        llm._update_costs = lambda usage: (recorded.append((usage.prompt_tokens, usage.completion_tokens)),
+                                           update(usage))[1]  # an observer that calls MetaGPT's own method
+
+        async def both():
+            short = [{"role": "user", "content": "a"}]
+            long = [{"role": "user", "content": "b " * 40}]
+            return await asyncio.gather(llm.acompletion_text(short, stream=True),
+                                        llm.acompletion_text(long, stream=True))
+
+        run(both())
+    assert sorted(recorded) == [(1, 2), (40, 41)]
+
+
+def test_calc_usage_off_counts_nothing():
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192) as server:
+        llm = open_llm_instance(server.base_url, calc_usage=False)
+        assert counted(llm, "hello", stream=True) == (0, 0)
+
+
+def test_local_count_without_tiktoken_is_an_estimate_and_never_waits_twice(monkeypatch):
+    token_count.reset()
+    monkeypatch.setattr(token_count, "_load", lambda: time.sleep(30))  # a download that hangs
+    started = time.monotonic()
+    first = token_count.count([{"role": "user", "content": "abcdefgh"}], "abcd", "m")
+    waited = time.monotonic() - started
+    started = time.monotonic()
+    second = token_count.count([{"role": "user", "content": "abcdefgh"}], "abcd", "m")
+    assert first == second == (1 + 2 + 3, 1, "an estimate (4 characters per token)")  # "user", "abcdefgh", reply
+    assert waited < token_count.WAIT_SECONDS + 2 and time.monotonic() - started < 0.5
+    token_count.reset()
+
+
+def offline_home(tmp_path, base_url):
+    home = tmp_path / "home"
+    write_config(home, base_url)
+    cache = tmp_path / "empty-tiktoken-cache"
+    cache.mkdir()
+    return home, str(cache)
+
+
+def test_offline_stream_without_server_usage_finishes_quickly_and_quietly(tmp_path):
+    """No usage from the server, no tiktoken cache, a network that swallows the download: answer, then move on."""
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, reject_unknown_fields=True) as server, \
+            SilentProxy() as proxy:
+        home, cache = offline_home(tmp_path, server.base_url)
+        started = time.monotonic()
+        result = ask_metagpt(home, stream=True, TIKTOKEN_CACHE_DIR=cache, HTTPS_PROXY=proxy.url,
+                             HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1")
+        elapsed = time.monotonic() - started
+    assert result["ok"], result
+    assert elapsed < 30, f"the call waited {elapsed:.0f} s for tiktoken"  # upstream waits until killed
+    output = result["stdout"] + result["stderr"]
+    assert not [noise for noise in STREAM_NOISE if noise in output], output
+    assert "counting with an estimate" in result["stderr"]
+
+
+def test_offline_stream_with_server_usage_never_touches_tiktoken(tmp_path):
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192) as server, SilentProxy() as proxy:
+        home, cache = offline_home(tmp_path, server.base_url)
+        result = ask_metagpt(home, stream=True, TIKTOKEN_CACHE_DIR=cache, HTTPS_PROXY=proxy.url,
+                             HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1")
+        assert not proxy.held, "something tried to download through the proxy"
+    assert result["ok"], result
+    output = result["stdout"] + result["stderr"]
+    assert not [noise for noise in STREAM_NOISE + ("counting with",) if noise in output], output
+
+
+def test_usage_disabled_by_name_brings_back_upstreams_print_and_error(tmp_path):
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192) as server:
+        home, cache = offline_home(tmp_path, server.base_url)
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()  # nothing listens: the download is refused at once
+        result = ask_metagpt(home, stream=True, TIKTOKEN_CACHE_DIR=cache, HTTPS_PROXY=f"http://127.0.0.1:{port}",
+                             NO_PROXY="127.0.0.1", METAGPT_VLLM_FIX_DISABLE="usage")
+    assert result["ok"], result
+    assert "Warning: model not found. Using cl100k_base encoding." in result["stdout"]
+    assert "usage calculation failed!" in result["stderr"]
