@@ -40,6 +40,17 @@ _port = _number(int, lambda v: 0 <= v <= 65535, "a port, 0-65535")
 _positive_int = _number(int, lambda v: v >= 1, ">= 1")
 
 
+def _vllm_version(text: str) -> str:
+    """An argparse type: a vLLM release the behaviour table can place (0.3.0 or later)."""
+    from .vllm_versions import for_version
+
+    try:
+        for_version(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.strip().lstrip("v")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metagpt-vllm-fix",
@@ -70,9 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve", help="run a vLLM-compatible test server (no GPU, echo answers)",
-        description="A GPU-free stand-in for vLLM 0.3's OpenAI-compatible server: same key check, same 401/404/400 "
-                    "answers, deterministic echo text.",
-        epilog="The key may also come from VLLM_API_KEY, which wins over --api-key as in vLLM 0.3. "
+        description="A GPU-free stand-in for vLLM's OpenAI-compatible server, playing the vLLM release you name: "
+                    "its key check, its 401/404/400 answers and their bodies, /version, its max_tokens rule, its "
+                    "streamed usage; deterministic echo text.",
+        epilog="The key may also come from VLLM_API_KEY (which wins over --api-key up to vLLM 0.10, as there). "
                "Ctrl-C or SIGTERM stops the server (exit 0).")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     serve.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0 picks a free one)")
@@ -81,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "(default: meta-llama/Llama-2-7b-hf)")
     serve.add_argument("--max-model-len", type=_positive_int, default=4096, metavar="N",
                        help="context length the server enforces (default: 4096)")
+    serve.add_argument("--vllm-version", type=_vllm_version, default=None, metavar="VERSION",
+                       help="the vLLM release to answer as, e.g. 0.3.3 (MetaGPT 0.7's time) or 0.32.0 (default: "
+                            "0.32.0)")
+    serve.add_argument("--reject-unknown-fields", action="store_true",
+                       help="refuse request fields OpenAI's API does not define (stream_options ...), as some "
+                            "OpenAI-compatible servers do; vLLM ignores them")
 
     status = commands.add_parser("status", help="one line: is the fix active here, and why",
                                  description="Print whether the plugin is active, and why, in one line.")
@@ -111,6 +129,8 @@ def cmd_status(as_json: bool) -> int:
         print(json.dumps({**dataclasses.asdict(st), "automatic": st.automatic, "line": line}))
     else:
         print(line)
+        for fix in st.fixes:
+            print(f"  {fix.name:<11} {fix.state:<9} {fix.reason}")
     return 0
 
 
@@ -133,32 +153,40 @@ def _client_url(url: str) -> str:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the embedded vLLM-0.3-compatible server until Ctrl-C / SIGTERM."""
+    """Run the embedded vLLM-compatible server until Ctrl-C / SIGTERM."""
     from . import server as srv
     from .demo import show_header
     from .doctor import is_loopback
     from .masking import mask
     from .report import PROBLEM, WARNING, Report
 
+    from .vllm_versions import for_version
+
     report = Report()
+    version = args.vllm_version or srv.DEFAULT_VERSION
+    generation = for_version(version)
     env_key = os.environ.get("VLLM_API_KEY") or None
-    key = srv.api_key_from_env(args.api_key)
+    key = srv.api_key_from_env(args.api_key, version)
     report.secret(key, args.api_key, env_key)
     model = args.model or srv.DEFAULT_MODEL
     if key is None:
         key_line = "none: every request is accepted (like vLLM started without --api-key)"
     elif env_key and args.api_key and env_key != args.api_key:
-        key_line = f"{mask(key)} from VLLM_API_KEY, which wins over --api-key as in vLLM 0.3"
+        winner = "VLLM_API_KEY, which wins over --api-key" if generation.env_key_wins else \
+            "--api-key, which wins over VLLM_API_KEY"
+        key_line = f"{mask(key)} from {winner} in vLLM {version}"
     else:
         key_line = f"{mask(key)} (from {'VLLM_API_KEY' if env_key else '--api-key'})"
 
     def ready(url: str) -> None:
         base_url = _client_url(url) + "/v1"
         loopback = is_loopback(args.host)
-        report.title("metagpt-vllm-fix serve: a vLLM 0.3-compatible server for trying a config without a GPU")
+        report.title(f"metagpt-vllm-fix serve: answers as vLLM {version} does, for trying a config without a GPU")
         report.field("URL", base_url + ("   (loopback only: reachable from this machine)" if loopback else ""))
         report.field("API key", key_line)
         report.field("model", f"{model} (max_model_len {args.max_model_len}; answers echo the prompt)")
+        report.field("rules", f"vLLM {generation.name} generation: {generation.context_rule}"
+                     + ("; refuses unknown request fields" if args.reject_unknown_fields else ""))
         if not loopback:
             report.check(WARNING, f"listening on {args.host}, not loopback: anyone who can reach this machine can "
                                   "use this server, and keys travel in clear text over plain http.")
@@ -170,14 +198,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         report.line(f"    model: '{model}'")
         report.line(f"    api_key: '{mask(key)}'" if key else
                     "    api_key: 'any-non-empty-text'   # MetaGPT requires one; this server checks none")
-        report.line(f"    max_token: {max(1, args.max_model_len // 4)}   # MetaGPT always asks for this many; "
-                    "it must fit in max_model_len with the prompt")
+        report.line("  (llm.max_token may stay at MetaGPT's default 4096: the plugin's max_tokens fix leaves out a "
+                    "max_tokens that does not fit max_model_len)")
         report.line("Requests are listed below as they come (keys masked). Ctrl-C stops the server.")
 
     log = _RequestLog(report, lambda header: show_header(header, key or ""))
     try:
         srv.run(host=args.host, port=args.port, api_keys=[key] if key else [], model=model,
-                max_model_len=args.max_model_len, ready=ready, recorder=log)
+                max_model_len=args.max_model_len, vllm_version=version,
+                reject_unknown_fields=args.reject_unknown_fields, ready=ready, recorder=log)
     except OSError as exc:
         report.check(PROBLEM, f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return 1

@@ -1,13 +1,17 @@
-"""``metagpt-vllm-fix demo``: the bug and the fix, end to end, in one command and a few seconds.
+"""``metagpt-vllm-fix demo``: the seed's config2.yaml, verbatim, against a vLLM of MetaGPT 0.7's time.
 
-A vLLM-compatible server with a random ``--api-key`` runs on loopback; MetaGPT 0.7 loads a temporary
-config2.yaml with its own loader and asks the server twice through its ``open_llm`` provider: as upstream
-ships it (plugin removed) and patched. The server records which ``Authorization`` header it saw each time.
+A server playing vLLM 0.3.3 (Llama-2's 4096-token context, a random ``--api-key``) runs on loopback. MetaGPT 0.7
+loads the seed's config with its own loader -- no ``max_token`` line, so MetaGPT asks for 4096, and
+``calc_usage`` on -- and asks three times through its ``open_llm`` provider, streamed as ``aask`` does by
+default: as upstream ships it (401), with the ``api_key`` fix alone (400: prompt + 4096 > 4096), and with every
+fix (an answer, counted with the server's own usage). The server records what it saw each time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import secrets
 import shutil
 import tempfile
@@ -22,15 +26,16 @@ from .report import OK, PROBLEM, Report
 
 PROMPT = "Say hello to the vLLM server."
 CALL_TIMEOUT = 20.0  # seconds per call: MetaGPT retries connection errors for minutes, the demo must not hang
+VLLM_VERSION = "0.3.3"  # the vLLM of MetaGPT 0.7's time, which refuses prompt + max_tokens > context
+CONTEXT = 4096  # Llama-2-7b's
 
-DEMO_CONFIG = """\
+# The seed's config, exactly as the write-up has it (the key is this run's).
+SEED_CONFIG = """\
 llm:
   api_type: open_llm
   base_url: '{base_url}'
   model: '{model}'
-  api_key: '{api_key}'
-  max_token: 512
-  calc_usage: false
+  api_key: {api_key}
 """
 
 
@@ -38,12 +43,15 @@ llm:
 class Attempt:
     """One ``aask`` through MetaGPT's open_llm provider, and what the server saw."""
 
-    client_key: Optional[str] = None
     headers: List[Optional[str]] = field(default_factory=list)
     statuses: List[int] = field(default_factory=list)
+    max_tokens: List[Optional[int]] = field(default_factory=list)
     answer: Optional[str] = None
     error: Optional[str] = None
     status: Optional[int] = None
+    message: Optional[str] = None  #: the server's error message
+    said: List[str] = field(default_factory=list)  #: what the plugin logged during the call
+    usage: Optional[Tuple[int, int]] = None  #: (prompt, completion) tokens MetaGPT's cost manager recorded
 
     @property
     def ok(self) -> bool:
@@ -63,17 +71,45 @@ def show_header(header: Optional[str], key: str) -> str:
 
 
 async def _ask(llm_config: Any, server: Any) -> Attempt:
+    attempt = Attempt()
+    server.clear_requests()
+    listener = _Collect(attempt.said)
+    plugin_log = logging.getLogger("metagpt_vllm_fix")
+    plugin_log.addHandler(listener)
+    plugin_log.propagate, propagate = False, plugin_log.propagate
+    try:
+        return await _ask_once(llm_config, server, attempt)
+    finally:
+        plugin_log.removeHandler(listener)
+        plugin_log.propagate = propagate
+
+
+class _Collect(logging.Handler):
+    """Keeps the plugin's messages for the report instead of letting them reach stderr."""
+
+    def __init__(self, into: List[str]) -> None:
+        super().__init__(logging.INFO)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            self.into.append(record.getMessage())
+
+
+async def _ask_once(llm_config: Any, server: Any, attempt: Attempt) -> Attempt:
     import openai
     from metagpt.llm import LLM
 
-    attempt = Attempt()
-    server.clear_requests()
+    from .vllm_versions import error_fields
+
     llm = LLM(llm_config=llm_config)
-    attempt.client_key = llm.aclient.api_key
     try:
-        attempt.answer = await asyncio.wait_for(llm.aask(PROMPT, stream=False), CALL_TIMEOUT)
+        attempt.answer = await asyncio.wait_for(llm.aask(PROMPT), CALL_TIMEOUT)  # streamed, aask's default
+        costs = llm.get_costs()
+        attempt.usage = (costs.total_prompt_tokens, costs.total_completion_tokens)
     except openai.APIStatusError as exc:
         attempt.error, attempt.status = f"openai.{type(exc).__name__}", exc.status_code
+        attempt.message = str(error_fields(exc.body).get("message") or "")
     except asyncio.TimeoutError:
         attempt.error = f"no answer within {CALL_TIMEOUT:g} s"
     except Exception as exc:  # noqa: BLE001 - reported, scrubbed of the key by the report
@@ -81,60 +117,76 @@ async def _ask(llm_config: Any, server: Any) -> Attempt:
     seen = [r for r in server.requests if r.path.startswith("/v1")]
     attempt.headers = [r.authorization for r in seen]
     attempt.statuses = [r.status for r in seen]
+    attempt.max_tokens = [r.max_tokens for r in seen]
     return attempt
 
 
-async def _story(llm_config: Any, server: Any) -> Tuple[Attempt, Attempt]:
-    """Upstream first (plugin removed), then patched; one event loop for both calls."""
+async def _story(llm_config: Any, server: Any) -> Tuple[Attempt, Attempt, Attempt]:
+    """Upstream (plugin removed), the api_key fix alone, every fix; one event loop for the three calls."""
     from . import apply, remove
+    from ._activation import DISABLE
 
+    saved = os.environ.get(DISABLE)
     remove()
     try:
-        before = await _ask(llm_config, server)
-    finally:
+        upstream = await _ask(llm_config, server)
+        os.environ[DISABLE] = "max_tokens,usage"
         apply()
-    return before, await _ask(llm_config, server)
+        key_only = await _ask(llm_config, server)
+    finally:
+        remove()
+        if saved is None:
+            os.environ.pop(DISABLE, None)
+        else:
+            os.environ[DISABLE] = saved
+        apply()
+    return upstream, key_only, await _ask(llm_config, server)
 
 
 def _describe(report: Report, attempt: Attempt, key: str) -> None:
-    for header, status in zip(attempt.headers, attempt.statuses):
+    for header, status, max_tokens in zip(attempt.headers, attempt.statuses, attempt.max_tokens):
         note = ("   <- MetaGPT's hard-coded placeholder, not the configured key"
-                if header == f"Bearer {PLACEHOLDER_KEY}" else
-                "   <- the configured api_key" if header == f"Bearer {key}" else "")
-        report.field("server saw", f"Authorization: {show_header(header, key)} -> {status}{note}", indent="   ")
+                if header == f"Bearer {PLACEHOLDER_KEY}" else "")
+        asked = f"max_tokens {max_tokens}" if max_tokens is not None else "no max_tokens"
+        report.field("server saw", f"Authorization: {show_header(header, key)}, {asked} -> {status}{note}",
+                     indent="   ")
     if not attempt.headers:
         report.field("server saw", "no request", indent="   ")
     if attempt.ok:
-        report.field("result", f"200 OK, MetaGPT returned {attempt.answer!r}", indent="   ")
-    elif attempt.status == 401:
-        report.field("result", f"401 Unauthorized: MetaGPT raised {attempt.error}", indent="   ")
+        report.field("result", f"MetaGPT returned {attempt.answer!r}", indent="   ")
+        if attempt.usage:
+            report.field("usage", f"{attempt.usage[0]} prompt + {attempt.usage[1]} completion tokens, the "
+                                  "server's own count", indent="   ")
     else:
-        status = f"{attempt.status}: " if attempt.status else ""
-        report.field("result", f"{status}{attempt.error}", indent="   ")
+        status = f"{attempt.status} " if attempt.status else ""
+        said = f": {attempt.message}" if attempt.message else ""
+        report.field("result", f"{status}{attempt.error}{said}", indent="   ")
+    for message in attempt.said:
+        report.field("plugin said", message, indent="   ")
 
 
-def _differences(before: Attempt, after: Attempt, key: str) -> List[str]:
-    """Everything that differs from the story: upstream gets 401 for 'sk-xxx', the patched call gets 200."""
+def _differences(upstream: Attempt, key_only: Attempt, fixed: Attempt, key: str) -> List[str]:
+    """Everything that differs from the story: 401 for 'sk-xxx', then 400 for max_tokens, then an answer."""
     found = []
-    placeholder = f"Bearer {PLACEHOLDER_KEY}"
-    if before.ok:
-        found.append("MetaGPT as shipped got an answer: this MetaGPT does not have the bug (or the plugin was not "
-                     "removed)")
-    elif before.status != 401:
-        found.append(f"MetaGPT as shipped failed, but not with 401: {before.error}")
-    if before.headers != [placeholder]:
-        found.append("without the plugin the server should have seen exactly one 'Bearer sk-xxx'; it saw: "
-                     + (", ".join(show_header(h, key) for h in before.headers) or "nothing"))
-    if not after.ok:
-        found.append(f"the patched call failed: {after.status or ''} {after.error}".replace("  ", " "))
-    if after.headers != [f"Bearer {key}"]:
-        found.append("with the plugin the server should have seen the configured key once; it saw: "
-                     + (", ".join(show_header(h, key) for h in after.headers) or "nothing"))
+    placeholder, configured = f"Bearer {PLACEHOLDER_KEY}", f"Bearer {key}"
+    if upstream.ok or upstream.status != 401 or upstream.headers != [placeholder]:
+        found.append(f"MetaGPT as shipped should get exactly one 401 for '{placeholder}'; it got "
+                     f"{upstream.statuses} with {[show_header(h, key) for h in upstream.headers]}")
+    if key_only.ok or key_only.status != 400 or key_only.headers != [configured]:
+        found.append(f"with the api_key fix alone the configured key should get one 400 (max_tokens "
+                     f"{CONTEXT} does not fit); it got {key_only.statuses}: {key_only.error}")
+    if not fixed.ok:
+        found.append(f"with every fix the call failed: {fixed.status or ''} {fixed.error}".replace("  ", " "))
+    if fixed.headers != [configured, configured] or fixed.statuses != [400, 200] or fixed.max_tokens[1:] != [None]:
+        found.append(f"with every fix the server should see the key twice: 400 for max_tokens {CONTEXT}, then 200 "
+                     f"without max_tokens; it saw {list(zip(fixed.statuses, fixed.max_tokens))}")
+    if fixed.ok and not (fixed.usage and all(fixed.usage)):
+        found.append(f"with every fix MetaGPT should record the server's token counts; it recorded {fixed.usage}")
     return found
 
 
 def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
-    """The ``demo`` command; returns 0 when the story is exactly 401-then-200, else 1."""
+    """The ``demo`` command; returns 0 when the story is exactly 401, then 400, then an answer, else 1."""
     from .gate import installed_version
 
     report = report or Report()
@@ -152,19 +204,22 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
         from .doctor import import_metagpt, quiet_loguru
         from .server import DEFAULT_MODEL, VLLMServer
 
-        with VLLMServer(api_keys=[key], model=DEFAULT_MODEL, max_model_len=4096) as server:
-            report.title(f"metagpt-vllm-fix demo: MetaGPT {version.metagpt_version}'s open_llm provider "
-                         "vs. a vLLM server started with --api-key")
-            report.field("server", f"{server.base_url}  model {DEFAULT_MODEL}  --api-key {mask(key)} "
+        with VLLMServer(api_keys=[key], model=DEFAULT_MODEL, max_model_len=CONTEXT,
+                        vllm_version=VLLM_VERSION) as server:
+            report.title(f"metagpt-vllm-fix demo: MetaGPT {version.metagpt_version}'s open_llm provider, the seed's "
+                         "config2.yaml as written, a vLLM of MetaGPT 0.7's time")
+            report.field("server", f"{server.base_url}  answers as vLLM {VLLM_VERSION}, model {DEFAULT_MODEL} "
+                                   f"(context {CONTEXT}), --api-key {mask(key)} "
                                    f"({'given' if api_key else 'random, this run only'})")
             config_path = scratch / "config" / "config2.yaml"
             config_path.parent.mkdir(parents=True)
-            config_path.write_text(DEMO_CONFIG.format(base_url=server.base_url, model=DEFAULT_MODEL, api_key=key),
+            config_path.write_text(SEED_CONFIG.format(base_url=server.base_url, model=DEFAULT_MODEL, api_key=key),
                                    encoding="utf-8")
             try:
-                import_metagpt(scratch, ["metagpt.config2", "metagpt.llm"])
+                import_metagpt(scratch, ["metagpt.config2", "metagpt.llm", "metagpt.logs"])
                 from loguru import logger
                 from metagpt.config2 import Config
+                from metagpt.logs import set_llm_stream_logfunc
 
                 llm_config = Config.from_yaml_file(config_path).llm
             except Exception as exc:  # noqa: BLE001 - a broken MetaGPT install: say so in one line
@@ -174,23 +229,30 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
             imported = time.monotonic()
             logger.add(lambda message: captured.append(str(message).rstrip()), level="WARNING",
                        format="{level}: {message}")
-            report.field("config", f"a temporary config2.yaml: api_type open_llm, this server, api_key {mask(key)}")
-            report.field("", "calc_usage: false (else MetaGPT downloads tiktoken's encoding to count tokens)")
-            report.field("asks", "MetaGPT's own Config.from_yaml_file(...).llm -> LLM(llm_config).aask(...), twice")
+            streamed: List[str] = []
+            set_llm_stream_logfunc(streamed.append)  # the streamed answer is shown once, below
+            report.field("config", f"the seed's, verbatim: api_type open_llm, this server, api_key {mask(key)}; no "
+                                   f"max_token line (MetaGPT asks for {llm_config.max_token}), calc_usage "
+                                   f"{str(llm_config.calc_usage).lower()}")
+            report.field("asks", "MetaGPT's own Config.from_yaml_file(...).llm -> LLM(llm_config).aask(...), "
+                                 "streamed, three times")
             report.line()
 
-            before, after = asyncio.run(_story(llm_config, server))
+            upstream, key_only, fixed = asyncio.run(_story(llm_config, server))
             report.line("1. MetaGPT as shipped (plugin removed)")
-            _describe(report, before, key)
-            report.line("2. With metagpt-vllm-fix")
-            _describe(report, after, key)
+            _describe(report, upstream, key)
+            report.line("2. With the api_key fix alone (METAGPT_VLLM_FIX_DISABLE=max_tokens,usage)")
+            _describe(report, key_only, key)
+            report.line("3. With metagpt-vllm-fix (every fix)")
+            _describe(report, fixed, key)
             report.line()
 
-        differences = _differences(before, after, key)
+        differences = _differences(upstream, key_only, fixed, key)
         elapsed = time.monotonic() - imported
         if not differences:
-            report.check(OK, f"The plugin fixes it: open_llm now sends llm.api_key. "
-                             f"({elapsed:.1f} s after MetaGPT's import, {time.monotonic() - started:.1f} s in all)")
+            report.check(OK, f"The seed's config works as written: the key is sent, max_tokens fits, usage comes "
+                             f"from the server. ({elapsed:.1f} s after MetaGPT's import, "
+                             f"{time.monotonic() - started:.1f} s in all)")
             return 0
         report.check(PROBLEM, "The demo did not go as expected:\n" + "\n".join(f"- {d}" for d in differences))
         for line in captured[-10:]:

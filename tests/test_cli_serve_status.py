@@ -31,8 +31,9 @@ def test_serve_enforces_the_key_prints_a_masked_config_and_stops_on_sigint(tmp_p
     assert code == 0 and "Traceback" not in stderr, stderr
     assert f"URL          {base_url}   (loopback only" in text
     assert f"API key      {mask(KEY)} (from --api-key)" in text
+    assert "answers as vLLM 0.32.0 does" in text and "rules        vLLM 0.18+ generation" in text
     for line in ("  llm:", "    api_type: open_llm", f"    base_url: '{base_url}'", "    model: 'my-model'",
-                 f"    api_key: '{mask(KEY)}'", "    max_token: 512"):
+                 f"    api_key: '{mask(KEY)}'"):
         assert line + "\n" in text or line + " " in text, (line, text)
     assert "GET /v1/models  Authorization: Bearer *** -> 401" in text.replace("  -> ", " -> ")
     assert f"GET /v1/models  Authorization: Bearer {mask(KEY)}  -> 200" in text
@@ -40,16 +41,35 @@ def test_serve_enforces_the_key_prints_a_masked_config_and_stops_on_sigint(tmp_p
     assert text.rstrip().endswith("stopped.")
 
 
-def test_serve_prefers_vllm_api_key_like_vllm_03_and_stops_on_sigterm(tmp_path):
-    proc, base_url, out = start_serve(tmp_path, "--api-key", KEY, VLLM_API_KEY=ENV_KEY)
+def test_serve_as_vllm_03_prefers_vllm_api_key_and_stops_on_sigterm(tmp_path):
+    proc, base_url, out = start_serve(tmp_path, "--api-key", KEY, "--vllm-version", "0.3.3", VLLM_API_KEY=ENV_KEY)
     by_env = httpx.get(base_url + "/models", headers={"Authorization": f"Bearer {ENV_KEY}"}, timeout=5)
     by_option = httpx.get(base_url + "/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=5)
     code, stderr = stop(proc, signal.SIGTERM)
     assert (by_env.status_code, by_option.status_code) == (200, 401)
     assert code == 0 and "Traceback" not in stderr, stderr
     text = out.read_text()
-    assert f"{mask(ENV_KEY)} from VLLM_API_KEY, which wins over --api-key" in text
+    assert f"{mask(ENV_KEY)} from VLLM_API_KEY, which wins over --api-key in vLLM 0.3.3" in text
     assert ENV_KEY not in text and KEY not in text
+
+
+def test_serve_as_current_vllm_prefers_the_api_key_option(tmp_path):
+    proc, base_url, out = start_serve(tmp_path, "--api-key", KEY, VLLM_API_KEY=ENV_KEY)
+    by_env = httpx.get(base_url + "/models", headers={"Authorization": f"Bearer {ENV_KEY}"}, timeout=5)
+    by_option = httpx.get(base_url + "/models", headers={"Authorization": f"bearer {KEY}"}, timeout=5)
+    version = httpx.get(base_url[:-len("/v1")] + "/version", timeout=5)
+    code, stderr = stop(proc, signal.SIGTERM)
+    assert (by_env.status_code, by_option.status_code) == (401, 200)
+    assert version.json() == {"version": "0.32.0"}
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert f"{mask(KEY)} from --api-key, which wins over VLLM_API_KEY in vLLM 0.32.0" in out.read_text()
+
+
+def test_serve_refuses_a_vllm_version_it_cannot_place(tmp_path):
+    proc = subprocess.run([*CLI, "serve", "--vllm-version", "0.2.7"], capture_output=True, text=True,
+                          env=clean_env(tmp_path), cwd=str(tmp_path), timeout=30)
+    assert proc.returncode == 2
+    assert "vLLM 0.2.7 is older than any generation this project knows (0.3.0)" in proc.stderr
 
 
 def test_serve_on_a_busy_port_fails_with_one_clear_line(tmp_path):
@@ -86,9 +106,32 @@ def imported(proc: subprocess.CompletedProcess) -> set:
 def test_status_prints_one_line_about_this_process_and_automatic_activation(tmp_path, switch, automatic):
     proc = run_cli(tmp_path, "status", **({"METAGPT_VLLM_FIX": switch} if switch else {}))
     assert proc.returncode == 0
-    (line,) = proc.stdout.splitlines()
-    assert line.startswith("pending: will patch when metagpt.provider.open_llm_api is imported (MetaGPT 0.7.7).")
+    line, *fixes = proc.stdout.splitlines()
+    assert line.startswith("pending: will patch when metagpt.provider.open_llm_api is imported (MetaGPT 0.7.7; "
+                           "fixes api_key, max_tokens, usage).")
     assert automatic in line
+    assert [f.split()[:2] for f in fixes] == [["api_key", "pending"], ["max_tokens", "pending"], ["usage", "pending"]]
+
+
+def test_status_names_each_fix_and_the_ones_disabled_by_name(tmp_path):
+    import json
+
+    proc = run_cli(tmp_path, "status", "--json", METAGPT_VLLM_FIX_DISABLE="usage, MAX-TOKENS")
+    assert proc.returncode == 0, proc.stderr
+    document = json.loads(proc.stdout)
+    assert [(f["name"], f["state"]) for f in document["fixes"]] == [
+        ("api_key", "pending"), ("max_tokens", "off"), ("usage", "off")]
+    assert "fixes api_key)" in document["line"]
+
+
+def test_status_warns_once_about_a_name_that_is_no_fix(tmp_path):
+    code = ("import metagpt.provider.open_llm_api, metagpt_vllm_fix; "
+            "print([(f.name, f.state) for f in metagpt_vllm_fix.status().fixes])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
+                          env=clean_env(tmp_path, METAGPT_VLLM_FIX_DISABLE="usage,tiktoken"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "[('api_key', 'active'), ('max_tokens', 'active'), ('usage', 'off')]" in proc.stdout
+    assert proc.stderr.count("METAGPT_VLLM_FIX_DISABLE names no fix: tiktoken") == 1
 
 
 @pytest.mark.parametrize("args", [("status",), ("--help",), ("doctor", "--help")])
