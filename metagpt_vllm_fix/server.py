@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
 _BODY = "metagpt_vllm_fix.body"  # where a handler leaves the parsed request body for the recorder
+_LIMIT_NAME = "metagpt_vllm_fix.limit"  # max_tokens or max_completion_tokens, as the request named it
 _UNAUTHORIZED = b'{"error":"Unauthorized"}'  # starlette's compact JSONResponse rendering
 
 
@@ -170,7 +171,8 @@ class _Endpoints:
         return _json({"version": self.version})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(text=f'vllm:num_requests_running{{model_name="{self.model}"}} 0.0\n')
+        text = f'vllm:num_requests_running{{model_name="{self.model}"}} 0.0\n'
+        return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=1.0.0; charset=utf-8"})
 
     async def models(self, request: web.Request) -> web.Response:
         now = int(time.time())
@@ -184,33 +186,51 @@ class _Endpoints:
                 "parent": None, "permission": [permission], "max_model_len": self.max_model_len}
         return _json({"object": "list", "data": [card]})
 
-    async def _parse(self, request: web.Request, default_max_tokens: Optional[int]) -> Tuple[dict, bool, Optional[int]]:
+    def _invalid(self, field: str, kind: str, text: str, items: int = 0) -> _APIError:
+        """A request-validation 400: newer vLLM reports FastAPI's error ("Bad Request", param ``body.<field>``)."""
+        if not self.generation.request_checks:
+            return _APIError(text)
+        detail = {"type": kind, "loc": f"body.{field}", "msg": text, "input": f"<dict of {items} items>"}
+        return _APIError(f"1 validation error:\n  {detail}", "Bad Request", param=f"body.{field}")
+
+    async def _parse(self, request: web.Request, default_max_tokens: Optional[int],
+                     required: str) -> Tuple[dict, bool, Optional[int]]:
         """Common field validation (vLLM's pydantic step, which precedes the model check)."""
         try:
             body = request[_BODY] = json.loads(await request.read())
         except ValueError as exc:
-            raise _APIError(f"Invalid JSON body: {exc}") from None
+            raise self._invalid(str(getattr(exc, "pos", 0)), "json_invalid", "JSON decode error") from None
         if not isinstance(body, dict):
-            raise _APIError("Request body must be a JSON object")
+            raise self._invalid("0", "model_attributes_type", "Input should be a valid dictionary")
+        for field in ("model", required):
+            if field not in body:
+                raise self._invalid(field, "missing", "Field required", len(body))
         if not isinstance(body.get("model"), str):
-            raise _APIError("'model' is required and must be a string")
+            raise self._invalid("model", "string_type", "Input should be a valid string", len(body))
         unknown = sorted(set(body) - _KNOWN_FIELDS)
         if self.reject_unknown_fields and unknown:  # some OpenAI-compatible servers do this; vLLM ignores them
             raise _APIError(f"Extra inputs are not permitted: {', '.join(unknown)}", param=unknown[0])
         stream = body.get("stream", False)
-        max_tokens = body.get("max_tokens", default_max_tokens)
+        name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        max_tokens = body.get(name, default_max_tokens)
         if not isinstance(stream, bool) and stream is not None:
-            raise _APIError("'stream' must be a boolean")
+            raise self._invalid("stream", "bool_type", "Input should be a valid boolean", len(body))
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
-            raise _APIError("'max_tokens' must be an integer")
+            raise self._invalid(name, "int_type", "Input should be a valid integer", len(body))
+        gen = self.generation
+        if gen.request_checks and body.get("stream_options") is not None and not stream:
+            raise _APIError("Stream options can only be defined when `stream=True`. (parameter=stream_options)",
+                            gen.bad_request_type, param="stream_options")
+        request[_LIMIT_NAME] = name
         return body, bool(stream), max_tokens
 
     def _check_model(self, body: dict) -> None:
         if body["model"] != self.model:
-            message = self.generation.unknown_model_message.format(model=body["model"], served=self.model)
-            raise _APIError(message, self.generation.not_found_type, 404)
+            gen = self.generation
+            message = gen.unknown_model_message.format(model=body["model"], served=self.model)
+            raise _APIError(message, gen.not_found_type, 404, param=gen.unknown_model_param)
 
-    def _budget(self, prompt_tokens: int, max_tokens: Optional[int]) -> int:
+    def _budget(self, prompt_tokens: int, max_tokens: Optional[int], name: str = "max_tokens") -> int:
         """The generation's context rule: how many tokens the answer may have, or the 400 it sends."""
         gen, context = self.generation, self.max_model_len
         fields: Dict[str, Any] = dict(context=context, prompt=prompt_tokens)
@@ -219,9 +239,13 @@ class _Endpoints:
             return _APIError(template.format(**fields, **more), gen.bad_request_type, param=param)
 
         if gen.clamps_max_tokens:  # 0.18+: max_tokens only bounded by the context, then clamped to the room left
+            if max_tokens is not None and max_tokens < 1:
+                raise _APIError(f"{name} must be at least 1, got {max_tokens}. (parameter={name}, value={max_tokens})",
+                                gen.bad_request_type, param=name)
             if max_tokens is not None and max_tokens > context:
-                raise refuse(gen.max_tokens_message, gen.max_tokens_param, completion=max_tokens)
-            if prompt_tokens >= context:
+                raise refuse(gen.max_tokens_message.replace("max_tokens", name), name, completion=max_tokens)
+            if prompt_tokens >= context:  # it counts no further than one past the context ("at least")
+                fields["prompt"] = min(prompt_tokens, context + 1)
                 raise refuse(gen.prompt_message, gen.prompt_param)
             return min(context if max_tokens is None else max_tokens, context - prompt_tokens)
         if gen.checks_prompt_alone and max_tokens is None:  # 0.10 - 0.17 without max_tokens
@@ -238,14 +262,14 @@ class _Endpoints:
         return max_tokens
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        body, stream, max_tokens = await self._parse(request, None)
+        body, stream, max_tokens = await self._parse(request, None, "messages")
         messages = body.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise _APIError("'messages' is required and must be a list of message objects")
+            raise self._invalid("messages", "list_type", "Input should be a valid list", len(body))
         self._check_model(body)
         texts = [_content_text(m.get("content")) for m in messages]
         prompt_tokens = sum(_words(t) for t in texts)
-        max_tokens = self._budget(prompt_tokens, max_tokens)
+        max_tokens = self._budget(prompt_tokens, max_tokens, request[_LIMIT_NAME])
         last_user = next((t for m, t in zip(reversed(messages), reversed(texts)) if m.get("role") == "user"), "")
         pieces, finish = _answer(last_user, max_tokens)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
@@ -273,7 +297,7 @@ class _Endpoints:
         return await _sse(request, events)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        body, stream, max_tokens = await self._parse(request, 16)  # 0.3's CompletionRequest default
+        body, stream, max_tokens = await self._parse(request, 16, "prompt")  # 0.3's CompletionRequest default
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
@@ -335,6 +359,10 @@ def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_m
     async def api_errors(request: web.Request, handler: Callable) -> web.StreamResponse:
         try:
             return await handler(request)
+        except web.HTTPException as exc:  # routing: FastAPI's {"detail": ...} bodies
+            if exc.status not in (404, 405):
+                raise
+            return _json({"detail": "Not Found" if exc.status == 404 else "Method Not Allowed"}, exc.status)
         except _APIError as exc:
             return _json(generation.error_body(exc.status, exc.message, exc.err_type, exc.param), exc.status)
 

@@ -42,6 +42,9 @@ class Generation:
     prompt_message: str  #: 400 when the prompt alone does not fit (``max_tokens`` left out)
     prompt_param: Optional[str]
     unknown_model_message: str  #: 404 for a model name that is not served
+    unknown_model_param: Optional[str]
+    request_checks: bool  #: FastAPI-validation bodies (type "Bad Request", param "body.<field>"), stream_options
+    #: only with stream, OPTIONS not behind the key (newer vLLM)
     bad_request_type: str = "BadRequestError"
     not_found_type: str = "NotFoundError"
 
@@ -76,11 +79,13 @@ _V010_MAX_TOKENS = ("'max_tokens' or 'max_completion_tokens' is too large: {comp
                     "- {prompt}).")
 _V010_PROMPT = ("This model's maximum context length is {context} tokens. However, your request has {prompt} input "
                 "tokens. Please reduce the length of the input messages.")
+# As measured on 0.32.0, which names the offending parameter at the end; the prompt's size is counted only up to
+# the context + 1 ("at least").
 _V018_MAX_TOKENS = ("max_tokens={completion} cannot be greater than max_model_len={context}. Please request fewer "
-                    "output tokens.")
-_V018_PROMPT = ("This model's maximum context length is {context} tokens. However, your prompt contains {prompt} "
-                "input tokens, which exceeds this limit even without any output tokens. Please reduce the length "
-                "of the input prompt.")
+                    "output tokens. (parameter=max_tokens, value={completion})")
+_V018_PROMPT = ("This model's maximum context length is {context} tokens. However, your prompt contains at least "
+                "{prompt} input tokens, which exceeds this limit even without any output tokens. Please reduce the "
+                "length of the input prompt. (parameter=input_tokens, value={prompt})")
 _UNKNOWN_MODEL = "The model `{model}` does not exist."
 
 GENERATIONS: Tuple[Generation, ...] = (
@@ -88,23 +93,27 @@ GENERATIONS: Tuple[Generation, ...] = (
     Generation(since=(0, 3, 0), name="0.3", key_scheme_any_case=False, env_key_wins=True, nested_errors=False,
                version_endpoint=False, clamps_max_tokens=False, checks_prompt_alone=False, include_usage=False, usage_on_finish_chunk=True,
                max_tokens_message=_V03_MAX_TOKENS, max_tokens_param=None,
-               prompt_message=_V03_PROMPT, prompt_param=None, unknown_model_message=_UNKNOWN_MODEL),
+               prompt_message=_V03_PROMPT, prompt_param=None, unknown_model_message=_UNKNOWN_MODEL,
+               unknown_model_param=None, request_checks=False),
     # Nested error bodies (0.10.2), /version, stream_options; the key check is still exact.
     Generation(since=(0, 10, 2), name="0.10.2", key_scheme_any_case=False, env_key_wins=True, nested_errors=True,
                version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True, include_usage=True, usage_on_finish_chunk=False,
                max_tokens_message=_V010_MAX_TOKENS, max_tokens_param="max_tokens",
-               prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL),
+               prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL,
+               unknown_model_param=None, request_checks=False),
     # Several keys, constant-time compare, case-insensitive scheme; --api-key wins over VLLM_API_KEY.
     Generation(since=(0, 11, 0), name="0.11", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
                version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True, include_usage=True, usage_on_finish_chunk=False,
                max_tokens_message=_V010_MAX_TOKENS, max_tokens_param="max_tokens",
-               prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL),
+               prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL,
+               unknown_model_param=None, request_checks=False),
     # max_tokens is clamped to the room left; only max_tokens > context is refused (measured on 0.32.0).
     Generation(since=(0, 18, 0), name="0.18+", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
                version_endpoint=True, clamps_max_tokens=True, checks_prompt_alone=True, include_usage=True, usage_on_finish_chunk=False,
                max_tokens_message=_V018_MAX_TOKENS, max_tokens_param="max_tokens",
                prompt_message=_V018_PROMPT, prompt_param="input_tokens",
-               unknown_model_message=_UNKNOWN_MODEL + " Valid aliases: {served}."),
+               unknown_model_message=_UNKNOWN_MODEL + " Valid aliases: {served}.", unknown_model_param="model",
+               request_checks=True),
 )
 CURRENT = GENERATIONS[-1]
 

@@ -56,23 +56,38 @@ def _take(messages: Any) -> Optional[Tuple[int, int]]:
         return entry[1]
 
 
+def _watcher_class() -> Any:
+    """A wrapt proxy class whose iteration notes usage; built once, on first use (wrapt is imported late)."""
+    global _WATCHER
+    if _WATCHER is None:
+
+        class UsageWatcher(wrapping.wrapt.ObjectProxy):  # type: ignore[name-defined,misc]
+            def __init__(self, stream: Any, messages: Any) -> None:
+                super().__init__(stream)
+                self._self_messages = messages
+
+            def __aiter__(self) -> Any:
+                return self._self_chunks()
+
+            async def _self_chunks(self) -> Any:
+                async for chunk in self.__wrapped__:
+                    counts = _counts(getattr(chunk, "usage", None))
+                    if counts is not None:
+                        _record(self._self_messages, counts)
+                    yield chunk
+
+        _WATCHER = UsageWatcher
+    return _WATCHER
+
+
+_WATCHER: Any = None
+
+
 def _watched(stream: Any, messages: Any) -> Any:
     """The stream, unchanged for its reader, noting the last usage any chunk carries for these messages."""
     if wrapping.wrapt is None or messages is None:
         return stream
-
-    class UsageWatcher(wrapping.wrapt.ObjectProxy):  # type: ignore[name-defined,misc]
-        def __aiter__(self) -> Any:
-            return self._self_chunks()
-
-        async def _self_chunks(self) -> Any:
-            async for chunk in self.__wrapped__:
-                counts = _counts(getattr(chunk, "usage", None))
-                if counts is not None:
-                    _record(messages, counts)
-                yield chunk
-
-    return UsageWatcher(stream)
+    return _watcher_class()(stream, messages)
 
 
 def _refuses_field(exc: BaseException) -> bool:
