@@ -1,0 +1,1 @@
+"""Tests against a real vLLM server (run with `make test-vllm`)."""
