@@ -165,7 +165,7 @@ class _Endpoints:
         self.reject_unknown_fields = reject_unknown_fields
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.Response(status=200)
+        return web.Response(status=200, body=b"", headers={"Content-Type": ""})  # vLLM's is empty and untyped
 
     async def version_info(self, request: web.Request) -> web.Response:
         return _json({"version": self.version})
@@ -274,11 +274,13 @@ class _Endpoints:
         pieces, finish = _answer(last_user, max_tokens)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(pieces),
                  "total_tokens": prompt_tokens + len(pieces)}
+        details = {"prompt_tokens_details": None, "completion_tokens_details": None} \
+            if self.generation.usage_details else {}
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": self.model}
         if not stream:
             choice = {"index": 0, "message": {"role": "assistant", "content": "".join(pieces)}, "finish_reason": finish}
             return _json({"id": head["id"], "object": "chat.completion", "created": head["created"],
-                          "model": self.model, "choices": [choice], "usage": usage})
+                          "model": self.model, "choices": [choice], "usage": {**usage, **details}})
 
         def chunk(delta: Dict[str, Any], finish_reason: Optional[str], **extra: Any) -> Dict[str, Any]:
             return {"id": head["id"], "object": "chat.completion.chunk", "created": head["created"],
@@ -308,6 +310,8 @@ class _Endpoints:
         completion_tokens = sum(len(pieces) for _, (pieces, _) in answers)
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                  "total_tokens": prompt_tokens + completion_tokens}
+        details = {"prompt_tokens_details": None, "completion_tokens_details": None} \
+            if self.generation.usage_details else {}
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": int(time.time()), "model": self.model}
 
@@ -316,7 +320,7 @@ class _Endpoints:
 
         if not stream:
             choices = [choice(i, "".join(pieces), fin) for i, (_, (pieces, fin)) in enumerate(answers)]
-            return _json({**head, "choices": choices, "usage": usage})
+            return _json({**head, "choices": choices, "usage": {**usage, **details}})
         events = []
         for i, (_, (pieces, fin)) in enumerate(answers):
             events += [{**head, "choices": [choice(i, piece, None)]} for piece in pieces]

@@ -43,6 +43,7 @@ class Generation:
     prompt_param: Optional[str]
     unknown_model_message: str  #: 404 for a model name that is not served
     unknown_model_param: Optional[str]
+    usage_details: bool  #: non-streamed usage also has ``prompt_tokens_details`` / ``completion_tokens_details`` (null)
     request_checks: bool  #: FastAPI-validation bodies (type "Bad Request", param "body.<field>"), stream_options
     #: only with stream, OPTIONS not behind the key (newer vLLM)
     bad_request_type: str = "BadRequestError"
@@ -91,29 +92,33 @@ _UNKNOWN_MODEL = "The model `{model}` does not exist."
 GENERATIONS: Tuple[Generation, ...] = (
     # MetaGPT 0.7's time. One check for everything: prompt + max_tokens <= context.
     Generation(since=(0, 3, 0), name="0.3", key_scheme_any_case=False, env_key_wins=True, nested_errors=False,
-               version_endpoint=False, clamps_max_tokens=False, checks_prompt_alone=False, include_usage=False, usage_on_finish_chunk=True,
+               version_endpoint=False, clamps_max_tokens=False, checks_prompt_alone=False,
+               include_usage=False, usage_on_finish_chunk=True,
                max_tokens_message=_V03_MAX_TOKENS, max_tokens_param=None,
                prompt_message=_V03_PROMPT, prompt_param=None, unknown_model_message=_UNKNOWN_MODEL,
-               unknown_model_param=None, request_checks=False),
+               unknown_model_param=None, usage_details=False, request_checks=False),
     # Nested error bodies (0.10.2), /version, stream_options; the key check is still exact.
     Generation(since=(0, 10, 2), name="0.10.2", key_scheme_any_case=False, env_key_wins=True, nested_errors=True,
-               version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True, include_usage=True, usage_on_finish_chunk=False,
+               version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True,
+               include_usage=True, usage_on_finish_chunk=False,
                max_tokens_message=_V010_MAX_TOKENS, max_tokens_param="max_tokens",
                prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL,
-               unknown_model_param=None, request_checks=False),
+               unknown_model_param=None, usage_details=False, request_checks=False),
     # Several keys, constant-time compare, case-insensitive scheme; --api-key wins over VLLM_API_KEY.
     Generation(since=(0, 11, 0), name="0.11", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
-               version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True, include_usage=True, usage_on_finish_chunk=False,
+               version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True,
+               include_usage=True, usage_on_finish_chunk=False,
                max_tokens_message=_V010_MAX_TOKENS, max_tokens_param="max_tokens",
                prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL,
-               unknown_model_param=None, request_checks=False),
+               unknown_model_param=None, usage_details=False, request_checks=False),
     # max_tokens is clamped to the room left; only max_tokens > context is refused (measured on 0.32.0).
     Generation(since=(0, 18, 0), name="0.18+", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
-               version_endpoint=True, clamps_max_tokens=True, checks_prompt_alone=True, include_usage=True, usage_on_finish_chunk=False,
+               version_endpoint=True, clamps_max_tokens=True, checks_prompt_alone=True,
+               include_usage=True, usage_on_finish_chunk=False,
                max_tokens_message=_V018_MAX_TOKENS, max_tokens_param="max_tokens",
                prompt_message=_V018_PROMPT, prompt_param="input_tokens",
                unknown_model_message=_UNKNOWN_MODEL + " Valid aliases: {served}.", unknown_model_param="model",
-               request_checks=True),
+               usage_details=True, request_checks=True),
 )
 CURRENT = GENERATIONS[-1]
 
