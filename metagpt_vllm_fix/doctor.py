@@ -25,15 +25,20 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Optional
 from urllib.parse import urlsplit
 
 from . import __version__, gate
+from ._activation import DISABLE, FixStatus, Status
+from ._activation import disabled as disabled_fixes
 from ._activation import status as plugin_status
 from .gate import PLACEHOLDER as PLACEHOLDER_KEY  # what MetaGPT 0.7 sends instead of the key
 from .masking import mask
 from .report import OK, PROBLEM, WARNING, Report, scrub_obj, worst
+from .token_count import WAIT_SECONDS as TIKTOKEN_WAIT
+from .vllm_versions import GENERATIONS, Generation, for_version
 
 EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
 TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
@@ -141,7 +146,7 @@ def _validation_error(exc: Exception) -> str:
     """pydantic's errors as ``field: message``, never with the input values (they may hold secrets)."""
     try:
         errors = exc.errors()  # type: ignore[attr-defined]
-    except Exception:
+    except Exception:  # noqa: BLE001  (not a pydantic error after all: its type name is all we show)
         return type(exc).__name__
     parts = []
     for error in errors:
@@ -161,7 +166,7 @@ def _read_yaml(config_cls: Any, path: Path) -> Any:
         raise ConfigError(f"{_show_path(path)} cannot be read: {exc.__class__.__name__}: {exc}") from None
 
 
-def load_config(config2: Any, explicit: Optional[Path]) -> Tuple[Any, List[Path], List[Path]]:
+def load_config(config2: Any, explicit: Optional[Path]) -> tuple[Any, list[Path], list[Path]]:
     """MetaGPT's own loader: ``Config.from_yaml_file(explicit)`` or ``Config.default()`` on the real paths.
 
     Returns ``(config, files used, files searched)``; raises :class:`ConfigError`.
@@ -199,7 +204,7 @@ def load_config(config2: Any, explicit: Optional[Path]) -> Tuple[Any, List[Path]
     except ValidationError as exc:
         where = _show_path(llm_from) if llm_from else " and ".join(_show_path(p) for p in used) + " (no llm: block)"
         raise ConfigError(f"{where}: {_validation_error(exc)}") from None
-    except Exception as exc:  # whatever else Config.default() trips on
+    except Exception as exc:  # noqa: BLE001  (whatever else Config.default() trips on: reported, never raised)
         raise ConfigError(f"MetaGPT cannot load {', '.join(_show_path(p) for p in used)}: "
                           f"{type(exc).__name__}") from None
     finally:
@@ -224,7 +229,7 @@ def _server_root(base_url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-def _describe_failure(exc: BaseException, host: str, port: Optional[int], timeout: float) -> Tuple[str, str]:
+def _describe_failure(exc: BaseException, host: str, port: Optional[int], timeout: float) -> tuple[str, str]:
     """(kind, sentence) for an httpx exception, from its cause chain."""
     import httpx
 
@@ -252,20 +257,35 @@ def _describe_failure(exc: BaseException, host: str, port: Optional[int], timeou
     return "connect", f"cannot reach {where}: {type(exc).__name__}: {exc}"
 
 
-def probe_server(base_url: str, key: str, proxy: Optional[str], deadline: float, timeout: float) -> Dict[str, Any]:
-    """``GET {base_url}/models`` with the key (and ``/health`` without it after a 401), all before ``deadline``."""
+def read_version(status: Optional[int], body: Any) -> tuple[Optional[str], str]:
+    """(release, why not) from a ``GET /version`` answer: vLLM >= 0.10 says ``{"version": "0.32.0"}``."""
+    if status is None:
+        return None, "/version gave no answer"
+    if status != 200:
+        return None, f"no /version ({status})"
+    version = body.get("version") if isinstance(body, dict) else None
+    if isinstance(version, str) and version.strip():
+        return version.strip()[:40], ""
+    return None, "/version answered without a version"
+
+
+def probe_server(base_url: str, key: str, proxy: Optional[str], deadline: float, timeout: float) -> dict[str, Any]:
+    """``GET {base_url}/models`` with the key (``/health`` without it after a 401), then ``/version`` without it,
+    all before ``deadline``."""
     import httpx
 
     parts = urlsplit(base_url)
     host, port = parts.hostname or "", parts.port
-    result: Dict[str, Any] = {"url": base_url.rstrip("/") + "/models", "reachable": None, "status": None,
-                              "error": None, "message": None, "models": [], "max_model_len": {}, "health": None}
+    result: dict[str, Any] = {"url": base_url.rstrip("/") + "/models", "reachable": None, "status": None,
+                              "error": None, "message": None, "models": [], "max_model_len": {}, "health": None,
+                              "version_status": None, "vllm_version": None,
+                              "version_note": "/version not asked (no HTTP answer)"}
 
     def remaining() -> float:
         return max(0.05, deadline - time.monotonic())
 
-    def client() -> "httpx.Client":
-        kwargs: Dict[str, Any] = {"timeout": remaining(), "follow_redirects": False}
+    def client() -> httpx.Client:
+        kwargs: dict[str, Any] = {"timeout": remaining(), "follow_redirects": False}
         if proxy:
             try:
                 return httpx.Client(proxy=proxy, **kwargs)
@@ -292,18 +312,26 @@ def probe_server(base_url: str, key: str, proxy: Optional[str], deadline: float,
                     result["health"] = http.get(_server_root(base_url) + "/health", timeout=remaining()).status_code
                 except httpx.HTTPError:
                     result["health"] = None
+            body: Any = None
+            try:
+                answer = http.get(_server_root(base_url) + "/version", timeout=remaining())
+                result["version_status"] = answer.status_code
+                body = answer.json() if answer.status_code == 200 else None
+            except (httpx.HTTPError, ValueError):
+                pass
+            result["vllm_version"], result["version_note"] = read_version(result["version_status"], body)
     except httpx.HTTPError as exc:
         result["reachable"] = False
         result["error"], result["message"] = _describe_failure(exc, host, port, timeout)
-    except Exception as exc:  # e.g. a header the key cannot travel in
+    except Exception as exc:  # noqa: BLE001  (e.g. a header the key cannot travel in: reported as a problem)
         result["reachable"] = False
         result["error"], result["message"] = "client", f"{type(exc).__name__}: {exc}"
     return result
 
 
-def run_bounded(func: Any, timeout: float, *args: Any) -> Tuple[bool, Any]:
+def run_bounded(func: Any, timeout: float, *args: Any) -> tuple[bool, Any]:
     """Run ``func`` in a daemon thread; (finished, result). A stuck DNS lookup or socket cannot outlive us."""
-    box: Dict[str, Any] = {}
+    box: dict[str, Any] = {}
 
     def target() -> None:
         try:
@@ -324,7 +352,7 @@ def run_bounded(func: Any, timeout: float, *args: Any) -> Tuple[bool, Any]:
 # --- tiktoken (token counting) ------------------------------------------------------------------------------
 
 
-def tiktoken_cache() -> Tuple[Optional[Path], bool]:
+def tiktoken_cache() -> tuple[Optional[Path], bool]:
     """(cl100k_base cache file or None when caching is disabled, whether it is there), as tiktoken decides."""
     if "TIKTOKEN_CACHE_DIR" in os.environ:
         directory = os.environ["TIKTOKEN_CACHE_DIR"]
@@ -347,6 +375,156 @@ def _proxy_env() -> bool:
     return any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
 
 
+# --- judging by the server's generation and by the plugin's fixes (pure functions, one verdict each) --------
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerGeneration:
+    """Which vLLM rules the doctor applies to the server, and whether it knows or assumes them."""
+
+    version: Optional[str]  #: what ``/version`` said, if anything
+    generation: Generation
+    assumed: bool  #: no usable ``/version``: the rules of vLLM 0.3 (MetaGPT 0.7's time) are assumed
+    why: str = ""  #: why the version is assumed
+
+    def as_json(self) -> dict[str, Any]:
+        return {"vllm_version": self.version, "generation": self.generation.name, "version_assumed": self.assumed,
+                "context_rule": self.generation.context_rule}
+
+
+def server_generation(version: Optional[str], why: str = "no /version") -> ServerGeneration:
+    """The generation whose rules apply: the one ``version`` belongs to, else (absent, unknown) vLLM 0.3's."""
+    if version is not None:
+        try:
+            return ServerGeneration(version, for_version(version), False)
+        except ValueError:
+            why = f"/version says {version!r}, which is not a vLLM release this doctor knows"
+    return ServerGeneration(version, GENERATIONS[0], True, why)
+
+
+def describe_server(server: ServerGeneration) -> str:
+    """The doctor's ``server`` line: which release answered, and the ``max_tokens`` rule that follows."""
+    rule = server.generation.context_rule
+    if not server.assumed:
+        return f"server: vLLM {server.version}, generation {server.generation.name}: {rule}"
+    return (f"server: {server.why}: a vLLM of the {server.generation.name} era or another OpenAI-compatible "
+            f"server; assuming vLLM {server.generation.name}'s rules: {rule}")
+
+
+def fix_in_effect(st: Optional[Status], name: str, api_type: Optional[str]) -> tuple[bool, str]:
+    """(on, why not): does the named fix act on the MetaGPT runs this config drives, in this environment?"""
+    if api_type != "open_llm":
+        return False, f"the fixes act on api_type open_llm only, not {api_type}"
+    if st is None or st.code not in ("supported", "removed"):
+        return False, "the plugin is inactive"
+    fix = next((f for f in st.fixes if f.name == name), None)
+    if fix is None:
+        return False, f"this plugin has no {name} fix"
+    if fix.state == "off":
+        return False, f"turned off by {DISABLE}"
+    if fix.state not in ("active", "pending"):
+        return False, f"the {name} fix is {fix.state}: {fix.reason}"
+    if not st.automatic:
+        return False, "automatic activation is off in this environment"
+    return True, ""
+
+
+def fixes_verdict(fixes: Sequence[FixStatus], automatic: bool, unknown: Sequence[str] = ()) -> tuple[str, str]:
+    """The ``fixes`` line: each fix and its state; a warning for a refused fix or a word naming no fix."""
+    parts = []
+    for fix in fixes:
+        if fix.state == "off":
+            parts.append(f"{fix.name} off ({DISABLE})")
+        elif fix.state == "refused":
+            parts.append(f"{fix.name} refused ({fix.reason})")
+        else:
+            parts.append(f"{fix.name} {fix.state}")
+    message = "fixes: " + (", ".join(parts) or "none")
+    if not automatic:
+        message += " (in processes that `import metagpt_vllm_fix`; automatic activation is off)"
+    if unknown:
+        message += (f"; {DISABLE} names no fix: {', '.join(w[:20] for w in unknown[:5])} "
+                    f"(the fixes are {', '.join(f.name for f in fixes)})")
+    level = WARNING if unknown or any(f.state == "refused" for f in fixes) else OK
+    return level, message
+
+
+def suggested_max_token(max_len: int) -> int:
+    """A ``llm.max_token`` that leaves three quarters of the context for the prompt."""
+    return max(1, max_len // 4)
+
+
+def max_token_verdict(generation: Generation, max_token: int, max_len: int, fix_on: bool,
+                      fix_off: str = "", assumed: bool = False) -> tuple[str, str]:
+    """(level, message) for ``llm.max_token`` against the server's ``max_model_len``, by ``generation``'s rule.
+
+    MetaGPT 0.7 always asks for ``max_tokens = llm.max_token``. A refusal the ``max_tokens`` fix handles (it sends
+    the request again without ``max_tokens``) is a warning; with the fix off it is a problem. Where vLLM clamps
+    (0.18+), ``max_token == max_len`` is fine. Every warning and problem names the value to set.
+    """
+    value = suggested_max_token(max_len)
+    rule = f"under vLLM {generation.name}'s rule{' (assumed)' if assumed else ''}: {generation.context_rule}"
+    room = max_len - max_token
+    if generation.refuses_max_tokens(max_token, max_len, prompt_tokens=1):
+        relation = ">" if generation.clamps_max_tokens else ">="
+        what = (f"llm.max_token {max_token} {relation} the server's max_model_len {max_len}: MetaGPT 0.7 always "
+                f"asks for max_tokens = llm.max_token, so every request gets 400 {rule}")
+        if fix_on:
+            return WARNING, (f"{what}; handled: the max_tokens fix resends without max_tokens so the server uses "
+                             f"the room left (one extra request per LLM). Set llm.max_token to e.g. {value} to "
+                             "avoid it.")
+        return PROBLEM, (f"{what} (the max_tokens fix is off: {fix_off or 'not applied'}). Set llm.max_token to "
+                         f"e.g. {value}, or start vLLM with a larger --max-model-len.")
+    if generation.refuses_max_tokens(max_token, max_len, prompt_tokens=MIN_PROMPT_ROOM):
+        what = (f"llm.max_token {max_token} leaves only {room} of max_model_len {max_len} tokens for the prompt: "
+                f"MetaGPT 0.7 always asks for max_tokens = llm.max_token, so prompts longer than {room} tokens get "
+                f"400 {rule}")
+        if fix_on:
+            return WARNING, (f"{what}; handled: the max_tokens fix resends those without max_tokens (one extra "
+                             f"request each). Set llm.max_token to e.g. {value} to avoid it.")
+        return PROBLEM, (f"{what} (the max_tokens fix is off: {fix_off or 'not applied'}). Set llm.max_token to "
+                         f"e.g. {value}.")
+    if generation.clamps_max_tokens and room < MIN_PROMPT_ROOM:
+        return OK, (f"llm.max_token {max_token} fits the server's max_model_len {max_len} under vLLM "
+                    f"{generation.name}'s rule{' (assumed)' if assumed else ''}: it clamps max_tokens to the room the "
+                    "prompt leaves, so requests succeed")
+    return OK, f"llm.max_token {max_token} leaves {room} of max_model_len {max_len} tokens for the prompt"
+
+
+def usage_source(generation: Optional[Generation]) -> Optional[str]:
+    """How the server hands a stream's token counts to the usage fix, or None when it does not (or is unknown)."""
+    if generation is None:
+        return None
+    if generation.include_usage:
+        return "it sends them when a stream asks with stream_options.include_usage"
+    if generation.usage_on_finish_chunk:
+        return "it sends them on each stream's finish chunk"
+    return None
+
+
+def tiktoken_verdict(where: str, usage_fix_on: bool, source: Optional[str], reachable: Optional[bool],
+                     proxy: bool, fix_off: str = "") -> tuple[str, str]:
+    """(level, message) when tiktoken's cl100k_base is not cached and ``llm.calc_usage`` is on."""
+    if usage_fix_on and source:
+        return OK, (f"token counting: the usage fix takes streamed answers' counts from the server ({source}); "
+                    f"tiktoken's cl100k_base ({where}) is not needed")
+    if usage_fix_on:
+        return OK, (f"token counting: tiktoken's cl100k_base is {where}; where the server sends no usage, the usage "
+                    f"fix counts with it if it loads within {TIKTOKEN_WAIT:g} s, else with an estimate (no ERROR "
+                    "line, no long wait)")
+    off = f" (the usage fix is off: {fix_off})" if fix_off else ""
+    turn_on = ", or take usage out of " + DISABLE if fix_off.startswith("turned off by") else ""
+    if reachable:
+        return OK, (f"token counting: tiktoken's cl100k_base is {where}; it will be downloaded from {TIKTOKEN_HOST} "
+                    f"on first use{off}")
+    cond = "if this machine cannot reach" if proxy else "and this machine cannot reach"
+    return WARNING, (f"token counting: llm.calc_usage is on, tiktoken's cl100k_base is {where}, {cond} "
+                     f"{TIKTOKEN_HOST}: MetaGPT will log 'usage calculation failed!' on streamed calls (aask's "
+                     f"default; the calls still succeed){off}. To avoid it, set calc_usage: false in the llm: block, "
+                     f""
+                     f"or fill a TIKTOKEN_CACHE_DIR with cl100k_base on a connected machine{turn_on}.")
+
+
 # --- the doctor ---------------------------------------------------------------------------------------------
 
 
@@ -363,12 +541,15 @@ class Doctor:
     def __init__(self, config_path: Optional[Path], timeout: float) -> None:
         self.config_path = config_path
         self.timeout = timeout
-        self.checks: List[Check] = []
-        self.secrets: List[str] = []
-        self.config_info: Dict[str, Any] = {"source": "--config" if config_path else "default", "files": [],
+        self.checks: list[Check] = []
+        self.secrets: list[str] = []
+        self.config_info: dict[str, Any] = {"source": "--config" if config_path else "default", "files": [],
                                             "searched": [], "error": None}
-        self.server_info: Dict[str, Any] = {"probed": False}
+        self.server_info: dict[str, Any] = {"probed": False}
         self.config_error = False
+        self.status: Optional[Status] = None
+        self.api_type: Optional[str] = None
+        self.server: Optional[ServerGeneration] = None  #: the rules the server plays by, once it has answered
 
     def add(self, check_id: str, level: str, message: str) -> None:
         self.checks.append(Check(check_id, level, message))
@@ -392,7 +573,7 @@ class Doctor:
     def _run_with_metagpt(self, version: gate.Decision, scratch: Path) -> None:
         try:
             import_metagpt(scratch, ["metagpt.config2"])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (a broken MetaGPT install is a finding, not a crash)
             self.add("metagpt", PROBLEM, f"MetaGPT {version.metagpt_version} cannot be imported: "
                                          f"{type(exc).__name__}: {exc}")
             return
@@ -422,22 +603,22 @@ class Doctor:
         self._tiktoken_check(tiktoken_probe, deadline)
 
     def _provider_key(self, version: gate.Decision, llm: Any, api_type: str,
-                      scratch: Path) -> Tuple[Optional[str], Optional[str]]:
+                      scratch: Path) -> tuple[Optional[str], Optional[str]]:
         """(key, error): what MetaGPT's own open_llm provider, built from this config here, would send."""
         if api_type != "open_llm" or not version.supported:
             return None, None
         try:
-            import_metagpt(scratch, ["metagpt.provider"])
-            from metagpt.provider.llm_provider_registry import create_llm_instance
+            with quiet_plugin_log():  # the fixes are applied during this import; the doctor reports them itself
+                import_metagpt(scratch, ["metagpt.provider"])
+                from metagpt.provider.llm_provider_registry import create_llm_instance
 
-            with quiet_plugin_log():
                 return create_llm_instance(llm).aclient.api_key, None
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  (whatever MetaGPT's provider raises is reported as a problem)
             return None, f"{type(exc).__name__}: {exc}"
 
     def _plugin_checks(self, version: gate.Decision, api_type: Optional[str]) -> None:
         st = plugin_status()
-        self.status = st
+        self.status, self.api_type = st, api_type
         open_llm = api_type == "open_llm"
         if st.code in ("supported", "removed"):
             self.add("metagpt", OK, f"MetaGPT {st.metagpt_version}: supported; the plugin makes open_llm send "
@@ -461,14 +642,20 @@ class Doctor:
         elif st.switch == "off":
             self.add("activation", level, f"automatic activation is off ({switch}): {consequence}.")
         elif st.switch == "unknown":
-            self.add("activation", WARNING, f"{switch} is not a known value (1, 0, strict, on, off, ...); it is treated as 1 "
-                                            f"(automatic activation on, {st.pth_file}).")
+            self.add("activation", WARNING, f"{switch} is not a known value (1, 0, strict, on, off, ...); it is "
+                                            f"treated as 1 (automatic activation on, {st.pth_file}).")
         else:
             strict = "; strict: a failure to patch raises" if st.switch == "strict" else ""
             self.add("activation", OK, f"automatic activation on in this environment ({_show_path(Path(st.pth_file))}, "
                                        f"{switch}{strict})")
+        if st.code in ("supported", "removed"):
+            self.add("fixes", *fixes_verdict(st.fixes, st.automatic, disabled_fixes()[1]))
 
-    def _config_checks(self, llm: Any, api_type: str, used: List[Path], searched: List[Path]) -> None:
+    def fix_on(self, name: str) -> tuple[bool, str]:
+        """(on, why not) for the named fix, as the plugin checks found it."""
+        return fix_in_effect(self.status, name, self.api_type)
+
+    def _config_checks(self, llm: Any, api_type: str, used: list[Path], searched: list[Path]) -> None:
         self.config_info.update(files=[os.path.abspath(p) for p in used],
                                 searched=[os.path.abspath(p) for p in searched],
                                 api_type=api_type, base_url=llm.base_url, model=llm.model,
@@ -513,8 +700,9 @@ class Doctor:
             self.add("provider", OK, f"MetaGPT's open_llm provider, built here from this config with the plugin "
                                      f"loaded, sends api_key {mask(sent)} (the configured one)")
         elif sent == PLACEHOLDER_KEY:
+            why = self.status.reason if self.status is not None else "no plugin status"
             self.add("provider", PROBLEM, f"MetaGPT's open_llm provider built from this config still sends "
-                                          f"'sk-xxx': the patch did not take ({self.status.reason})")
+                                          f"'sk-xxx': the patch did not take ({why})")
         else:
             self.add("provider", PROBLEM, f"MetaGPT's open_llm provider sends {mask(sent)}, not the configured key")
 
@@ -539,13 +727,17 @@ class Doctor:
         elif isinstance(result, BaseException):
             result = {"url": url, "reachable": False, "status": None, "error": "client", "models": [],
                       "max_model_len": {}, "health": None, "message": f"{type(result).__name__}: {result}"}
-        lengths: Dict[str, int] = result.pop("max_model_len", {})
+        lengths: dict[str, int] = result.pop("max_model_len", {})
+        version, why = result.pop("vllm_version", None), result.pop("version_note", "")
         self.server_info = {"probed": True, **result, "max_model_len": lengths.get(llm.model or ""),
-                            "seconds": seconds}
+                            "seconds": seconds, "vllm_version": None, "generation": None, "version_assumed": None}
         status, error = result.get("status"), result.get("error")
         if not result.get("reachable"):
             self.add("server", PROBLEM, f"server unreachable: {result['message']}")
             return
+        self.server = server_generation(version, why)
+        self.server_info.update(self.server.as_json())
+        self.add("server-version", OK, describe_server(self.server))
         if status == 401:
             health = result.get("health")
             if health == 200:
@@ -571,7 +763,7 @@ class Doctor:
             detail = result.get("message") or f"HTTP {status}"
             self.add("server", PROBLEM, f"{url} answered {status}: {detail}")
             return
-        models: List[str] = result.get("models") or []
+        models: list[str] = result.get("models") or []
         max_len = lengths.get(llm.model or "")
         shown = ", ".join(models) if models else "(none)"
         self.add("server", OK, f"server answers with this key: {url} -> 200, serves {shown}")
@@ -581,36 +773,20 @@ class Doctor:
                                        f"--served-model-name {llm.model}")
         elif llm.model:
             self.add("model", OK, f"llm.model {llm.model} is served")
-        if max_len is not None:
-            self._max_token_check(llm.max_token, max_len)
+        if max_len is not None and self.server is not None:
+            on, why_off = self.fix_on("max_tokens")
+            self.add("max-token", *max_token_verdict(self.server.generation, llm.max_token, max_len, on, why_off,
+                                                     self.server.assumed))
 
-    def _max_token_check(self, max_token: int, max_len: int) -> None:
-        room = max_len - max_token
-        suggestion = max(1, max_len // 4)
-        if max_token >= max_len:
-            self.add("max-token", PROBLEM,
-                     f"llm.max_token {max_token} >= the server's max_model_len {max_len}: MetaGPT 0.7 always asks "
-                     f"for max_tokens = llm.max_token, so every request fails with 400 (prompt + max_tokens > "
-                     f"max_model_len). Set llm.max_token to e.g. {suggestion}, or start vLLM with a larger "
-                     "--max-model-len.")
-        elif room < MIN_PROMPT_ROOM:
-            self.add("max-token", WARNING,
-                     f"llm.max_token {max_token} leaves only {room} of max_model_len {max_len} tokens for the "
-                     f"prompt: MetaGPT 0.7 always asks for max_tokens = llm.max_token, so longer prompts fail with "
-                     f"400. Set llm.max_token to e.g. {suggestion}.")
-        else:
-            self.add("max-token", OK, f"llm.max_token {max_token} leaves {room} of max_model_len {max_len} tokens "
-                                      "for the prompt")
-
-    def _start_tiktoken_probe(self, llm: Any, api_type: str) -> Optional[Dict[str, Any]]:
+    def _start_tiktoken_probe(self, llm: Any, api_type: str) -> Optional[dict[str, Any]]:
         """When MetaGPT would need to download tiktoken's encoding, test (in the background) if it could."""
         if not llm.calc_usage or api_type not in ("open_llm", "openai"):
             return None
         path, cached = tiktoken_cache()
         if cached:
             return None
-        probe: Dict[str, Any] = {"path": path, "proxy": _proxy_env(), "thread": None, "box": {}}
-        if not probe["proxy"]:
+        probe: dict[str, Any] = {"path": path, "proxy": _proxy_env(), "thread": None, "box": {}}
+        if not probe["proxy"] and not self.fix_on("usage")[0]:  # with the usage fix, no request waits on it
             box = probe["box"]
 
             def target() -> None:
@@ -623,26 +799,17 @@ class Doctor:
             probe["thread"].start()
         return probe
 
-    def _tiktoken_check(self, probe: Optional[Dict[str, Any]], deadline: float) -> None:
+    def _tiktoken_check(self, probe: Optional[dict[str, Any]], deadline: float) -> None:
         if probe is None:
             return
         thread = probe["thread"]
         if thread is not None:
             thread.join(max(0.0, min(deadline - time.monotonic(), 1.5)))
-        reachable = probe["box"].get("ok")
-        fix = ("set calc_usage: false in the llm: block, or fill a TIKTOKEN_CACHE_DIR with cl100k_base "
-               "on a connected machine")
         where = "caching is disabled (TIKTOKEN_CACHE_DIR is empty)" if probe["path"] is None else \
             f"not cached in {probe['path'].parent}"
-        if reachable:
-            self.add("tiktoken", OK, f"token counting: tiktoken's cl100k_base is {where}; it will be downloaded "
-                                     f"from {TIKTOKEN_HOST} on first use")
-        else:
-            cond = "if this machine cannot reach" if probe["proxy"] else "and this machine cannot reach"
-            self.add("tiktoken", WARNING,
-                     f"token counting: llm.calc_usage is on, tiktoken's cl100k_base is {where}, {cond} "
-                     f"{TIKTOKEN_HOST}: MetaGPT will log 'usage calculation failed!' on streamed calls "
-                     f"(aask's default; the calls still succeed). To avoid it, {fix}.")
+        on, why_off = self.fix_on("usage")
+        source = usage_source(self.server.generation if self.server is not None else None)
+        self.add("tiktoken", *tiktoken_verdict(where, on, source, probe["box"].get("ok"), probe["proxy"], why_off))
 
     # verdict and output
 
@@ -656,12 +823,13 @@ class Doctor:
     def verdict(self) -> str:
         return "error" if self.config_error else worst(c.level for c in self.checks)
 
-    def as_json(self) -> Dict[str, Any]:
-        st = getattr(self, "status", None)
-        plugin: Dict[str, Any] = {"version": __version__}
+    def as_json(self) -> dict[str, Any]:
+        st = self.status
+        plugin: dict[str, Any] = {"version": __version__}
         if st is not None:
             plugin.update(dataclasses.asdict(st))
             plugin["automatic"] = st.automatic
+            plugin["fixes_in_effect"] = {f.name: self.fix_on(f.name)[0] for f in st.fixes}
         payload = {
             "version": 1,
             "verdict": self.verdict,
@@ -672,7 +840,8 @@ class Doctor:
             "server": self.server_info,
             "checks": [dataclasses.asdict(c) for c in self.checks],
         }
-        return scrub_obj(payload, self.secrets)
+        scrubbed: dict[str, Any] = scrub_obj(payload, self.secrets)
+        return scrubbed
 
     def print_text(self, report: Report) -> None:
         report.secret(*self.secrets)

@@ -90,7 +90,7 @@ def clean_env(home: Optional[Path] = None, **extra: str) -> Dict[str, str]:
     """The test process's environment without proxies or our switch, plus ``extra``."""
     env = {k: v for k, v in os.environ.items()
            if k.upper() not in {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "METAGPT_VLLM_FIX",
-                                "METAGPT_PROJECT_ROOT", "VLLM_API_KEY", "PYTHONPATH"}}
+                                "METAGPT_PROJECT_ROOT", "VLLM_API_KEY", "PYTHONPATH", "METAGPT_VLLM_FIX_DISABLE"}}
     if home is not None:
         env["HOME"] = str(home)
     env.update(extra)

@@ -1,7 +1,10 @@
 """``metagpt-vllm-fix doctor`` against ``metagpt-vllm-fix serve``, both real processes on 127.0.0.1.
 
-Each doctor run imports MetaGPT (~2-3 s), so the scenarios that only read the shared server run together in a
-small thread pool; the two whose wall time is the point (closed port, silent server) run alone.
+Two servers play two vLLM generations: the current one (0.32.0, the default: ``/version``, max_tokens clamped)
+and MetaGPT 0.7's (0.3.3: no ``/version``, prompt + max_tokens <= max_model_len). Each doctor run imports
+MetaGPT (~2-3 s), so the scenarios that only read the shared servers run together in a small thread pool; the
+two whose wall time is the point (closed port, silent server) run alone. The verdicts themselves are pure
+functions of doctor.py, tested directly at the end.
 """
 
 from __future__ import annotations
@@ -13,22 +16,28 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Optional
 
 import httpx
 import pytest
 
 from conftest import clean_env, write_config
+from metagpt_vllm_fix import doctor as dr
+from metagpt_vllm_fix._activation import FixStatus, Status
 from metagpt_vllm_fix.masking import mask
+from metagpt_vllm_fix.report import OK, PROBLEM, WARNING
 from metagpt_vllm_fix.server import DEFAULT_MODEL
+from metagpt_vllm_fix.vllm_versions import for_version
 
 KEY = "token-doctor-0123456789"
 WRONG_KEY = "token-wrong-9876543210"
 CLI = [sys.executable, "-m", "metagpt_vllm_fix"]
 QUIET = "  calc_usage: false\n"  # no tiktoken hint: the verdicts below depend on the server only
+FIXES_ON = {"METAGPT_VLLM_FIX_DISABLE": ""}  # whatever the caller's environment says, every fix on
 
 
 @dataclass
@@ -46,7 +55,7 @@ class Run:
         return f"rc={self.returncode} after {self.seconds:.1f} s\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
 
 
-def start_serve(tmp: Path, *args: str, **env: str) -> "tuple[subprocess.Popen, str, Path]":
+def start_serve(tmp: Path, *args: str, **env: str) -> tuple[subprocess.Popen, str, Path]:
     """``serve --port 0 ...`` as a subprocess; returns (process, base_url, stdout file) once /health answers."""
     out = tmp / "serve.out"
     with open(out, "w") as sink:
@@ -68,7 +77,7 @@ def start_serve(tmp: Path, *args: str, **env: str) -> "tuple[subprocess.Popen, s
     raise AssertionError(f"serve did not come up (url={base_url}): {out.read_text()} {proc.stderr.read()}")
 
 
-def stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> "tuple[int, str]":
+def stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[int, str]:
     proc.send_signal(sig)
     try:
         _, stderr = proc.communicate(timeout=15)
@@ -80,16 +89,26 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> "tuple[int, str]":
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
-    """One ``serve --api-key KEY`` (max_model_len 4096) for the whole module; yields its base_url."""
+    """One ``serve --api-key KEY`` (vLLM 0.32.0, max_model_len 4096) for the whole module; yields its base_url."""
     proc, base_url, _ = start_serve(tmp_path_factory.mktemp("serve"), "--api-key", KEY)
     yield base_url
     stop(proc)
 
 
-def config_text(base_url: str, api_key: str = KEY, model: str = DEFAULT_MODEL, max_token: int = 512) -> str:
-    """The seed's config, with a max_token that fits the server's 4096 tokens (MetaGPT's default does not)."""
+@pytest.fixture(scope="module")
+def server_033(tmp_path_factory) -> Iterator[str]:
+    """``serve --api-key KEY --vllm-version 0.3.3`` (max_model_len 4096): the seed's own setup."""
+    proc, base_url, _ = start_serve(tmp_path_factory.mktemp("serve-033"), "--api-key", KEY, "--vllm-version", "0.3.3")
+    yield base_url
+    stop(proc)
+
+
+def config_text(base_url: str, api_key: str = KEY, model: str = DEFAULT_MODEL, max_token: Optional[int] = 512,
+                quiet: bool = True) -> str:
+    """The seed's config, with a max_token that fits every generation's rule for 4096 tokens (None: MetaGPT's
+    default 4096, which vLLM 0.3 refuses for every request) and, when ``quiet``, calc_usage off."""
     return (f"llm:\n  api_type: open_llm\n  base_url: '{base_url}'\n  model: '{model}'\n  api_key: {api_key}\n"
-            f"  max_token: {max_token}\n" + QUIET)
+            + (f"  max_token: {max_token}\n" if max_token is not None else "") + (QUIET if quiet else ""))
 
 
 def doctor(tmp: Path, config: Optional[str], *args: str, home: Optional[Path] = None, **env: str) -> Run:
@@ -107,7 +126,7 @@ def doctor(tmp: Path, config: Optional[str], *args: str, home: Optional[Path] = 
     return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
 
 
-def lines(run: Run, level: str) -> List[str]:
+def lines(run: Run, level: str) -> list[str]:
     return [line for line in run.stdout.splitlines() if line.startswith(level + " ")]
 
 
@@ -130,8 +149,13 @@ SCENARIOS = {
     "wrong-key": lambda url: (config_text(url, WRONG_KEY), ()),
     "wrong-key-json": lambda url: (config_text(url, WRONG_KEY), ("--json",)),
     "model-not-served": lambda url: (config_text(url, model="mistral-7b-instruct"), ()),
-    "max-token-too-large": lambda url: (config_text(url, max_token=4096), ()),
+    "max-token-at-context": lambda url: (config_text(url, max_token=4096), ()),
+    "max-token-at-context-json": lambda url: (config_text(url, max_token=4096), ("--json",)),
     "max-token-little-room": lambda url: (config_text(url, max_token=3900), ()),
+    "max-token-above-context": lambda url: (config_text(url, max_token=5000), (), FIXES_ON),
+    "max-token-above-context-fix-off": lambda url: (config_text(url, max_token=5000), (),
+                                                    {"METAGPT_VLLM_FIX_DISABLE": "max_tokens"}),
+    "disable-names-no-fix": lambda url: (config_text(url), (), {"METAGPT_VLLM_FIX_DISABLE": "usage,max-token"}),
     "yaml-error": lambda url: (f"llm:\n  api_type: open_llm\n  base_url: {url}\n   model: x\n  api_key: {KEY}\n", ()),
     "yaml-error-json": lambda url: (f"llm:\n  api_type: open_llm\n  base_url: {url}\n   model: x\n"
                                     f"  api_key: {KEY}\n", ("--json",)),
@@ -139,21 +163,42 @@ SCENARIOS = {
     "automatic-off": lambda url: (config_text(url), (), {"METAGPT_VLLM_FIX": "0"}),
     "api-type-openai": lambda url: (config_text(url).replace("api_type: open_llm", "api_type: openai"), ()),
     "key-with-spaces": lambda url: (config_text(url, api_key=f"' {KEY} '"), ()),
-    "tiktoken-not-cached": lambda url: (config_text(url).replace(QUIET, ""), ("--json",),
-                                        {"TIKTOKEN_CACHE_DIR": "{tmp}/empty-tiktoken-cache"}),
+    "tiktoken-not-cached": lambda url: (config_text(url, quiet=False), ("--json",),
+                                        {"TIKTOKEN_CACHE_DIR": "{tmp}/empty-tiktoken-cache", **FIXES_ON}),
+    "tiktoken-not-cached-usage-off": lambda url: (config_text(url, quiet=False), ("--json",),
+                                                  {"TIKTOKEN_CACHE_DIR": "{tmp}/empty-tiktoken-cache",
+                                                   "METAGPT_VLLM_FIX_DISABLE": "usage"}),
+}
+
+# The same doctor against the emulator playing vLLM 0.3.3 (MetaGPT 0.7's time): no /version, and
+# prompt + max_tokens <= max_model_len, so the seed's config (no max_token line: 4096) is refused upstream.
+SCENARIOS_033 = {
+    "033-seed": lambda url: (config_text(url, max_token=None, quiet=False), (),
+                             {"TIKTOKEN_CACHE_DIR": "{tmp}/empty-tiktoken-cache", **FIXES_ON}),
+    "033-seed-json": lambda url: (config_text(url, max_token=None), ("--json",), FIXES_ON),
+    "033-seed-fix-off": lambda url: (config_text(url, max_token=None), (),
+                                     {"METAGPT_VLLM_FIX_DISABLE": "max_tokens"}),
+    "033-little-room": lambda url: (config_text(url, max_token=3900), (), FIXES_ON),
+    "033-little-room-fix-off": lambda url: (config_text(url, max_token=3900), (),
+                                            {"METAGPT_VLLM_FIX_DISABLE": "max_tokens"}),
+    "033-fits": lambda url: (config_text(url), ()),
 }
 
 
 @pytest.fixture(scope="module")
-def runs(server, tmp_path_factory) -> Dict[str, Run]:
-    """Every scenario of SCENARIOS, run against the shared server (two at a time)."""
+def runs(server, server_033, tmp_path_factory) -> dict[str, Run]:
+    """Every scenario of SCENARIOS and SCENARIOS_033, run against its shared server (two at a time)."""
+    plan = {**{name: (make, server) for name, make in SCENARIOS.items()},
+            **{name: (make, server_033) for name, make in SCENARIOS_033.items()}}
+
     def one(name: str) -> Run:
-        config, args, *env = SCENARIOS[name](server)
+        make, url = plan[name]
+        config, args, *env = make(url)
         tmp = tmp_path_factory.mktemp(name)
         return doctor(tmp, config, *args, **{k: v.format(tmp=tmp) for k, v in (env[0] if env else {}).items()})
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {name: pool.submit(one, name) for name in SCENARIOS}
+        futures = {name: pool.submit(one, name) for name in plan}
     return {name: future.result() for name, future in futures.items()}
 
 
@@ -171,6 +216,8 @@ def test_right_key_and_served_model_is_ok_exit_0(runs):
     assert lines(run, "problem") == [] and lines(run, "warning") == [], run
     assert "server answers with this key" in run.stdout
     assert f"with the plugin loaded, sends api_key {mask(KEY)} (the configured one)" in run.stdout
+    assert "ok      server: vLLM 0.32.0, generation 0.18+: max_tokens <= max_model_len" in run.stdout
+    assert "ok      fixes: api_key active, max_tokens active, usage active" in run.stdout
     assert run.stdout.rstrip().endswith("verdict: ok (exit 0): all good")
     assert run.stderr == ""
     assert_clean(run)
@@ -195,20 +242,124 @@ def test_model_not_served_is_a_problem_with_the_served_model_name_hint(runs):
     assert_clean(run)
 
 
-def test_max_token_at_max_model_len_is_flagged_as_every_request_400(runs):
-    run = runs["max-token-too-large"]
-    assert run.returncode == 1, run
-    (problem,) = lines(run, "problem")
-    assert "llm.max_token 4096 >= the server's max_model_len 4096" in problem and "400" in problem
+# --- llm.max_token, by the server's generation and the max_tokens fix -------------------------------------------
+
+
+def test_max_token_equal_to_max_model_len_is_ok_where_vllm_clamps(runs):
+    run = runs["max-token-at-context"]
+    assert run.returncode == 0, run
+    assert lines(run, "problem") == [] and lines(run, "warning") == [], run
+    (line,) = [line for line in lines(run, "ok") if "llm.max_token" in line]
+    assert "llm.max_token 4096 fits the server's max_model_len 4096 under vLLM 0.18+'s rule" in line
+    assert "clamps max_tokens" in line
+    assert "verdict: ok (exit 0): all good" in run.stdout
     assert_clean(run)
 
 
-def test_max_token_leaving_little_room_for_the_prompt_is_a_warning_exit_0(runs):
+def test_server_version_and_generation_are_in_the_json(runs):
+    document = json.loads(runs["max-token-at-context-json"].stdout)
+    server = document["server"]
+    assert (server["vllm_version"], server["generation"], server["version_assumed"]) == ("0.32.0", "0.18+", False)
+    assert server["version_status"] == 200 and server["max_model_len"] == 4096
+    (check,) = [c for c in document["checks"] if c["id"] == "max-token"]
+    assert check["level"] == "ok"
+    assert [f["name"] for f in document["plugin"]["fixes"]] == ["api_key", "max_tokens", "usage"]
+    assert document["plugin"]["fixes_in_effect"] == {"api_key": True, "max_tokens": True, "usage": True}
+
+
+def test_max_token_leaving_little_room_is_ok_where_vllm_clamps(runs):
     run = runs["max-token-little-room"]
     assert run.returncode == 0, run
+    assert lines(run, "warning") == [] and lines(run, "problem") == [], run
+    assert "llm.max_token 3900 fits the server's max_model_len 4096" in run.stdout
+    assert_clean(run)
+
+
+def test_max_token_above_max_model_len_is_a_handled_warning_while_the_max_tokens_fix_is_on(runs):
+    run = runs["max-token-above-context"]
+    assert run.returncode == 0, run
     (warning,) = lines(run, "warning")
-    assert "leaves only 196 of max_model_len 4096" in warning
+    assert "llm.max_token 5000 > the server's max_model_len 4096" in warning and "every request gets 400" in warning
+    assert "handled: the max_tokens fix resends without max_tokens" in warning
+    assert "Set llm.max_token to e.g. 1024" in warning
     assert "verdict: warning (exit 0)" in run.stdout
+    assert_clean(run)
+
+
+def test_max_token_above_max_model_len_is_a_problem_when_the_max_tokens_fix_is_disabled(runs):
+    run = runs["max-token-above-context-fix-off"]
+    assert run.returncode == 1, run
+    (problem,) = lines(run, "problem")
+    assert "llm.max_token 5000 > the server's max_model_len 4096" in problem
+    assert "the max_tokens fix is off: turned off by METAGPT_VLLM_FIX_DISABLE" in problem
+    assert "Set llm.max_token to e.g. 1024" in problem
+    assert "fixes: api_key active, max_tokens off (METAGPT_VLLM_FIX_DISABLE), usage active" in run.stdout
+    assert_clean(run)
+
+
+def test_vllm_033_without_version_endpoint_is_named_as_an_assumption(runs):
+    run = runs["033-seed"]
+    assert ("ok      server: no /version (404): a vLLM of the 0.3 era or another OpenAI-compatible server; "
+            "assuming vLLM 0.3's rules: prompt + max_tokens <= max_model_len") in run.stdout
+    document = json.loads(runs["033-seed-json"].stdout)
+    server = document["server"]
+    assert (server["vllm_version"], server["generation"], server["version_assumed"]) == (None, "0.3", True)
+    assert server["version_status"] == 404
+
+
+def test_seed_config_on_vllm_033_is_a_handled_warning_naming_the_value_to_set(runs):
+    run = runs["033-seed"]
+    assert run.returncode == 0, run
+    (warning,) = lines(run, "warning")
+    assert "llm.max_token 4096 >= the server's max_model_len 4096" in warning
+    assert "every request gets 400 under vLLM 0.3's rule (assumed)" in warning
+    assert "handled: the max_tokens fix resends without max_tokens" in warning
+    assert "one extra request per LLM" in warning
+    assert "Set llm.max_token to e.g. 1024" in warning
+    assert "verdict: warning (exit 0)" in run.stdout
+    assert run.stderr == ""
+    assert_clean(run)
+
+
+def test_seed_config_on_vllm_033_is_a_problem_with_the_max_tokens_fix_disabled(runs):
+    run = runs["033-seed-fix-off"]
+    assert run.returncode == 1, run
+    (problem,) = lines(run, "problem")
+    assert "llm.max_token 4096 >= the server's max_model_len 4096" in problem and "every request gets 400" in problem
+    assert "the max_tokens fix is off: turned off by METAGPT_VLLM_FIX_DISABLE" in problem
+    assert "Set llm.max_token to e.g. 1024" in problem
+    assert_clean(run)
+
+
+def test_little_room_for_the_prompt_on_vllm_033_is_handled_with_the_fix_and_a_problem_without(runs):
+    on, off = runs["033-little-room"], runs["033-little-room-fix-off"]
+    assert on.returncode == 0, on
+    (warning,) = lines(on, "warning")
+    assert "leaves only 196 of max_model_len 4096" in warning and "prompts longer than 196 tokens get 400" in warning
+    assert "handled: the max_tokens fix resends those without max_tokens" in warning
+    assert "Set llm.max_token to e.g. 1024" in warning
+    assert off.returncode == 1, off
+    (problem,) = lines(off, "problem")
+    assert "leaves only 196 of max_model_len 4096" in problem and "Set llm.max_token to e.g. 1024" in problem
+    assert_clean(on)
+    assert_clean(off)
+
+
+def test_max_token_that_fits_vllm_033_is_ok(runs):
+    run = runs["033-fits"]
+    assert run.returncode == 0, run
+    assert lines(run, "warning") == [] and lines(run, "problem") == [], run
+    assert "llm.max_token 512 leaves 3584 of max_model_len 4096 tokens for the prompt" in run.stdout
+    assert_clean(run)
+
+
+def test_a_disable_word_naming_no_fix_is_a_warning_in_the_fixes_line(runs):
+    run = runs["disable-names-no-fix"]
+    assert run.returncode == 0, run
+    (warning,) = lines(run, "warning")
+    assert warning.startswith("warning fixes: api_key active, max_tokens active, usage off (METAGPT_VLLM_FIX_DISABLE)")
+    assert "METAGPT_VLLM_FIX_DISABLE names no fix: max_token (the fixes are api_key, max_tokens, usage)" in warning
+    assert run.stderr == ""
     assert_clean(run)
 
 
@@ -254,13 +405,27 @@ def test_whitespace_around_the_key_is_a_warning_and_the_trimmed_key_works(runs):
     assert_clean(run)
 
 
-def test_calc_usage_with_an_empty_tiktoken_cache_is_explained(runs):
+def test_empty_tiktoken_cache_is_no_warning_when_the_server_supplies_usage(runs):
     run = runs["tiktoken-not-cached"]
     assert run.returncode == 0, run
     (check,) = [c for c in json.loads(run.stdout)["checks"] if c["id"] == "tiktoken"]
+    assert check["level"] == "ok"
+    assert "the usage fix takes streamed answers' counts from the server" in check["message"]
+    assert "stream_options.include_usage" in check["message"] and "empty-tiktoken-cache" in check["message"]
+    on_033 = runs["033-seed"]
+    (line,) = [line for line in on_033.stdout.splitlines() if "token counting" in line]
+    assert line.startswith("ok ") and "on each stream's finish chunk" in line
+
+
+def test_empty_tiktoken_cache_is_explained_when_the_usage_fix_is_off(runs):
+    run = runs["tiktoken-not-cached-usage-off"]
+    assert run.returncode == 0, run
+    (check,) = [c for c in json.loads(run.stdout)["checks"] if c["id"] == "tiktoken"]
     assert "cl100k_base" in check["message"] and "empty-tiktoken-cache" in check["message"]
+    assert "the usage fix is off: turned off by METAGPT_VLLM_FIX_DISABLE" in check["message"]
     if check["level"] == "warning":  # offline (as in CI sandboxes); online, tiktoken just downloads it once
         assert "usage calculation failed!" in check["message"] and "calc_usage: false" in check["message"]
+        assert "take usage out of METAGPT_VLLM_FIX_DISABLE" in check["message"]
     else:
         assert check["level"] == "ok"
 
@@ -345,3 +510,123 @@ def test_server_that_accepts_and_never_answers_ends_within_the_timeout(tmp_path)
     assert document["server"]["seconds"] < 2 + 1, "the network checks must end within --timeout"
     assert run.seconds < 2 + 20, f"2 s of network plus MetaGPT's import should not take {run.seconds:.1f} s"
     assert_clean(run)
+
+
+# --- the verdicts as pure functions ---------------------------------------------------------------------------
+
+V033, V0102, V032 = for_version("0.3.3"), for_version("0.10.2"), for_version("0.32.0")
+ALL_ON = tuple(FixStatus(name, "active", "") for name in ("api_key", "max_tokens", "usage"))
+
+
+def plugin(fixes=ALL_ON, code: str = "supported", switch: str = "auto", pth: Optional[str] = "/x.pth") -> Status:
+    return Status(True, "active", code, "", "0.7.7", True, switch, pth, tuple(fixes))
+
+
+@pytest.mark.parametrize("status, body, expected", [
+    (200, {"version": "0.32.0"}, ("0.32.0", "")),
+    (200, {"version": " 0.10.2 "}, ("0.10.2", "")),
+    (404, None, (None, "no /version (404)")),
+    (401, None, (None, "no /version (401)")),
+    (200, "<html>", (None, "/version answered without a version")),
+    (200, {"version": 7}, (None, "/version answered without a version")),
+    (None, None, (None, "/version gave no answer")),
+])
+def test_read_version_takes_only_a_version_string_from_a_200(status, body, expected):
+    assert dr.read_version(status, body) == expected
+
+
+@pytest.mark.parametrize("version, generation, assumed", [
+    ("0.32.0", "0.18+", False),
+    ("0.18.0", "0.18+", False),
+    ("0.17.1", "0.11", False),
+    ("0.10.2", "0.10.2", False),
+    (None, "0.3", True),
+    ("not-a-version", "0.3", True),
+    ("0.2.7", "0.3", True),
+])
+def test_server_generation_falls_back_to_vllm_03_rules_and_says_so(version, generation, assumed):
+    found = dr.server_generation(version, "no /version (404)")
+    assert (found.generation.name, found.assumed) == (generation, assumed)
+    line = dr.describe_server(found)
+    if assumed:
+        assert "assuming vLLM 0.3's rules: prompt + max_tokens <= max_model_len" in line
+        assert ("no /version (404)" if version is None else repr(version)) in line
+    else:
+        assert line.startswith(f"server: vLLM {version}, generation {generation}: ")
+
+
+@pytest.mark.parametrize("generation, max_token, fix_on, level, words", [
+    # vLLM 0.18+ clamps: only max_token > max_model_len is refused
+    (V032, 4096, True, OK, "clamps max_tokens"),
+    (V032, 4096, False, OK, "clamps max_tokens"),
+    (V032, 4000, False, OK, "clamps max_tokens"),
+    (V032, 4097, True, WARNING, "handled: the max_tokens fix resends without max_tokens"),
+    (V032, 4097, False, PROBLEM, "the max_tokens fix is off: why"),
+    (V032, 1024, False, OK, "leaves 3072 of max_model_len 4096 tokens"),
+    # up to 0.17: prompt + max_tokens <= max_model_len
+    (V033, 4096, True, WARNING, "every request gets 400"),
+    (V033, 4096, False, PROBLEM, "every request gets 400"),
+    (V0102, 4096, False, PROBLEM, "every request gets 400 under vLLM 0.10.2's rule"),
+    (V033, 3900, True, WARNING, "prompts longer than 196 tokens get 400"),
+    (V033, 3900, False, PROBLEM, "prompts longer than 196 tokens get 400"),
+    (V033, 3840, False, OK, "leaves 256 of max_model_len 4096 tokens"),
+])
+def test_max_token_verdict_follows_the_generation_and_the_fix(generation, max_token, fix_on, level, words):
+    found, message = dr.max_token_verdict(generation, max_token, 4096, fix_on, "why")
+    assert found == level, message
+    assert words in message
+    if level != OK:
+        assert "Set llm.max_token to e.g. 1024" in message
+
+
+def test_max_token_verdict_marks_assumed_rules():
+    _, message = dr.max_token_verdict(V033, 512, 512, True, assumed=True)
+    assert "under vLLM 0.3's rule (assumed): prompt + max_tokens <= max_model_len" in message
+    assert "Set llm.max_token to e.g. 128" in message
+
+
+@pytest.mark.parametrize("status, api_type, expected", [
+    (plugin(), "open_llm", (True, "")),
+    (plugin(), "openai", (False, "the fixes act on api_type open_llm only, not openai")),
+    (plugin(fixes=[FixStatus("max_tokens", "off", "")]), "open_llm", (False, "turned off by METAGPT_VLLM_FIX_DISABLE")),
+    (plugin(fixes=[FixStatus("max_tokens", "pending", "")]), "open_llm", (True, "")),
+    (plugin(fixes=[FixStatus("max_tokens", "refused", "gate")]), "open_llm",
+     (False, "the max_tokens fix is refused: gate")),
+    (plugin(switch="off"), "open_llm", (False, "automatic activation is off in this environment")),
+    (plugin(pth=None), "open_llm", (False, "automatic activation is off in this environment")),
+    (plugin(code="fixed-upstream"), "open_llm", (False, "the plugin is inactive")),
+    (None, "open_llm", (False, "the plugin is inactive")),
+])
+def test_a_fix_is_in_effect_only_for_open_llm_with_the_plugin_automatic_and_the_fix_on(status, api_type, expected):
+    assert dr.fix_in_effect(status, "max_tokens", api_type) == expected
+
+
+def test_fixes_verdict_shows_each_state_and_warns_on_refused_fixes_and_unknown_names():
+    assert dr.fixes_verdict(ALL_ON, True) == (OK, "fixes: api_key active, max_tokens active, usage active")
+    level, message = dr.fixes_verdict([*ALL_ON[:2], FixStatus("usage", "off", "turned off")], True)
+    assert (level, message) == (OK, "fixes: api_key active, max_tokens active, usage off (METAGPT_VLLM_FIX_DISABLE)")
+    level, message = dr.fixes_verdict([FixStatus("api_key", "refused", "shape changed")], False, ["typo"])
+    assert level == WARNING
+    assert "api_key refused (shape changed)" in message and "automatic activation is off" in message
+    assert "METAGPT_VLLM_FIX_DISABLE names no fix: typo" in message
+
+
+@pytest.mark.parametrize("generation, expected", [
+    (V032, "stream_options.include_usage"), (V0102, "stream_options.include_usage"),
+    (V033, "finish chunk"), (None, None),
+])
+def test_usage_source_comes_from_the_generation_table(generation, expected):
+    source = dr.usage_source(generation)
+    assert (source is None) if expected is None else (expected in source)
+
+
+@pytest.mark.parametrize("fix_on, source, reachable, level, words", [
+    (True, "it sends them", False, OK, "is not needed"),
+    (True, None, False, OK, "else with an estimate"),
+    (False, "it sends them", False, WARNING, "usage calculation failed!"),
+    (False, None, True, OK, "it will be downloaded"),
+])
+def test_tiktoken_warning_only_when_the_usage_fix_cannot_spare_the_download(fix_on, source, reachable, level, words):
+    found, message = dr.tiktoken_verdict("not cached in /c", fix_on, source, reachable, False,
+                                         "" if fix_on else "turned off by METAGPT_VLLM_FIX_DISABLE")
+    assert found == level and words in message, message
