@@ -63,3 +63,20 @@ def real_vllm() -> Iterator[RealVLLM]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_vllm_4k() -> Iterator[RealVLLM]:
+    """A second real server with Llama-2-7b's 4096-token context, for MetaGPT's own (long) prompts; started only
+    by the tests that need it."""
+    problem = vllm_process.missing_setup()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    try:
+        server = vllm_process.start(max_model_len=4096)
+    except vllm_process.VLLMStartError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
