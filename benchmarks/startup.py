@@ -74,7 +74,8 @@ def quantile(values, q: float) -> float:
 
 
 def spread(values) -> str:
-    return f"median {statistics.median(values):7.2f} ms   p10-p90 {quantile(values, .1):6.2f}-{quantile(values, .9):6.2f}"
+    low, high = quantile(values, .1), quantile(values, .9)
+    return f"median {statistics.median(values):7.2f} ms   p10-p90 {low:6.2f}-{high:6.2f}"
 
 
 def venv_python(venv: Path) -> Path:

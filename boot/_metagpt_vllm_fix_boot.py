@@ -11,16 +11,26 @@ wrapt, no importlib.metadata and no MetaGPT is loaded.
 import os
 import sys
 
+# Annotations are strings and typing is imported for the type checker only (mypy treats a TYPE_CHECKING name as
+# true), so that neither `typing` nor `__future__` is loaded at start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from importlib.abc import Loader
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
+    from typing import Any, Optional
+
 TARGET = "metagpt.provider.open_llm_api"
 SWITCH = "METAGPT_VLLM_FIX"
 MARK = "_metagpt_vllm_fix_finder"  # recognised by attribute, so a second copy of this module never recurses
 
 _OFF = frozenset({"0", "off", "false", "no", "disable", "disabled"})
 _ON = frozenset({"", "1", "on", "true", "yes", "auto"})
-_busy = set()
+_busy: "set[str]" = set()
 
 
-def mode(value=None):
+def mode(value: "Optional[str]" = None) -> str:
     """Read the ``METAGPT_VLLM_FIX`` switch: ``"auto"``, ``"off"``, ``"strict"`` or ``"unknown"``."""
     word = (os.environ.get(SWITCH, "") if value is None else value).strip().lower()
     if word in _ON:
@@ -33,13 +43,13 @@ def mode(value=None):
 class _ChainedLoader:
     """Run the real loader, put it back on the module, then let the package patch the fresh module."""
 
-    def __init__(self, loader):
+    def __init__(self, loader: "Loader") -> None:
         self.loader = loader
 
-    def create_module(self, spec):
+    def create_module(self, spec: "ModuleSpec") -> "Optional[ModuleType]":
         return self.loader.create_module(spec)
 
-    def exec_module(self, module):
+    def exec_module(self, module: "ModuleType") -> None:
         try:
             self.loader.exec_module(module)
         finally:
@@ -50,7 +60,7 @@ class _ChainedLoader:
                 spec.loader = self.loader
         _module_loaded(module)
 
-    def __getattr__(self, name):  # get_source, get_code, is_package, ... for tracebacks and inspect
+    def __getattr__(self, name: str) -> "Any":  # get_source, get_code, is_package, ... for tracebacks and inspect
         loader = self.__dict__.get("loader")
         if loader is None:
             raise AttributeError(name)
@@ -62,7 +72,8 @@ class Finder:
 
     _metagpt_vllm_fix_finder = True
 
-    def find_spec(self, fullname, path=None, target=None):
+    def find_spec(self, fullname: str, path: "Optional[Sequence[str]]" = None,
+                  target: "Optional[ModuleType]" = None) -> "Optional[ModuleSpec]":
         if fullname != TARGET or fullname in _busy:
             return None
         _busy.add(fullname)
@@ -73,17 +84,18 @@ class Finder:
                 find_spec = getattr(finder, "find_spec", None)
                 if getattr(finder, MARK, False) or find_spec is None:
                     continue
-                spec = find_spec(fullname, path, target)
+                spec: Optional[ModuleSpec] = find_spec(fullname, path, target)
                 if spec is not None:
-                    if hasattr(spec.loader, "exec_module"):
-                        spec.loader = _ChainedLoader(spec.loader)
+                    if spec.loader is not None and hasattr(spec.loader, "exec_module"):
+                        # A duck-typed Loader: importlib.abc is not imported at start-up to subclass it.
+                        spec.loader = _ChainedLoader(spec.loader)  # type: ignore[assignment]
                     return spec
             return None
         finally:
             _busy.discard(fullname)
 
 
-def _module_loaded(module):
+def _module_loaded(module: "ModuleType") -> None:
     """Hand the freshly executed module to the package; only strict mode lets a failure escape."""
     try:
         from metagpt_vllm_fix import _activation
@@ -101,12 +113,12 @@ def _module_loaded(module):
         )
 
 
-def installed():
+def installed() -> bool:
     """True when a finder of ours is on sys.meta_path."""
     return any(getattr(finder, MARK, False) for finder in sys.meta_path)
 
 
-def install():
+def install() -> None:
     """Put the finder first on sys.meta_path (once); patch at once if MetaGPT's module is already loaded."""
     if not installed():
         sys.meta_path.insert(0, Finder())
@@ -116,15 +128,15 @@ def install():
         _module_loaded(module)
 
 
-def uninstall():
+def uninstall() -> None:
     """Take every finder of ours off sys.meta_path."""
     sys.meta_path[:] = [finder for finder in sys.meta_path if not getattr(finder, MARK, False)]
 
 
-def autoload():
+def autoload() -> None:
     """Entry of the .pth line: install unless the switch says off. Never raises."""
     try:
         if mode() != "off":
             install()
-    except Exception:  # start-up must survive anything
+    except Exception:  # noqa: BLE001  (start-up must survive anything)
         pass

@@ -34,8 +34,9 @@ def installed_version() -> Decision:
         version = importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
         return Decision(False, "metagpt-absent", "MetaGPT is not installed in this environment; nothing to patch.")
-    except Exception as exc:  # unreadable dist-info: say so rather than guess
-        return Decision(False, "metadata-broken", f"MetaGPT's installed metadata cannot be read ({type(exc).__name__}).")
+    except Exception as exc:  # noqa: BLE001  (unreadable dist-info: say so rather than guess)
+        why = f"MetaGPT's installed metadata cannot be read ({type(exc).__name__})."
+        return Decision(False, "metadata-broken", why)
     if not version:
         return Decision(False, "metadata-broken", "MetaGPT's installed metadata has no version; not patching blindly.")
     return _by_version(str(version))

@@ -7,7 +7,8 @@ some message (an exception text, a URL) happened to contain it.
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable, List, Optional, TextIO
+from collections.abc import Iterable
+from typing import Any, Optional, TextIO
 
 from .masking import mask
 
@@ -51,7 +52,7 @@ class Report:
 
     def __init__(self, stream: Optional[TextIO] = None, use_rich: Optional[bool] = None) -> None:
         self.stream = stream if stream is not None else sys.stdout
-        self._secrets: List[str] = []
+        self._secrets: list[str] = []
         if use_rich is None:
             use_rich = bool(getattr(self.stream, "isatty", lambda: False)())
         self._console = None
@@ -60,7 +61,7 @@ class Report:
                 from rich.console import Console
 
                 self._console = Console(file=self.stream, highlight=False, soft_wrap=True)
-            except Exception:  # rich missing or broken: plain text is always fine
+            except Exception:  # noqa: BLE001  (rich missing or broken: plain text is always fine)
                 self._console = None
 
     @property

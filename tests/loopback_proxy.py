@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import List, Tuple
 from urllib.parse import urlsplit
 
 
@@ -13,7 +12,7 @@ class LoopbackProxy:
     """Forwards absolute-form plain-HTTP requests to loopback targets only; records (method, url, authorization)."""
 
     def __init__(self) -> None:
-        self.seen: List[Tuple[str, str, str]] = []
+        self.seen: list[tuple[str, str, str]] = []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,7 +47,7 @@ class LoopbackProxy:
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "LoopbackProxy":
+    def __enter__(self) -> LoopbackProxy:
         self._thread.start()
         return self
 

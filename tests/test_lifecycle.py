@@ -21,8 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (ASK_SCRIPT, REPO, RESULT_MARK, SEED_KEY, clean_env, imported_at_startup, run_python, venv_python,
-                      write_config)
+from conftest import (
+    ASK_SCRIPT,
+    REPO,
+    RESULT_MARK,
+    SEED_KEY,
+    clean_env,
+    imported_at_startup,
+    run_python,
+    venv_python,
+    write_config,
+)
 from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
 from test_upstream_untouched import record_problems
 
@@ -99,7 +108,7 @@ def test_wheel_built_from_the_sdist_equals_the_wheel_built_from_the_tree(dists):
 
 def _build_from_lock(venv: Path) -> None:
     """The README's recipe: the pinned lock, then ``--no-deps metagpt==0.7.7`` (60-90 s, 1.1 GB)."""
-    tag = "py%d%d" % sys.version_info[:2]
+    tag = "py{}{}".format(*sys.version_info[:2])
     lock = REPO / "requirements" / f"metagpt-0.7.7-{tag}.txt"
     if not lock.is_file():
         pytest.skip(f"no lock file {lock.relative_to(REPO)} for this Python")

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
-from typing import List, Tuple
 
 import pytest
 
@@ -28,7 +27,7 @@ def _digest(path: Path) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(path.read_bytes()).digest()).rstrip(b"=").decode("ascii")
 
 
-def record_problems(site: Path, distribution: str = "metagpt") -> Tuple[int, List[str]]:
+def record_problems(site: Path, distribution: str = "metagpt") -> tuple[int, list[str]]:
     """Check ``site``'s ``<distribution>-*.dist-info/RECORD``: (files verified, list of problems)."""
     (dist_info,) = sorted(site.glob(f"{distribution}-*.dist-info"))
     record = dist_info / "RECORD"
