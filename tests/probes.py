@@ -164,5 +164,41 @@ def differences(a: Dict[str, Dict[str, Any]], b: Dict[str, Dict[str, Any]]) -> D
     return found
 
 
-if __name__ == "__main__":  # python tests/probes.py http://127.0.0.1:8000
-    print(json.dumps(observe_all(sys.argv[1]), indent=1))
+def _cell(facts: Dict[str, Any]) -> str:
+    if "stream" in facts:
+        where = ("last chunk, no choices" if facts["stream"]["usage_chunk_without_choices"] else
+                 "finish chunk" if facts["stream"]["usage_on_a_chunk_with_choices"] else "none")
+        return f"{facts['status']} stream, usage: {where}"
+    shape = facts.get("shape")
+    kind = {"{error:str}": " Unauthorized", "{detail:str}": " detail"}.get(shape or "", "")
+    if facts.get("type"):
+        nested = "nested" if shape and shape.startswith("{error:{") else "flat"
+        kind = f" {nested} {facts['type']}, param {facts.get('param')}"
+    return f"{facts['status']}{kind}"
+
+
+def table(real: Dict[str, Dict[str, Any]], emulated: Dict[str, Dict[str, Any]],
+          old: Dict[str, Dict[str, Any]]) -> str:
+    """Markdown: the real server's answer, whether the emulator's equals it, and the emulator as vLLM 0.3.3."""
+    rows = ["| probe | real vLLM 0.32.0 | `serve --vllm-version 0.32.0` | `serve --vllm-version 0.3.3` |",
+            "|---|---|---|---|"]
+    for name in real:
+        same = "same" if real[name] == emulated.get(name) else f"differs: {_cell(emulated.get(name, {}))}"
+        rows.append(f"| {name} | {_cell(real[name])} | {same} | {_cell(old.get(name, {}))} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    # python tests/probes.py URL            fingerprints of the server at URL, as JSON
+    # python tests/probes.py --table FILE   markdown table: recorded real fingerprints vs the emulator's
+    if sys.argv[1] == "--table":
+        from metagpt_vllm_fix.server import VLLMServer
+
+        recorded = json.loads(open(sys.argv[2]).read())
+        found = {}
+        for version in ("0.32.0", "0.3.3"):
+            with VLLMServer(api_keys=[KEY], max_model_len=CONTEXT, vllm_version=version) as server:
+                found[version] = observe_all(server.url)
+        print(table(recorded, found["0.32.0"], found["0.3.3"]))
+    else:
+        print(json.dumps(observe_all(sys.argv[1]), indent=1))
