@@ -19,7 +19,7 @@ import os
 import statistics
 import tempfile
 import time
-from typing import Any, Callable, List
+from typing import Any, Callable
 
 os.environ.setdefault("METAGPT_PROJECT_ROOT", tempfile.mkdtemp(prefix="metagpt-root-"))
 
@@ -65,9 +65,9 @@ def wrappers_alone(calls: int) -> None:
     print(f"   + usage wrapper on _calc_usage (calc_usage off){calc - plain:+8.2f} µs")
 
 
-async def paired_asks(first: Any, second: Any, stream: bool, calls: int) -> List[List[float]]:
+async def paired_asks(first: Any, second: Any, stream: bool, calls: int) -> list[list[float]]:
     """Alternate the two LLMs call by call, so that load on the machine falls on both alike; ms per call."""
-    times: List[List[float]] = [[], []]
+    times: list[list[float]] = [[], []]
     for i in range(calls):
         order = (0, 1) if i % 2 == 0 else (1, 0)
         for which in order:
@@ -84,6 +84,7 @@ def against_requests(calls: int) -> None:
     import metagpt_vllm_fix
     from metagpt_vllm_fix.server import VLLMServer
 
+    # isort: split
     from loguru import logger
     from metagpt.configs.llm_config import LLMConfig
     from metagpt.provider.llm_provider_registry import create_llm_instance

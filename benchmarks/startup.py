@@ -177,8 +177,9 @@ if %(measure_plugin)s:
     t2 = time.perf_counter()
     import metagpt_vllm_fix
     t3 = time.perf_counter()
-    from metagpt_vllm_fix import _activation, patch
-    assert patch.is_patched(mod.OpenLLM)
+    from metagpt_vllm_fix import _activation
+    from metagpt_vllm_fix.fixes import api_key
+    assert api_key.is_patched(mod.OpenLLM)
     result["plugin_cold_ms"] = (t3 - t2) * 1e3
     warm = []
     for _ in range(%(warm_runs)d):
@@ -186,11 +187,11 @@ if %(measure_plugin)s:
         t4 = time.perf_counter()
         _activation.module_loaded(mod)
         warm.append((time.perf_counter() - t4) * 1e3)
-    assert patch.is_patched(mod.OpenLLM)
+    assert api_key.is_patched(mod.OpenLLM)
     result["plugin_warm_ms"] = sorted(warm)[len(warm) // 2]
 else:
-    from metagpt_vllm_fix import patch
-    assert patch.is_patched(mod.OpenLLM)
+    from metagpt_vllm_fix.fixes import api_key
+    assert api_key.is_patched(mod.OpenLLM)
 print(json.dumps(result))
 """
 

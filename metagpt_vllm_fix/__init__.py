@@ -14,6 +14,7 @@ from ._activation import module_loaded as on_import
 from .fixes.api_key import InvalidApiKey
 
 __version__ = "0.1.0"
-__all__ = ["FixStatus", "InvalidApiKey", "PatchRefused", "Status", "apply", "on_import", "remove", "status", "__version__"]
+__all__ = ["FixStatus", "InvalidApiKey", "PatchRefused", "Status", "apply", "on_import", "remove", "status",
+           "__version__"]
 
 apply()

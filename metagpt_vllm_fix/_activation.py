@@ -1,4 +1,4 @@
-"""Activation: apply / remove / status of every fix, shared by the start-up hook, ``import metagpt_vllm_fix`` and the CLI.
+"""Apply / remove / status of every fix, shared by the start-up hook, ``import metagpt_vllm_fix`` and the CLI.
 
 One lock guards every change, so concurrent imports and calls patch exactly once. ``apply()`` and ``remove()``
 are symmetric and idempotent, in the manner of OpenTelemetry's instrument() / uninstrument(). The fixes
@@ -14,18 +14,19 @@ import threading
 import weakref
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Any, Optional
 
 import _metagpt_vllm_fix_boot as boot
 
 from . import gate, wrapping
-from .fixes import NAMES, Fix, all_fixes
+from .fixes import NAMES, all_fixes
 
 log = logging.getLogger("metagpt_vllm_fix")
 _lock = threading.RLock()
 _refused: Optional[gate.Decision] = None  # why the loaded module was left alone, if it was
-_decided: Optional["weakref.ref[ModuleType]"] = None  # the module that decision was about (decide once per module)
-_outcome: Dict[str, Tuple[str, str]] = {}  # fix name -> (state, reason) from the last decision
+_decided: Optional[weakref.ref[ModuleType]] = None  # the module that decision was about (decide once per module)
+_decided_class: Any = None  # its OpenLLM then: a reloaded module has a new class and is decided afresh
+_outcome: dict[str, tuple[str, str]] = {}  # fix name -> (state, reason) from the last decision
 PTH_NAME = "metagpt-vllm-fix.pth"
 DISABLE = "METAGPT_VLLM_FIX_DISABLE"
 
@@ -58,7 +59,7 @@ class Status:
     hook_installed: bool  #: the import hook is on sys.meta_path in this interpreter
     switch: str  #: METAGPT_VLLM_FIX as read: auto, off, strict or unknown
     pth_file: Optional[str]  #: the start-up file that activates the plugin automatically, if installed
-    fixes: Tuple[FixStatus, ...] = ()  #: each fix and its state
+    fixes: tuple[FixStatus, ...] = ()  #: each fix and its state
 
     @property
     def automatic(self) -> bool:
@@ -69,25 +70,25 @@ class Status:
         return f"{self.state}: {self.reason}"
 
 
-def disabled() -> Tuple[Set[str], List[str]]:
+def disabled() -> tuple[set[str], list[str]]:
     """(fix names turned off by METAGPT_VLLM_FIX_DISABLE, words in it that name no fix)."""
     words = [w.strip().lower().replace("-", "_") for w in os.environ.get(DISABLE, "").split(",")]
     words = [w for w in words if w]
     return {w for w in words if w in NAMES}, [w for w in words if w not in NAMES]
 
 
-def _apply_fixes(module: ModuleType, decision: gate.Decision) -> Dict[str, Tuple[str, str]]:
+def _apply_fixes(module: ModuleType, decision: gate.Decision) -> dict[str, tuple[str, str]]:
     """Apply every fix its gate lets through; say per fix what happened."""
     off, unknown = disabled()
     if unknown:
         log.warning("%s names no fix: %s (the fixes are %s); ignoring those.", DISABLE,
                     ", ".join(w[:20] for w in unknown[:5]), ", ".join(NAMES))
-    outcome: Dict[str, Tuple[str, str]] = {}
+    outcome: dict[str, tuple[str, str]] = {}
     for fix in all_fixes():
         if fix.name in off:
             outcome[fix.name] = ("off", f"turned off by {DISABLE}; MetaGPT 0.7 as shipped: {fix.upstream}")
             continue
-        problem = decision.reason if (fix.name == "api_key" and not decision.supported) else fix.problem(module)
+        problem = fix.problem(module)
         if problem:
             outcome[fix.name] = ("refused", problem)
             continue
@@ -101,17 +102,18 @@ def module_loaded(module: ModuleType) -> None:
 
     Also the entry point's hook (wrapt's post-import-hook convention: called with the module).
     """
-    global _refused, _decided, _outcome
+    global _refused, _decided, _decided_class, _outcome
     with _lock:
-        if _decided is not None and _decided() is module:
+        if _decided is not None and _decided() is module and _decided_class is getattr(module, gate.CLASS_NAME, None):
             return
         switch = boot.mode()
         if switch == "unknown":
             log.warning("%s=%r is not a known value (1, 0, strict, on, off, ...); treating it as 1.", boot.SWITCH,
                         os.environ.get(boot.SWITCH, "")[:20])
         decision = gate.check(module)
-        if not decision.supported and decision.code != "shape-changed":
+        if not decision.supported:  # not MetaGPT 0.7's OpenLLM as we know it: no fix touches it
             _refused, _decided, _outcome = decision, weakref.ref(module), {}
+            _decided_class = getattr(module, gate.CLASS_NAME, None)
             if switch == "strict" and decision.code not in ("unsupported-old", "fixed-upstream"):
                 raise PatchRefused(f"metagpt-vllm-fix ({boot.SWITCH}=strict): {decision.reason}")
             level = logging.INFO if decision.code in ("unsupported-old", "fixed-upstream") else logging.WARNING
@@ -126,9 +128,15 @@ def module_loaded(module: ModuleType) -> None:
                 fix.remove(module)
             raise
         _decided, _outcome = weakref.ref(module), outcome
+        _decided_class = getattr(module, gate.CLASS_NAME, None)
         _refused = None if any(state == "active" for state, _ in outcome.values()) else decision
         refused = {name: why for name, (state, why) in outcome.items() if state == "refused"}
-        if refused and switch == "strict":
+        if refused and switch == "strict":  # all or nothing: take the others off again before refusing the import
+            for fix in all_fixes():
+                fix.remove(module)
+            _outcome = {name: outcome[name] if name in refused else
+                        ("inactive", f"not applied: {boot.SWITCH}=strict and the {', '.join(refused)} fix refused")
+                        for name in outcome}
             raise PatchRefused(f"metagpt-vllm-fix ({boot.SWITCH}=strict): "
                                + "; ".join(f"{name}: {why}" for name, why in refused.items()))
         for name, why in refused.items():
@@ -147,14 +155,14 @@ def apply() -> Status:
 
 def remove() -> Status:
     """Undo ``apply()``: drop the import hook and restore every original object. Idempotent."""
-    global _refused, _decided, _outcome
+    global _refused, _decided, _decided_class, _outcome
     with _lock:
         boot.uninstall()
         module = sys.modules.get(boot.TARGET)
         removed = [fix.name for fix in reversed(all_fixes()) if fix.remove(module)]
         if removed:
             log.info("removed the %s fix(es) from MetaGPT's open_llm.", ", ".join(reversed(removed)))
-        _refused = _decided = None
+        _refused = _decided = _decided_class = None
         _outcome = {}
     return status()
 
@@ -163,7 +171,7 @@ def find_pth() -> Optional[str]:
     """Path of the start-up file in this interpreter's site-packages, if one is installed."""
     import site
 
-    dirs = list(getattr(site, "getsitepackages", lambda: [])())
+    dirs = list(getattr(site, "getsitepackages", list)())
     if getattr(site, "ENABLE_USER_SITE", False):
         dirs.append(site.getusersitepackages())
     for directory in dirs:
@@ -173,7 +181,7 @@ def find_pth() -> Optional[str]:
     return None
 
 
-def _fix_statuses(module: Optional[ModuleType], hook: bool) -> Tuple[FixStatus, ...]:
+def _fix_statuses(module: Optional[ModuleType], hook: bool) -> tuple[FixStatus, ...]:
     off, _ = disabled()
     found = []
     for fix in all_fixes():
@@ -190,7 +198,7 @@ def _fix_statuses(module: Optional[ModuleType], hook: bool) -> Tuple[FixStatus, 
     return tuple(found)
 
 
-def _describe(fixes: Tuple[FixStatus, ...]) -> str:
+def _describe(fixes: tuple[FixStatus, ...]) -> str:
     active = [f.name for f in fixes if f.state == "active"]
     others = [f"{f.name} {f.state}" for f in fixes if f.state != "active"]
     return "fixes " + ", ".join(active) + " active" + (f" ({', '.join(others)})" if others else "")
@@ -202,8 +210,8 @@ def status() -> Status:
     version = gate.installed_version()
     hook = boot.installed()
     fixes = _fix_statuses(module, hook)
-    common = dict(metagpt_version=version.metagpt_version, hook_installed=hook, switch=boot.mode(),
-                  pth_file=find_pth(), fixes=fixes)
+    common: dict[str, Any] = {"metagpt_version": version.metagpt_version, "hook_installed": hook,
+                              "switch": boot.mode(), "pth_file": find_pth(), "fixes": fixes}
     if any(f.state == "active" for f in fixes):
         return Status(True, "active", "supported",
                       f"MetaGPT {version.metagpt_version}'s open_llm is patched: {_describe(fixes)}.", **common)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import __version__
 
@@ -134,14 +135,14 @@ def cmd_status(as_json: bool) -> int:
     return 0
 
 
-class _RequestLog(list):
+class _RequestLog(list["RecordedRequest"]):
     """The server's recorder: prints one line per request as it is answered (keys masked)."""
 
-    def __init__(self, report: "Report", show: "Callable[[Optional[str]], str]") -> None:
+    def __init__(self, report: Report, show: Callable[[Optional[str]], str]) -> None:
         super().__init__()
         self.report, self.show = report, show
 
-    def append(self, item: "RecordedRequest") -> None:  # type: ignore[override]
+    def append(self, item: RecordedRequest) -> None:
         header = ("no Authorization header" if item.authorization is None
                   else f"Authorization: {self.show(item.authorization)}")
         self.report.line(f"  {item.method} {item.path}  {header}  -> {item.status}")
@@ -159,7 +160,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .doctor import is_loopback
     from .masking import mask
     from .report import PROBLEM, WARNING, Report
-
     from .vllm_versions import for_version
 
     report = Report()

@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, Optional
 
 from .gate import PLACEHOLDER as PLACEHOLDER_KEY  # what MetaGPT 0.7 sends instead of the key
 from .masking import mask
@@ -43,15 +43,15 @@ llm:
 class Attempt:
     """One ``aask`` through MetaGPT's open_llm provider, and what the server saw."""
 
-    headers: List[Optional[str]] = field(default_factory=list)
-    statuses: List[int] = field(default_factory=list)
-    max_tokens: List[Optional[int]] = field(default_factory=list)
+    headers: list[Optional[str]] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+    max_tokens: list[Optional[int]] = field(default_factory=list)
     answer: Optional[str] = None
     error: Optional[str] = None
     status: Optional[int] = None
     message: Optional[str] = None  #: the server's error message
-    said: List[str] = field(default_factory=list)  #: what the plugin logged during the call
-    usage: Optional[Tuple[int, int]] = None  #: (prompt, completion) tokens MetaGPT's cost manager recorded
+    said: list[str] = field(default_factory=list)  #: what the plugin logged during the call
+    usage: Optional[tuple[int, int]] = None  #: (prompt, completion) tokens MetaGPT's cost manager recorded
 
     @property
     def ok(self) -> bool:
@@ -87,7 +87,7 @@ async def _ask(llm_config: Any, server: Any) -> Attempt:
 class _Collect(logging.Handler):
     """Keeps the plugin's messages for the report instead of letting them reach stderr."""
 
-    def __init__(self, into: List[str]) -> None:
+    def __init__(self, into: list[str]) -> None:
         super().__init__(logging.INFO)
         self.into = into
 
@@ -121,7 +121,7 @@ async def _ask_once(llm_config: Any, server: Any, attempt: Attempt) -> Attempt:
     return attempt
 
 
-async def _story(llm_config: Any, server: Any) -> Tuple[Attempt, Attempt, Attempt]:
+async def _story(llm_config: Any, server: Any) -> tuple[Attempt, Attempt, Attempt]:
     """Upstream (plugin removed), the api_key fix alone, every fix; one event loop for the three calls."""
     from . import apply, remove
     from ._activation import DISABLE
@@ -158,14 +158,14 @@ def _describe(report: Report, attempt: Attempt, key: str) -> None:
             report.field("usage", f"{attempt.usage[0]} prompt + {attempt.usage[1]} completion tokens, the "
                                   "server's own count", indent="   ")
     else:
-        status = f"{attempt.status} " if attempt.status else ""
+        code = f"{attempt.status} " if attempt.status else ""
         said = f": {attempt.message}" if attempt.message else ""
-        report.field("result", f"{status}{attempt.error}{said}", indent="   ")
+        report.field("result", f"{code}{attempt.error}{said}", indent="   ")
     for message in attempt.said:
         report.field("plugin said", message, indent="   ")
 
 
-def _differences(upstream: Attempt, key_only: Attempt, fixed: Attempt, key: str) -> List[str]:
+def _differences(upstream: Attempt, key_only: Attempt, fixed: Attempt, key: str) -> list[str]:
     """Everything that differs from the story: 401 for 'sk-xxx', then 400 for max_tokens, then an answer."""
     found = []
     placeholder, configured = f"Bearer {PLACEHOLDER_KEY}", f"Bearer {key}"
@@ -199,7 +199,7 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
     key = api_key or secrets.token_urlsafe(24)
     report.secret(key)
     scratch = Path(tempfile.mkdtemp(prefix="metagpt-vllm-fix-demo-"))
-    captured: List[str] = []
+    captured: list[str] = []
     try:
         from .doctor import import_metagpt, quiet_loguru
         from .server import DEFAULT_MODEL, VLLMServer
@@ -229,7 +229,7 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
             imported = time.monotonic()
             logger.add(lambda message: captured.append(str(message).rstrip()), level="WARNING",
                        format="{level}: {message}")
-            streamed: List[str] = []
+            streamed: list[str] = []
             set_llm_stream_logfunc(streamed.append)  # the streamed answer is shown once, below
             report.field("config", f"the seed's, verbatim: api_type open_llm, this server, api_key {mask(key)}; no "
                                    f"max_token line (MetaGPT asks for {llm_config.max_token}), calc_usage "

@@ -18,8 +18,9 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional
 
 from aiohttp import web
 
@@ -48,7 +49,7 @@ class RecordedRequest:
     path: str
     authorization: Optional[str]
     status: int
-    fields: Tuple[str, ...] = ()  #: top-level fields of the JSON body, when it was one
+    fields: tuple[str, ...] = ()  #: top-level fields of the JSON body, when it was one
     max_tokens: Optional[int] = None  #: the body's max_tokens, when sent
 
     def __repr__(self) -> str:  # masked, so a failing assert or a print never leaks a key
@@ -140,13 +141,13 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def _answer(prompt: str, max_tokens: int) -> Tuple[List[str], str]:
+def _answer(prompt: str, max_tokens: int) -> tuple[list[str], str]:
     """Deterministic reply split into word "tokens"; ``"".join`` gives the text back."""
     pieces = re.findall(r"\S+\s*", "echo: " + prompt)
     return (pieces[:max_tokens], "length") if len(pieces) > max_tokens else (pieces, "stop")
 
 
-async def _sse(request: web.Request, events: List[Dict[str, Any]]) -> web.StreamResponse:
+async def _sse(request: web.Request, events: list[dict[str, Any]]) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
     await resp.prepare(request)
     for event in events:
@@ -194,7 +195,7 @@ class _Endpoints:
         return _APIError(f"1 validation error:\n  {detail}", "Bad Request", param=f"body.{field}")
 
     async def _parse(self, request: web.Request, default_max_tokens: Optional[int],
-                     required: str) -> Tuple[dict, bool, Optional[int]]:
+                     required: str) -> tuple[dict[str, Any], bool, Optional[int]]:
         """Common field validation (vLLM's pydantic step, which precedes the model check)."""
         try:
             body = request[_BODY] = json.loads(await request.read())
@@ -224,7 +225,7 @@ class _Endpoints:
         request[_LIMIT_NAME] = name
         return body, bool(stream), max_tokens
 
-    def _check_model(self, body: dict) -> None:
+    def _check_model(self, body: dict[str, Any]) -> None:
         if body["model"] != self.model:
             gen = self.generation
             message = gen.unknown_model_message.format(model=body["model"], served=self.model)
@@ -233,7 +234,7 @@ class _Endpoints:
     def _budget(self, prompt_tokens: int, max_tokens: Optional[int], name: str = "max_tokens") -> int:
         """The generation's context rule: how many tokens the answer may have, or the 400 it sends."""
         gen, context = self.generation, self.max_model_len
-        fields: Dict[str, Any] = dict(context=context, prompt=prompt_tokens)
+        fields: dict[str, Any] = {"context": context, "prompt": prompt_tokens}
 
         def refuse(template: str, param: Optional[str], **more: int) -> _APIError:
             return _APIError(template.format(**fields, **more), gen.bad_request_type, param=param)
@@ -282,7 +283,7 @@ class _Endpoints:
             return _json({"id": head["id"], "object": "chat.completion", "created": head["created"],
                           "model": self.model, "choices": [choice], "usage": {**usage, **details}})
 
-        def chunk(delta: Dict[str, Any], finish_reason: Optional[str], **extra: Any) -> Dict[str, Any]:
+        def chunk(delta: dict[str, Any], finish_reason: Optional[str], **extra: Any) -> dict[str, Any]:
             return {"id": head["id"], "object": "chat.completion.chunk", "created": head["created"],
                     "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
                     **extra}
@@ -315,7 +316,7 @@ class _Endpoints:
         head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": int(time.time()), "model": self.model}
 
-        def choice(index: int, text: str, finish_reason: Optional[str]) -> Dict[str, Any]:
+        def choice(index: int, text: str, finish_reason: Optional[str]) -> dict[str, Any]:
             return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
         if not stream:
@@ -332,7 +333,7 @@ class _Endpoints:
 
 def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_model_len: int = 4096,
               vllm_version: str = DEFAULT_VERSION, reject_unknown_fields: bool = False,
-              recorder: Optional[list] = None) -> web.Application:
+              recorder: Optional[list[RecordedRequest]] = None) -> web.Application:
     """The emulated server as an aiohttp app playing vLLM ``vllm_version``; every response goes to ``recorder``.
 
     Empty keys are ignored; with no key at all the server is open, as in vLLM. Before 0.11 vLLM takes exactly
@@ -345,7 +346,8 @@ def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_m
         raise ValueError(f"vLLM {vllm_version} accepts a single API key; several need vLLM 0.11 or later")
 
     @web.middleware
-    async def authentication(request: web.Request, handler: Callable) -> web.StreamResponse:
+    async def authentication(request: web.Request,
+                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         # aiohttp runs middlewares even when routing failed, so unknown /v1 paths get 401
         # first, like vLLM's middleware.  Newer vLLM lets CORS preflights (OPTIONS) through.
         checked = keys and request.path.startswith("/v1")
@@ -360,7 +362,8 @@ def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_m
         return await handler(request)
 
     @web.middleware
-    async def api_errors(request: web.Request, handler: Callable) -> web.StreamResponse:
+    async def api_errors(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         try:
             return await handler(request)
         except web.HTTPException as exc:  # routing: FastAPI's {"detail": ...} bodies
@@ -381,7 +384,8 @@ def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_m
 
     ep = _Endpoints(model, max_model_len, vllm_version, reject_unknown_fields)
     app = web.Application(middlewares=[authentication, api_errors])
-    app.on_response_prepare.append(record)
+    # aiohttp 3.8 parametrises aiosignal's Signal with the callback's type, aiosignal 1.4 with its arguments' types
+    app.on_response_prepare.append(record)  # type: ignore[arg-type]
     app.router.add_get("/health", ep.health)
     app.router.add_get("/metrics", ep.metrics)
     if generation.version_endpoint:
@@ -411,7 +415,7 @@ class VLLMServer:
                  reject_unknown_fields: bool = False) -> None:
         self.host, self.port, self.model = host, port, model
         self.max_model_len, self.vllm_version = max_model_len, vllm_version
-        self._recorded: List[RecordedRequest] = []
+        self._recorded: list[RecordedRequest] = []
         self._app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len, vllm_version=vllm_version,
                               reject_unknown_fields=reject_unknown_fields,
                               recorder=self._recorded)  # validates arguments early
@@ -429,19 +433,19 @@ class VLLMServer:
         return self.url + "/v1"
 
     @property
-    def requests(self) -> List[RecordedRequest]:
+    def requests(self) -> list[RecordedRequest]:
         return list(self._recorded)
 
     def clear_requests(self) -> None:
         self._recorded.clear()
 
-    def start(self) -> "VLLMServer":
+    def start(self) -> VLLMServer:
         """Return once the socket listens; a bind error is raised here, not lost in the thread."""
         with self._lock:
             if self._thread is not None:
                 raise RuntimeError("server already started")
             started = threading.Event()
-            failure: List[BaseException] = []
+            failure: list[BaseException] = []
             self._thread = threading.Thread(target=self._run, args=(started, failure),
                                             name="vllm-emulator", daemon=True)
             self._thread.start()
@@ -452,7 +456,7 @@ class VLLMServer:
                 raise failure[0]
         return self
 
-    def _run(self, started: threading.Event, failure: List[BaseException]) -> None:
+    def _run(self, started: threading.Event, failure: list[BaseException]) -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         runner = web.AppRunner(self._app, access_log=None)
@@ -485,7 +489,7 @@ class VLLMServer:
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
@@ -495,7 +499,7 @@ class VLLMServer:
 async def serve(*, host: str = "127.0.0.1", port: int = 8000, api_keys: Sequence[str] = (),
                 model: str = DEFAULT_MODEL, max_model_len: int = 4096, vllm_version: str = DEFAULT_VERSION,
                 reject_unknown_fields: bool = False, ready: Optional[Callable[[str], None]] = None,
-                recorder: Optional[list] = None) -> None:
+                recorder: Optional[list[RecordedRequest]] = None) -> None:
     """Serve until cancelled, then close the socket; ``ready(url)`` is called once listening.
 
     ``recorder`` receives every answered request (see :func:`build_app`); the ``serve`` command prints them.

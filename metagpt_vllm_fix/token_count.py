@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Optional
 
 log = logging.getLogger("metagpt_vllm_fix")
 
@@ -20,7 +20,7 @@ ENCODING = "cl100k_base"
 CHARS_PER_TOKEN = 4
 
 _lock = threading.Lock()
-_state: Dict[str, Any] = {"encoding": None, "error": None, "thread": None, "announced": False}
+_state: dict[str, Any] = {"encoding": None, "error": None, "thread": None, "announced": False}
 
 
 def _load() -> None:
@@ -63,7 +63,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def count(messages: List[Dict[str, Any]], answer: str, model: str = "") -> Tuple[int, int, str]:
+def count(messages: list[dict[str, Any]], answer: str, model: str = "") -> tuple[int, int, str]:
     """(prompt tokens, completion tokens, how they were counted) without printing and without waiting long."""
     enc = encoding()
     measure: Callable[[str], int] = (lambda text: len(enc.encode(text))) if enc is not None else _estimate

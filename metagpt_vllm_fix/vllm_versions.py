@@ -12,8 +12,10 @@ patterns to recognise a refusal from any generation. One source, so the two cann
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Pattern, Tuple
+from re import Pattern
+from typing import Any, Optional
 
 __all__ = [
     "CURRENT", "DEFAULT_VERSION", "GENERATIONS", "Generation", "Refusal", "classify_refusal", "for_version",
@@ -27,7 +29,7 @@ DEFAULT_VERSION = "0.32.0"  #: the release the emulator plays unless told otherw
 class Generation:
     """One generation of vLLM's OpenAI-compatible server, as seen by a client."""
 
-    since: Tuple[int, int, int]  #: first release with this behaviour
+    since: tuple[int, int, int]  #: first release with this behaviour
     name: str  #: short label for people, e.g. "0.18+"
     key_scheme_any_case: bool  #: ``bearer KEY`` accepted (scheme compared case-insensitively), several keys
     env_key_wins: bool  #: ``VLLM_API_KEY`` wins over ``--api-key`` when both are set
@@ -62,7 +64,7 @@ class Generation:
             return max_tokens > context
         return prompt_tokens + max_tokens > context
 
-    def error_body(self, status: int, message: str, err_type: str, param: Optional[str]) -> dict:
+    def error_body(self, status: int, message: str, err_type: str, param: Optional[str]) -> dict[str, Any]:
         """The JSON body of an error response, in this generation's shape."""
         if self.nested_errors:
             return {"error": {"message": message, "type": err_type, "param": param, "code": status}}
@@ -89,7 +91,7 @@ _V018_PROMPT = ("This model's maximum context length is {context} tokens. Howeve
                 "length of the input prompt. (parameter=input_tokens, value={prompt})")
 _UNKNOWN_MODEL = "The model `{model}` does not exist."
 
-GENERATIONS: Tuple[Generation, ...] = (
+GENERATIONS: tuple[Generation, ...] = (
     # MetaGPT 0.7's time. One check for everything: prompt + max_tokens <= context.
     Generation(since=(0, 3, 0), name="0.3", key_scheme_any_case=False, env_key_wins=True, nested_errors=False,
                version_endpoint=False, clamps_max_tokens=False, checks_prompt_alone=False,
@@ -123,8 +125,8 @@ GENERATIONS: Tuple[Generation, ...] = (
 CURRENT = GENERATIONS[-1]
 
 
-def parse_version(text: str) -> Tuple[int, int, int]:
-    """``"0.32.0"``, ``"v0.10.2"``, ``"0.8.5.post1"``, ``"0.11.0rc2+cpu"`` -> ``(0, 32, 0)`` ...; ValueError otherwise."""
+def parse_version(text: str) -> tuple[int, int, int]:
+    """``"0.32.0"``, ``"v0.10.2"``, ``"0.8.5.post1"``, ``"0.11.0rc2+cpu"`` -> ``(0, 32, 0)`` ...; else ValueError."""
     match = re.match(r"\s*v?(\d+)\.(\d+)(?:\.(\d+))?", text or "")
     if not match:
         raise ValueError(f"not a vLLM version: {text!r}")
@@ -175,8 +177,8 @@ def _pattern(template: str) -> Pattern[str]:
     return re.compile("".join(out))
 
 
-def _patterns() -> Tuple[Tuple[str, Pattern[str]], ...]:
-    found = []
+def _patterns() -> tuple[tuple[str, Pattern[str]], ...]:
+    found: list[tuple[str, str]] = []
     for generation in reversed(GENERATIONS):
         for kind, template in (("max_tokens", generation.max_tokens_message), ("prompt", generation.prompt_message)):
             if template not in {t for _, t in found}:
@@ -190,7 +192,8 @@ _REFUSALS = _patterns()
 def error_fields(body: Any) -> Mapping[str, Any]:
     """The ``message`` / ``param`` / ``type`` mapping of an error body in any generation's shape."""
     if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
-        return body["error"]
+        error: Mapping[str, Any] = body["error"]
+        return error
     return body if isinstance(body, Mapping) else {}
 
 

@@ -8,17 +8,18 @@ inherited) or someone wrapped on top of it (it is spliced out of their chain).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Iterator
+from typing import Any, Callable, Optional
 
 try:
-    import wrapt
+    import wrapt as wrapt  # re-exported: the fixes and status() read wrapping.wrapt
 
     WRAPT_ERROR = ""
 except ImportError as exc:  # reported by status() and by the hook's warning; MetaGPT still imports
     wrapt = None
     WRAPT_ERROR = f"{type(exc).__name__}: {exc}"
 
-Wrapper = Callable[[Any, Any, tuple, dict], Any]
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 # wrapt 2.x moved FunctionWrapper onto BaseObjectProxy; wrapt 1.x has only ObjectProxy.
 _PROXY: Any = (getattr(wrapt, "BaseObjectProxy", None) or wrapt.ObjectProxy) if wrapt is not None else ()

@@ -13,9 +13,10 @@ import sys
 import tempfile
 import textwrap
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Optional
 
 import pytest
+from filelock import FileLock
 
 # MetaGPT 0.7 writes logs/ and workspace/ under its project root, which is the current directory when the
 # package is not a checkout: keep this interpreter's in a temporary directory, not in the repo.
@@ -86,7 +87,7 @@ def user_home(tmp_path, vllm_server):
     return home
 
 
-def clean_env(home: Optional[Path] = None, **extra: str) -> Dict[str, str]:
+def clean_env(home: Optional[Path] = None, **extra: str) -> dict[str, str]:
     """The test process's environment without proxies or our switch, plus ``extra``."""
     env = {k: v for k, v in os.environ.items()
            if k.upper() not in {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "METAGPT_VLLM_FIX",
@@ -111,16 +112,25 @@ def ask_metagpt(home: Path, *, stream: bool = False, prelude: str = "", **env: s
     assert lines, f"no result from the child (rc={proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     result = json.loads(lines[-1][len(RESULT_MARK):])
     result["stderr"] = proc.stderr
-    result["stdout"] = "".join(line for line in proc.stdout.splitlines(keepends=True) if not line.startswith(RESULT_MARK))
+    result["stdout"] = "".join(line for line in proc.stdout.splitlines(keepends=True)
+                               if not line.startswith(RESULT_MARK))
     return result
+
+
+def _run_shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory every pytest-xdist worker of this run shares (this session's basetemp without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")
 def built_wheel(tmp_path_factory) -> Path:
-    """The project's wheel, built from this checkout the way pip builds it for users."""
-    out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
-                   check=True, capture_output=True)
+    """The project's wheel, built from this checkout the way pip builds it for users (once per run, all workers)."""
+    out = _run_shared(tmp_path_factory) / "shared-wheel"
+    with FileLock(str(out) + ".lock"):
+        if not list(out.glob("metagpt_vllm_fix-*.whl")):
+            subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
+                           check=True, capture_output=True)
     (wheel,) = out.glob("metagpt_vllm_fix-*.whl")
     return wheel
 
@@ -131,16 +141,20 @@ def venv_python(venv: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def bare_venv(tmp_path_factory, built_wheel) -> Path:
-    """A fresh venv holding the plugin and its own dependencies, but no MetaGPT; returns its python."""
-    venv = tmp_path_factory.mktemp("bare") / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    """A fresh venv holding the plugin and its own dependencies, but no MetaGPT; returns its python (shared)."""
+    venv = _run_shared(tmp_path_factory) / "shared-bare-venv"
     python = venv_python(venv)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", str(built_wheel), "wrapt==1.15.0", "packaging==23.2"],
-                   check=True, capture_output=True)
+    with FileLock(str(venv) + ".lock"):
+        if not (venv / ".ready").exists():
+            shutil.rmtree(venv, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", str(built_wheel), "wrapt==1.15.0",
+                            "packaging==23.2"], check=True, capture_output=True)
+            (venv / ".ready").touch()
     return python
 
 
-def imported_at_startup(python, *args: str, env: Optional[Dict[str, str]] = None) -> set:
+def imported_at_startup(python, *args: str, env: Optional[dict[str, str]] = None) -> set:
     """Names of the modules ``python -c pass`` imports, from ``-X importtime``."""
     proc = subprocess.run([str(python), *args, "-X", "importtime", "-c", "pass"], capture_output=True, text=True,
                           env=env or clean_env(), timeout=60)

@@ -12,7 +12,7 @@ import json
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Optional
 
 import httpx
 
@@ -29,14 +29,14 @@ class Probe:
     path: str
     auth: Optional[str] = f"Bearer {KEY}"  #: the Authorization header, None for none
     body: Any = None  #: JSON body (a dict), or raw bytes
-    headers: Dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
 
 
-def chat(*, prompt: str = "Say hello.", **extra: Any) -> Dict[str, Any]:
+def chat(*, prompt: str = "Say hello.", **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": [{"role": "user", "content": prompt}], **extra}
 
 
-PROBES: List[Probe] = [
+PROBES: list[Probe] = [
     Probe("health", "GET", "/health", auth=None),
     Probe("version", "GET", "/version", auth=None),
     Probe("models, no key", "GET", "/v1/models", auth=None),
@@ -75,7 +75,8 @@ PROBES: List[Probe] = [
           body=chat(max_tokens=CONTEXT + 88, stream=True)),
     Probe("chat, stream, prompt alone > context", "POST", "/v1/chat/completions",
           body=chat(prompt=LONG_PROMPT, stream=True)),
-    Probe("completions, max_tokens 8", "POST", "/v1/completions", body={"model": MODEL, "prompt": "Hi", "max_tokens": 8}),
+    Probe("completions, max_tokens 8", "POST", "/v1/completions",
+          body={"model": MODEL, "prompt": "Hi", "max_tokens": 8}),
     Probe("completions, max_tokens > context", "POST", "/v1/completions",
           body={"model": MODEL, "prompt": "Hi", "max_tokens": CONTEXT + 88}),
     Probe("unknown /v1 path, no key", "GET", "/v1/nonexistent", auth=None),
@@ -101,7 +102,7 @@ def _blank_numbers(text: str) -> str:
     return re.sub(r"\d+", "#", text)
 
 
-def _stream_facts(text: str) -> Dict[str, Any]:
+def _stream_facts(text: str) -> dict[str, Any]:
     events = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
     chunks = [json.loads(e) for e in events if e != "[DONE]"]
     return {
@@ -112,10 +113,10 @@ def _stream_facts(text: str) -> Dict[str, Any]:
     }
 
 
-def fingerprint(response: httpx.Response) -> Dict[str, Any]:
+def fingerprint(response: httpx.Response) -> dict[str, Any]:
     """What must agree between two servers for one probe."""
     content_type = response.headers.get("content-type", "").split(";")[0].strip()
-    facts: Dict[str, Any] = {"status": response.status_code, "content_type": content_type}
+    facts: dict[str, Any] = {"status": response.status_code, "content_type": content_type}
     if content_type == "text/event-stream":
         facts["stream"] = _stream_facts(response.text)
         return facts
@@ -134,12 +135,12 @@ def fingerprint(response: httpx.Response) -> Dict[str, Any]:
     return facts
 
 
-def observe(url: str, probe: Probe, timeout: float = 120) -> Dict[str, Any]:
+def observe(url: str, probe: Probe, timeout: float = 120) -> dict[str, Any]:
     """Send one probe to the server at ``url`` (no /v1) and fingerprint the answer."""
     headers = dict(probe.headers)
     if probe.auth is not None:
         headers["Authorization"] = probe.auth
-    kwargs: Dict[str, Any] = {"headers": headers}
+    kwargs: dict[str, Any] = {"headers": headers}
     if isinstance(probe.body, bytes):
         kwargs["content"] = probe.body
     elif probe.body is not None:
@@ -148,11 +149,11 @@ def observe(url: str, probe: Probe, timeout: float = 120) -> Dict[str, Any]:
         return fingerprint(client.request(probe.method, probe.path, **kwargs))
 
 
-def observe_all(url: str) -> Dict[str, Dict[str, Any]]:
+def observe_all(url: str) -> dict[str, dict[str, Any]]:
     return {probe.name: observe(url, probe) for probe in PROBES}
 
 
-def differences(a: Dict[str, Dict[str, Any]], b: Dict[str, Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+def differences(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per probe, the facts on which ``a`` and ``b`` disagree: {probe: {fact: (a's, b's)}}."""
     found = {}
     for name in a:
@@ -164,7 +165,7 @@ def differences(a: Dict[str, Dict[str, Any]], b: Dict[str, Dict[str, Any]]) -> D
     return found
 
 
-def _cell(facts: Dict[str, Any]) -> str:
+def _cell(facts: dict[str, Any]) -> str:
     if "stream" in facts:
         where = ("last chunk, no choices" if facts["stream"]["usage_chunk_without_choices"] else
                  "finish chunk" if facts["stream"]["usage_on_a_chunk_with_choices"] else "none")
@@ -177,8 +178,8 @@ def _cell(facts: Dict[str, Any]) -> str:
     return f"{facts['status']}{kind}"
 
 
-def table(real: Dict[str, Dict[str, Any]], emulated: Dict[str, Dict[str, Any]],
-          old: Dict[str, Dict[str, Any]]) -> str:
+def table(real: dict[str, dict[str, Any]], emulated: dict[str, dict[str, Any]],
+          old: dict[str, dict[str, Any]]) -> str:
     """Markdown: the real server's answer, whether the emulator's equals it, and the emulator as vLLM 0.3.3."""
     rows = ["| probe | real vLLM 0.32.0 | `serve --vllm-version 0.32.0` | `serve --vllm-version 0.3.3` |",
             "|---|---|---|---|"]

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 import probes
 from metagpt_vllm_fix.server import VLLMServer
 
@@ -29,7 +27,8 @@ EXPECTED_0_3_3 = {
     "health": (200, None), "version": (404, DETAIL),
     "models, no key": (401, UNAUTHORIZED), "models, Bearer key": (200, None),
     "models, bearer key (lower case)": (401, UNAUTHORIZED), "models, BEARER key (upper case)": (401, UNAUTHORIZED),
-    "models, Bearer + two spaces": (401, UNAUTHORIZED), "models, Bearer sk-xxx (MetaGPT 0.7's key)": (401, UNAUTHORIZED),
+    "models, Bearer + two spaces": (401, UNAUTHORIZED),
+    "models, Bearer sk-xxx (MetaGPT 0.7's key)": (401, UNAUTHORIZED),
     "models, Basic key": (401, UNAUTHORIZED), "models, key without scheme": (401, UNAUTHORIZED),
     "chat, no key": (401, UNAUTHORIZED), "chat, max_tokens 16": (200, None),
     "chat, max_tokens > context": (400, FLAT), "chat, max_tokens == context": (400, FLAT),

@@ -138,11 +138,19 @@ class OpenAILLM:
         return {"api_key": "configured", "base_url": "http://127.0.0.1:9/v1"}
     def _get_proxy_params(self):
         return {}
+    def _init_client(self):
+        self.aclient = None
+    def _cons_kwargs(self, messages, timeout=3, **extra_kwargs):
+        return {"messages": messages, "max_tokens": 4096, **extra_kwargs}
+    async def _achat_completion_stream(self, messages, timeout=3):
+        yield ""
 """
 UPSTREAM_OPENLLM = """
 class OpenLLM(OpenAILLM):
     def _make_client_kwargs(self):
         return dict(api_key="sk-xxx", base_url="http://127.0.0.1:9/v1")
+    def _calc_usage(self, messages, rsp):
+        return None
 """
 
 SHAPES = {  # name -> (open_llm_api.py, what the reason must say)
@@ -156,6 +164,9 @@ SHAPES = {  # name -> (open_llm_api.py, what the reason must say)
     "parent-without-proxy-params": ("\nclass OpenAILLM:\n    def _make_client_kwargs(self):\n        return {}\n"
                                     + UPSTREAM_OPENLLM, "_get_proxy_params"),
 }
+
+# MetaGPT 0.7's OpenLLM, but a request path that no longer sends max_tokens: only that fix's gate refuses.
+WITHOUT_MAX_TOKENS = PARENT.replace('"max_tokens": 4096, ', "") + UPSTREAM_OPENLLM
 
 
 def fake_metagpt(root: Path, open_llm_api: str, version: str = "0.7.7") -> Path:
@@ -214,6 +225,32 @@ def test_other_shape_in_strict_mode_refuses_at_import(tmp_path, shape):
     assert status["import_error"].startswith("PatchRefused: metagpt-vllm-fix (METAGPT_VLLM_FIX=strict): MetaGPT 0.7.7")
     assert says in status["import_error"]
     assert status["code"] == "shape-changed"
+
+
+FIX_PROBE = SHAPE_PROBE.replace('"reason": s.reason}',
+                                '"reason": s.reason, "fixes": {f.name: f.state for f in s.fixes}}')
+
+
+def test_a_fix_whose_gate_refuses_is_left_off_alone_and_the_others_apply(tmp_path):
+    root = fake_metagpt(tmp_path / "fake", WITHOUT_MAX_TOKENS)
+    proc = run_python(FIX_PROBE, cwd=tmp_path, PYTHONPATH=str(root))
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert (status["import_error"], status["code"], status["active"]) == (None, "supported", True)
+    assert status["fixes"] == {"api_key": "active", "max_tokens": "refused", "usage": "active"}
+    (warning,) = lines_with(proc.stderr, "not applying the max_tokens fix")
+    assert "no longer sends max_tokens as MetaGPT 0.7 does" in warning
+
+
+def test_strict_mode_covers_every_fix(tmp_path):
+    root = fake_metagpt(tmp_path / "fake", WITHOUT_MAX_TOKENS)
+    proc = run_python(FIX_PROBE, cwd=tmp_path, PYTHONPATH=str(root), METAGPT_VLLM_FIX="strict")
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert status["import_error"] == ("PatchRefused: metagpt-vllm-fix (METAGPT_VLLM_FIX=strict): max_tokens: "
+                                      "OpenAILLM._cons_kwargs no longer sends max_tokens as MetaGPT 0.7 does")
+    # nothing stays half-applied behind the refusal, and status says which fix refused
+    assert status["fixes"] == {"api_key": "inactive", "max_tokens": "refused", "usage": "inactive"}
 
 
 # --- broken or missing dist-info metadata (on a copy of the real MetaGPT 0.7.7) -------------------------------
@@ -367,9 +404,10 @@ for t in threads:
 for t in threads:
     t.join()
 from metagpt.provider.open_llm_api import OpenLLM
-from metagpt_vllm_fix import patch
-chain = list(patch._chain(OpenLLM.__dict__["_make_client_kwargs"]))
-print(json.dumps({{"errors": errors, "ours": sum(map(patch._is_ours, chain)), "chain": len(chain),
+from metagpt_vllm_fix import wrapping
+from metagpt_vllm_fix.fixes import api_key
+chain = list(wrapping.chain(OpenLLM.__dict__["_make_client_kwargs"]))
+print(json.dumps({{"errors": errors, "ours": sum(map(api_key.is_ours, chain)), "chain": len(chain),
                   "finders": sum(isinstance(f, boot.Finder) for f in sys.meta_path)}}))
 """
 
@@ -387,7 +425,8 @@ CYCLES = """
 import gc, inspect, json, sys, tracemalloc
 import metagpt.provider.open_llm_api as mod
 import metagpt_vllm_fix
-from metagpt_vllm_fix import patch
+from metagpt_vllm_fix import wrapping
+from metagpt_vllm_fix.fixes import api_key
 
 cls = mod.OpenLLM
 original = inspect.unwrap(cls.__dict__["_make_client_kwargs"])
@@ -395,7 +434,7 @@ original = inspect.unwrap(cls.__dict__["_make_client_kwargs"])
 def state():
     gc.collect()
     return {"meta_path": len(sys.meta_path),
-            "ours": sum(map(patch._is_ours, patch._chain(cls.__dict__["_make_client_kwargs"]))),
+            "ours": sum(map(api_key.is_ours, wrapping.chain(cls.__dict__["_make_client_kwargs"]))),
             "objects": len(gc.get_objects()), "memory": tracemalloc.get_traced_memory()[0]}
 
 for _ in range(50):  # warm caches (importlib.metadata, inspect, wrapt) before counting
@@ -430,9 +469,9 @@ def test_reloading_metagpt_module_keeps_it_patched(tmp_path):
         import metagpt.provider.open_llm_api as mod
         from metagpt.configs.llm_config import LLMType
         from metagpt.provider.llm_provider_registry import LLM_REGISTRY
-        from metagpt_vllm_fix import patch
+        from metagpt_vllm_fix.fixes import api_key
         mod = importlib.reload(mod)
-        print(json.dumps({"patched": patch.is_patched(mod.OpenLLM),
+        print(json.dumps({"patched": api_key.is_patched(mod.OpenLLM),
                           "registered": LLM_REGISTRY.get_provider(LLMType.OPEN_LLM) is mod.OpenLLM}))
     """, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -468,9 +507,11 @@ except Exception as exc:
 GATE["go"].set()
 thread.join()
 import metagpt_vllm_fix
-from metagpt_vllm_fix import patch
+from metagpt_vllm_fix import wrapping
+from metagpt_vllm_fix.fixes import api_key
 cls = sys.modules["metagpt.provider.open_llm_api"].OpenLLM
-print(json.dumps({"errors": errors, "ours": sum(map(patch._is_ours, patch._chain(cls.__dict__["_make_client_kwargs"]))),
+chain = wrapping.chain(cls.__dict__["_make_client_kwargs"])
+print(json.dumps({"errors": errors, "ours": sum(map(api_key.is_ours, chain)),
                   "code": metagpt_vllm_fix.status().code}))
 """
 
@@ -500,11 +541,12 @@ wrapt.register_post_import_hook(
 from metagpt.llm import LLM
 from metagpt.provider.open_llm_api import OpenLLM
 import metagpt_vllm_fix
-from metagpt_vllm_fix import patch
+from metagpt_vllm_fix import wrapping
+from metagpt_vllm_fix.fixes import api_key
 
 def chain():
-    return ["ours" if patch._is_ours(n) else getattr(getattr(n, "_self_wrapper", None), "__name__", "original")
-            for n in patch._chain(OpenLLM.__dict__["_make_client_kwargs"])]
+    return ["ours" if api_key.is_ours(n) else getattr(getattr(n, "_self_wrapper", None), "__name__", "original")
+            for n in wrapping.chain(OpenLLM.__dict__["_make_client_kwargs"])]
 
 out = {"chain": chain()}
 llm = LLM()

@@ -48,7 +48,7 @@ class SilentProxy:
                 return
             self.held.append(conn)
 
-    def __enter__(self) -> "SilentProxy":
+    def __enter__(self) -> SilentProxy:
         self.thread.start()
         return self
 

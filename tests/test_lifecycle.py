@@ -93,7 +93,7 @@ def test_sdist_holds_what_the_wheel_build_needs(dists):
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     assert {"pyproject.toml", "PKG-INFO", "LICENSE", "README.md", "boot/_metagpt_vllm_fix_boot.py",
             "boot/metagpt-vllm-fix.pth", "metagpt_vllm_fix/__init__.py", "metagpt_vllm_fix/_activation.py",
-            "metagpt_vllm_fix/gate.py", "metagpt_vllm_fix/patch.py"} <= names
+            "metagpt_vllm_fix/gate.py", "metagpt_vllm_fix/fixes/api_key.py"} <= names
     assert not [n for n in names if n.startswith((".venv", ".git/", "dist/", "build/")) or "__pycache__" in n]
 
 

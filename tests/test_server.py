@@ -1,4 +1,4 @@
-"""The emulator playing vLLM 0.3.3 (MetaGPT 0.7's time), exercised over real HTTP on 127.0.0.1 (httpx and the openai SDK).
+"""The emulator playing vLLM 0.3.3 (MetaGPT 0.7's time), over real HTTP on 127.0.0.1 (httpx and the openai SDK).
 
 Other generations: tests/test_emulator_generations.py."""
 from __future__ import annotations
@@ -14,7 +14,12 @@ import pytest
 
 from metagpt_vllm_fix.masking import mask
 from metagpt_vllm_fix.server import (
-    DEFAULT_MODEL, RecordedRequest, VLLMServer, api_key_from_env, authorized, serve,
+    DEFAULT_MODEL,
+    RecordedRequest,
+    VLLMServer,
+    api_key_from_env,
+    authorized,
+    serve,
 )
 
 KEY = "sk-vllm-test-0123456789"

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SEED_KEY, ask_metagpt, clean_env, imported_at_startup, venv_python
+from conftest import REPO, SEED_KEY, ask_metagpt, clean_env, imported_at_startup, venv_python, write_config
+from metagpt_vllm_fix.server import VLLMServer
 
 #: Every MetaGPT 0.7.x on the index. 0.7.5 was never published (the index goes 0.7.4 -> 0.7.6).
 PUBLISHED_07 = ["0.7.0", "0.7.1", "0.7.2", "0.7.3", "0.7.4", "0.7.6", "0.7.7"]
@@ -95,26 +96,44 @@ def auth_headers(server):
     return [r.authorization for r in server.requests if r.path.startswith("/v1")]
 
 
-@pytest.mark.parametrize("version", PUBLISHED_07)
-def test_every_07_release_has_the_bug_and_the_plugin_fixes_it(version, metagpt_release, vllm_server, user_home):
-    target = metagpt_release(version)
+@pytest.fixture(scope="module")
+def seed_era_server():
+    """The seed's server as of MetaGPT 0.7's time: vLLM 0.3.3, Llama-2-7b's 4096-token context, --api-key."""
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=4096, vllm_version="0.3.3") as server:
+        yield server
 
-    vllm_server.clear_requests()
-    upstream = ask_metagpt(user_home, prelude=IDENTITY_PRELUDE, PYTHONPATH=str(target), METAGPT_VLLM_FIX="0")
+
+@pytest.mark.parametrize("version", PUBLISHED_07)
+def test_every_07_release_fails_the_seed_config_and_the_plugin_makes_it_answer(version, metagpt_release,
+                                                                                seed_era_server, tmp_path):
+    """The seed's config verbatim, streamed (aask's default): 401 as shipped; an answer with the plugin, after
+    one refusal of max_tokens 4096, counted with the server's usage (no tiktoken: its cache is empty here)."""
+    target = metagpt_release(version)
+    home = tmp_path / "home"
+    write_config(home, seed_era_server.base_url)
+    cache = tmp_path / "empty-tiktoken-cache"
+    cache.mkdir()
+    env = {"PYTHONPATH": str(target), "TIKTOKEN_CACHE_DIR": str(cache)}
+
+    seed_era_server.clear_requests()
+    upstream = ask_metagpt(home, stream=True, prelude=IDENTITY_PRELUDE, METAGPT_VLLM_FIX="0", **env)
     identity = _identity(upstream["stderr"])
     assert Path(identity["file"]).resolve().is_relative_to(target.resolve()), identity
     assert identity["version"] == version
     assert (upstream["ok"], upstream.get("error"), upstream.get("status")) == (False, "AuthenticationError", 401)
-    assert auth_headers(vllm_server) == ["Bearer sk-xxx"]
+    assert auth_headers(seed_era_server) == ["Bearer sk-xxx"]
 
-    vllm_server.clear_requests()
-    patched = ask_metagpt(user_home, prelude=IDENTITY_PRELUDE, PYTHONPATH=str(target))
+    seed_era_server.clear_requests()
+    patched = ask_metagpt(home, stream=True, prelude=IDENTITY_PRELUDE, **env)
     identity = _identity(patched["stderr"])
     assert Path(identity["file"]).resolve().is_relative_to(target.resolve()), identity
     assert identity["version"] == version
     assert patched["ok"] is True, patched
     assert "hello from the test" in patched["answer"]
-    assert auth_headers(vllm_server) == [f"Bearer {SEED_KEY}"]
+    seen = [(r.authorization, r.status, r.max_tokens) for r in seed_era_server.requests if r.path.startswith("/v1")]
+    assert seen == [(f"Bearer {SEED_KEY}", 400, 4096), (f"Bearer {SEED_KEY}", 200, None)]
+    assert "Warning: model not found" not in patched["stdout"]
+    assert "usage calculation failed" not in patched["stderr"]
 
 
 # --- Python matrix, the cheap part (the MetaGPT environments are scripts/python-matrix's job) -------------------

@@ -44,9 +44,9 @@ def test_remove_restores_the_original_on_newer_wrapt(user_home, wrapt_dirs, requ
     proc = run_python("""
         import inspect, metagpt_vllm_fix
         from metagpt.provider.open_llm_api import OpenLLM
-        from metagpt_vllm_fix import patch
+        from metagpt_vllm_fix.fixes import api_key
         original = inspect.unwrap(OpenLLM.__dict__["_make_client_kwargs"])
-        assert patch.is_patched(OpenLLM)
+        assert api_key.is_patched(OpenLLM)
         metagpt_vllm_fix.remove()
         assert OpenLLM.__dict__["_make_client_kwargs"] is original
         print("restored")

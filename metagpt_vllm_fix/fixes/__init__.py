@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional
 
 from .. import wrapping
 
-Target = Tuple[str, str, wrapping.Wrapper]  # (class name in the module, attribute, our wrapper)
+Target = tuple[str, str, wrapping.Wrapper]  # (class name in the module, attribute, our wrapper)
 
 
 class Fix:
@@ -38,7 +39,7 @@ class Fix:
                 return f"{class_name} has no method {attribute}"
         return None
 
-    def _owners(self, module: ModuleType) -> Sequence[Tuple[Any, str, wrapping.Wrapper]]:
+    def _owners(self, module: ModuleType) -> Sequence[tuple[Any, str, wrapping.Wrapper]]:
         return [(getattr(module, c, None), a, w) for c, a, w in self.targets()]
 
     def is_applied(self, module: Optional[ModuleType]) -> bool:
@@ -79,12 +80,12 @@ class RequestFix(Fix):
     CLIENT_INIT = ("OpenLLM", "_init_client")
 
     def __init__(self) -> None:
-        self._clients: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
         self.on_init_client = self._make_init_wrapper()  # one function object, so wrapping can recognise it
 
     @staticmethod
-    async def call(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+    async def call(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """The wrapper of ``create``: a subclass's job."""
         raise NotImplementedError
 
@@ -97,7 +98,8 @@ class RequestFix(Fix):
     def _make_init_wrapper(self) -> wrapping.Wrapper:
         fix = self
 
-        def wrap_new_client(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+        def wrap_new_client(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                            kwargs: dict[str, Any]) -> Any:
             result = wrapped(*args, **kwargs)
             completions = getattr(getattr(getattr(instance, "aclient", None), "chat", None), "completions", None)
             if callable(getattr(completions, "create", None)):
@@ -153,7 +155,7 @@ def mentions(function: Any, text: str) -> bool:
     return False
 
 
-def all_fixes() -> Tuple[Fix, ...]:
+def all_fixes() -> tuple[Fix, ...]:
     """Every fix, in the order they are applied (imported here so that nothing loads before it is needed)."""
     from . import api_key, max_tokens, usage
 

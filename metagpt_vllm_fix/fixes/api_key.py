@@ -8,8 +8,9 @@ whatever the wrapped method returns and takes the key and the proxy ``http_clien
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional
 
 from .. import gate, wrapping
 from ..masking import mask
@@ -39,7 +40,8 @@ def clean_key(key: Any) -> Any:
     return clean
 
 
-def send_configured_key(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def send_configured_key(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> Any:
     """wrapt wrapper: the wrapped kwargs, with the key and proxy client that ``OpenAILLM`` would use."""
     result = wrapped(*args, **kwargs)
     owner = _owner_of_ours(type(instance)) if instance is not None else None
@@ -51,6 +53,11 @@ def send_configured_key(wrapped: Any, instance: Any, args: tuple, kwargs: dict) 
     if "http_client" in upstream and "http_client" not in fixed:
         fixed["http_client"] = upstream["http_client"]
     return fixed
+
+
+def is_ours(obj: Any) -> bool:
+    """True when ``obj`` is this fix's wrapper (anywhere in a chain of wrappers)."""
+    return wrapping.is_ours(obj, send_configured_key)
 
 
 def _owner_of_ours(cls: type) -> Optional[type]:

@@ -13,16 +13,16 @@ from __future__ import annotations
 import logging
 import threading
 from types import ModuleType
-from typing import Any, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Optional
 
 from ..vllm_versions import Refusal, classify_refusal
 from . import RequestFix, error_message, mentions, server_of, status_code
 
 log = logging.getLogger("metagpt_vllm_fix")
 
-_Key = Tuple[str, str]  # (server base URL, model)
-_contexts: Dict[_Key, int] = {}  # the context size each server said, for the models it refused max_tokens for
-_warned: Set[Tuple[_Key, str]] = set()
+_Key = tuple[str, str]  # (server base URL, model)
+_contexts: dict[_Key, int] = {}  # the context size each server said, for the models it refused max_tokens for
+_warned: set[tuple[_Key, str]] = set()
 _lock = threading.Lock()
 
 
@@ -59,11 +59,12 @@ def _remember(key: _Key, requested: int, refusal: Refusal) -> None:
                "time). A lower llm.max_token avoids the extra request.")
 
 
-def _without_max_tokens(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+def _without_max_tokens(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in kwargs.items() if name != "max_tokens"}
 
 
-async def fit_max_tokens(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+async def fit_max_tokens(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                         kwargs: dict[str, Any]) -> Any:
     """wrapt wrapper of ``chat.completions.create``: at most one more request, without ``max_tokens``."""
     requested = kwargs.get("max_tokens")
     if not isinstance(requested, int) or isinstance(requested, bool):
@@ -82,7 +83,7 @@ async def fit_max_tokens(wrapped: Any, instance: Any, args: tuple, kwargs: dict)
     return await wrapped(*args, **_without_max_tokens(kwargs))
 
 
-def known_contexts() -> Dict[_Key, int]:
+def known_contexts() -> dict[_Key, int]:
     """What this process has learnt: (server, model) -> context size (for status and tests)."""
     with _lock:
         return dict(_contexts)

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Optional
 
 from .. import token_count, wrapping
 from . import RequestFix, Target, error_message, server_of, status_code
@@ -27,27 +28,27 @@ STREAM_OPTIONS = {"include_usage": True}
 _KEEP = 256  # streams whose usage waits for _calc_usage at once; a bound, not a cache
 
 _lock = threading.Lock()
-_refusers: Set[str] = set()  # servers that answered 400/422 to stream_options
-_captured: "OrderedDict[int, Tuple[Any, Tuple[int, int]]]" = OrderedDict()  # id(messages) -> (messages, counts)
+_refusers: set[str] = set()  # servers that answered 400/422 to stream_options
+_captured: OrderedDict[int, tuple[Any, tuple[int, int]]] = OrderedDict()  # id(messages) -> (messages, counts)
 
 
-def _counts(usage: Any) -> Optional[Tuple[int, int]]:
+def _counts(usage: Any) -> Optional[tuple[int, int]]:
     """(prompt, completion) from a usage dict (openai 1.6 keeps unknown chunk fields raw) or object."""
-    get = usage.get if isinstance(usage, dict) else (lambda name: getattr(usage, name, None))
+    get: Callable[[str], Any] = usage.get if isinstance(usage, dict) else (lambda name: getattr(usage, name, None))
     prompt, completion = get("prompt_tokens"), get("completion_tokens")
     if isinstance(prompt, int) and isinstance(completion, int):
         return prompt, completion
     return None
 
 
-def _record(messages: Any, counts: Tuple[int, int]) -> None:
+def _record(messages: Any, counts: tuple[int, int]) -> None:
     with _lock:
         _captured[id(messages)] = (messages, counts)  # the list itself is kept, so its id cannot be reused
         while len(_captured) > _KEEP:
             _captured.popitem(last=False)
 
 
-def _take(messages: Any) -> Optional[Tuple[int, int]]:
+def _take(messages: Any) -> Optional[tuple[int, int]]:
     with _lock:
         entry = _captured.get(id(messages))
         if entry is None or entry[0] is not messages:
@@ -61,7 +62,7 @@ def _watcher_class() -> Any:
     global _WATCHER
     if _WATCHER is None:
 
-        class UsageWatcher(wrapping.wrapt.ObjectProxy):  # type: ignore[name-defined,misc]
+        class UsageWatcher(wrapping.wrapt.ObjectProxy):  # type: ignore[misc]
             def __init__(self, stream: Any, messages: Any) -> None:
                 super().__init__(stream)
                 self._self_messages = messages
@@ -95,7 +96,8 @@ def _refuses_field(exc: BaseException) -> bool:
     return status_code(exc) in (400, 422) and "stream_options" in f"{error_message(exc)} {getattr(exc, 'body', '')}"
 
 
-async def ask_for_usage(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+async def ask_for_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                        kwargs: dict[str, Any]) -> Any:
     """wrapt wrapper of ``chat.completions.create``: streams ask for usage and are watched for it."""
     if not kwargs.get("stream"):
         return await wrapped(*args, **kwargs)
@@ -119,7 +121,7 @@ async def ask_for_usage(wrapped: Any, instance: Any, args: tuple, kwargs: dict) 
     return _watched(stream, kwargs.get("messages"))
 
 
-def use_server_usage(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> Any:
+def use_server_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """wrapt wrapper of ``OpenLLM._calc_usage(messages, rsp)``: the server's counts, else a quiet local count."""
     messages = kwargs["messages"] if "messages" in kwargs else (args[0] if args else None)
     answer = kwargs["rsp"] if "rsp" in kwargs else (args[1] if len(args) > 1 else "")
@@ -136,7 +138,7 @@ def use_server_usage(wrapped: Any, instance: Any, args: tuple, kwargs: dict) -> 
     return CompletionUsage(prompt_tokens=counts[0], completion_tokens=counts[1], total_tokens=sum(counts))
 
 
-def refusing_servers() -> Set[str]:
+def refusing_servers() -> set[str]:
     with _lock:
         return set(_refusers)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import httpx
 import pytest
@@ -22,13 +22,13 @@ RECORDED = Path(__file__).parent / "fingerprints-vllm-0.32.0.json"
 
 
 @pytest.fixture(scope="module")
-def real(real_vllm) -> Dict[str, Dict[str, Any]]:
+def real(real_vllm) -> dict[str, dict[str, Any]]:
     assert real_vllm.max_model_len == probes.CONTEXT and real_vllm.api_key == probes.KEY
     return probes.observe_all(real_vllm.url)
 
 
 @pytest.fixture(scope="module")
-def emulated() -> Dict[str, Dict[str, Any]]:
+def emulated() -> dict[str, dict[str, Any]]:
     with VLLMServer(api_keys=[probes.KEY], max_model_len=probes.CONTEXT, vllm_version="0.32.0") as server:
         return probes.observe_all(server.url)
 

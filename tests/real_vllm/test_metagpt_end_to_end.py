@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import pytest
 
@@ -53,11 +53,11 @@ class AccessLog:
     def __init__(self, path: Path) -> None:
         self.path, self.offset = path, path.stat().st_size
 
-    def seen(self) -> List[Tuple[str, str, int]]:
+    def seen(self) -> list[tuple[str, str, int]]:
         text = self.path.read_bytes()[self.offset:].decode("utf-8", "replace")
         return [(method, path, int(status)) for method, path, status in self.LINE.findall(text)]
 
-    def chat_statuses(self) -> List[int]:
+    def chat_statuses(self) -> list[int]:
         return [status for _, path, status in self.seen() if path == "/v1/chat/completions"]
 
 
@@ -69,7 +69,7 @@ class SilentProxy:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.held: List[socket.socket] = []
+        self.held: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -91,7 +91,7 @@ def seed_home(tmp_path: Path, base_url: str, extra: str = "") -> Path:
     return home
 
 
-def ask(home: Path, streams: Tuple[bool, ...], prompt: str = "Say hello.", **env: str) -> Dict[str, Any]:
+def ask(home: Path, streams: tuple[bool, ...], prompt: str = "Say hello.", **env: str) -> dict[str, Any]:
     proc = run_python(CALLS.format(streams=streams, prompt=prompt, mark=RESULT_MARK), home=home, timeout=300, **env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
     assert lines, f"no result (rc={proc.returncode})\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
@@ -99,7 +99,7 @@ def ask(home: Path, streams: Tuple[bool, ...], prompt: str = "Say hello.", **env
     return {"calls": json.loads(lines[-1][len(RESULT_MARK):]), "stdout": stdout, "stderr": proc.stderr}
 
 
-def offline(tmp_path: Path, proxy_url: str) -> Dict[str, str]:
+def offline(tmp_path: Path, proxy_url: str) -> dict[str, str]:
     cache = tmp_path / "empty-tiktoken-cache"
     cache.mkdir(exist_ok=True)
     return {"TIKTOKEN_CACHE_DIR": str(cache), "HTTPS_PROXY": proxy_url, "HTTP_PROXY": proxy_url,
