@@ -13,7 +13,7 @@ from ._activation import FixStatus, PatchRefused, Status, apply, remove, status
 from ._activation import module_loaded as on_import
 from .fixes.api_key import InvalidApiKey
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # released versions: CHANGELOG.md
 __all__ = ["FixStatus", "InvalidApiKey", "PatchRefused", "Status", "apply", "on_import", "remove", "status",
            "__version__"]
 

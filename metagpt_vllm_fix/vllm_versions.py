@@ -11,6 +11,7 @@ patterns to recognise a refusal from any generation. One source, so the two cann
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -177,6 +178,7 @@ def _pattern(template: str) -> Pattern[str]:
     return re.compile("".join(out))
 
 
+@functools.cache  # compiled on the first refusal, not when MetaGPT's module is patched
 def _patterns() -> tuple[tuple[str, Pattern[str]], ...]:
     found: list[tuple[str, str]] = []
     for generation in reversed(GENERATIONS):
@@ -186,7 +188,6 @@ def _patterns() -> tuple[tuple[str, Pattern[str]], ...]:
     return tuple((kind, _pattern(template)) for kind, template in found)
 
 
-_REFUSALS = _patterns()
 
 
 def error_fields(body: Any) -> Mapping[str, Any]:
@@ -199,7 +200,7 @@ def error_fields(body: Any) -> Mapping[str, Any]:
 
 def classify_refusal(message: str) -> Optional[Refusal]:
     """Recognise a context refusal of any vLLM generation from its message; None for anything else."""
-    for kind, pattern in _REFUSALS:
+    for kind, pattern in _patterns():
         match = pattern.search(message or "")
         if match:
             fields = {name: int(value) for name, value in match.groupdict().items() if name not in _TEXT_FIELDS}

@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import threading
 from types import ModuleType
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from ..vllm_versions import Refusal, classify_refusal
 from . import RequestFix, error_message, mentions, server_of, status_code
+
+if TYPE_CHECKING:
+    from ..vllm_versions import Refusal
 
 log = logging.getLogger("metagpt_vllm_fix")
 
@@ -30,6 +32,8 @@ def refusal_of(exc: BaseException) -> Optional[Refusal]:
     """The context refusal this exception reports, if it is one (a 400 with a known vLLM message)."""
     if status_code(exc) != 400:
         return None
+    from ..vllm_versions import classify_refusal  # only once a request has failed: patching stays cheap
+
     return classify_refusal(error_message(exc))
 
 
