@@ -55,7 +55,8 @@ def _vllm_version(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metagpt-vllm-fix",
-        description="Make MetaGPT 0.7's open_llm provider send the api_key you configured (vLLM --api-key).",
+        description="Make MetaGPT 0.7's open_llm provider work against your vLLM with your config as written: "
+                    "the api_key you configured, a max_tokens that fits, token counts from the server.",
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
