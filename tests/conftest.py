@@ -190,3 +190,19 @@ def _one_event_loop_per_test():
     if _loop is not None:
         _loop.close()
         _loop = None
+
+
+@pytest.fixture
+def fresh_fixes(monkeypatch):
+    """Every fix applied to this process's MetaGPT with nothing learnt yet; the default state is put back after."""
+    import metagpt_vllm_fix
+
+    monkeypatch.delenv("METAGPT_VLLM_FIX_DISABLE", raising=False)
+    import metagpt.provider.open_llm_api  # noqa: F401  (the hook patches it)
+
+    metagpt_vllm_fix.remove()
+    metagpt_vllm_fix.apply()
+    yield
+    metagpt_vllm_fix.remove()
+    monkeypatch.delenv("METAGPT_VLLM_FIX_DISABLE", raising=False)
+    metagpt_vllm_fix.apply()

@@ -17,18 +17,7 @@ from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
 REFUSING = [("0.3.3", 4096), ("0.10.2", 4096), ("0.32.0", 512)]
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugin(monkeypatch):
-    """Each test starts with every fix applied and nothing learnt; the default state is put back afterwards."""
-    monkeypatch.delenv("METAGPT_VLLM_FIX_DISABLE", raising=False)
-    import metagpt.provider.open_llm_api  # noqa: F401  (the hook patches it)
-
-    metagpt_vllm_fix.remove()
-    metagpt_vllm_fix.apply()
-    yield
-    metagpt_vllm_fix.remove()
-    monkeypatch.delenv("METAGPT_VLLM_FIX_DISABLE", raising=False)
-    metagpt_vllm_fix.apply()
+pytestmark = pytest.mark.usefixtures("fresh_fixes")
 
 
 def ask(llm, prompt="hello from the test", stream=True):

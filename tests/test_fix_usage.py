@@ -4,58 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 
 import pytest
 
-import metagpt_vllm_fix
 from conftest import SEED_KEY, ask_metagpt, open_llm_instance, run, write_config
+from loopback_proxy import SilentProxy
 from metagpt_vllm_fix import token_count
 from metagpt_vllm_fix.server import VLLMServer
 
 STREAM_NOISE = ("Warning: model not found", "usage calculation failed", "ERROR")
 
 
-@pytest.fixture(autouse=True)
-def fresh_plugin(monkeypatch):
-    monkeypatch.delenv("METAGPT_VLLM_FIX_DISABLE", raising=False)
-    import metagpt.provider.open_llm_api  # noqa: F401
-
-    metagpt_vllm_fix.remove()
-    metagpt_vllm_fix.apply()
-    yield
-    metagpt_vllm_fix.remove()
-    metagpt_vllm_fix.apply()
-
-
-class SilentProxy:
-    """A proxy that accepts connections and never answers: a network that swallows tiktoken's download."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.held: list = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def __enter__(self) -> SilentProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
+pytestmark = pytest.mark.usefixtures("fresh_fixes")
 
 
 def costs(llm):

@@ -111,12 +111,16 @@ class RequestFix(Fix):
         wrap_new_client.__qualname__ = f"{type(self).__name__}.wrap_new_client"
         return wrap_new_client
 
+    def forget(self) -> None:
+        """Drop what the fix learnt from servers (a subclass's state), so a re-applied fix starts afresh."""
+
     def remove(self, module: Optional[ModuleType]) -> bool:
         removed = super().remove(module)
         with self._lock:
             for completions in list(self._clients):
                 removed = wrapping.unwrap(completions, "create", type(self).call) or removed
             self._clients = weakref.WeakSet()
+        self.forget()
         return removed
 
 

@@ -115,10 +115,8 @@ class MaxTokensFix(RequestFix):
             return "OpenAILLM._cons_kwargs no longer sends max_tokens as MetaGPT 0.7 does"
         return None
 
-    def remove(self, module: Optional[ModuleType]) -> bool:
-        removed = super().remove(module)
+    def forget(self) -> None:
         forget()
-        return removed
 
 
 FIX = MaxTokensFix()

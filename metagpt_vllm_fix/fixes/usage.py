@@ -174,10 +174,8 @@ class UsageFix(RequestFix):
             return "OpenAILLM._achat_completion_stream is no longer MetaGPT 0.7's async generator"
         return None
 
-    def remove(self, module: Optional[ModuleType]) -> bool:
-        removed = super().remove(module)
+    def forget(self) -> None:
         forget()
-        return removed
 
 
 FIX = UsageFix()

@@ -47,36 +47,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
 
 
-@pytest.fixture(scope="session")
-def real_vllm() -> Iterator[RealVLLM]:
-    """One real vLLM server for the session: the seed's key and model name, a 512-token context, on CPU.
-
-    Fails (never skips) when ``.venv-vllm`` is missing: a suite that quietly tests nothing proves nothing."""
+def _serving(max_model_len: int) -> Iterator[RealVLLM]:
+    """A real server for the session. Fails (never skips) when ``.venv-vllm`` is missing: a suite that quietly
+    tests nothing proves nothing."""
     problem = vllm_process.missing_setup()
     if problem:
         pytest.fail(problem, pytrace=False)
     try:
-        server = vllm_process.start()
+        server = vllm_process.start(max_model_len=max_model_len)
     except vllm_process.VLLMStartError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def real_vllm() -> Iterator[RealVLLM]:
+    """One real vLLM server for the session: the seed's key and model name, a 512-token context, on CPU."""
+    yield from _serving(vllm_process.MAX_MODEL_LEN)
 
 
 @pytest.fixture(scope="session")
 def real_vllm_4k() -> Iterator[RealVLLM]:
     """A second real server with Llama-2-7b's 4096-token context, for MetaGPT's own (long) prompts; started only
     by the tests that need it."""
-    problem = vllm_process.missing_setup()
-    if problem:
-        pytest.fail(problem, pytrace=False)
-    try:
-        server = vllm_process.start(max_model_len=4096)
-    except vllm_process.VLLMStartError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serving(4096)

@@ -11,13 +11,13 @@ import re
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from conftest import RESULT_MARK, clean_env, run_python, write_config
+from loopback_proxy import SilentProxy
 
 NOISE = ("Warning: model not found", "usage calculation failed", "ERROR")
 
@@ -59,30 +59,6 @@ class AccessLog:
 
     def chat_statuses(self) -> list[int]:
         return [status for _, path, status in self.seen() if path == "/v1/chat/completions"]
-
-
-class SilentProxy:
-    """Accepts connections and never answers: a network that swallows tiktoken's download."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                self.held.append(self.sock.accept()[0])
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.held:
-            conn.close()
 
 
 def seed_home(tmp_path: Path, base_url: str, extra: str = "") -> Path:
