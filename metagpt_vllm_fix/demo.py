@@ -58,6 +58,19 @@ class Attempt:
         return self.answer is not None
 
 
+def _yaml_scalar(text: str) -> str:
+    """``text`` as written in the seed (plain) when YAML reads it back unchanged, else quoted (``--api-key 1234``)."""
+    import json
+
+    import yaml
+
+    try:
+        plain = yaml.safe_load(f"k: {text}")
+    except yaml.YAMLError:
+        plain = None
+    return text if isinstance(plain, dict) and plain.get("k") == text else json.dumps(text)
+
+
 def show_header(header: Optional[str], key: str) -> str:
     """An Authorization header fit for printing: MetaGPT's public placeholder in full, any key masked."""
     if header is None:
@@ -213,8 +226,8 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
                                    f"({'given' if api_key else 'random, this run only'})")
             config_path = scratch / "config" / "config2.yaml"
             config_path.parent.mkdir(parents=True)
-            config_path.write_text(SEED_CONFIG.format(base_url=server.base_url, model=DEFAULT_MODEL, api_key=key),
-                                   encoding="utf-8")
+            config_path.write_text(SEED_CONFIG.format(base_url=server.base_url, model=DEFAULT_MODEL,
+                                                      api_key=_yaml_scalar(key)), encoding="utf-8")
             try:
                 import_metagpt(scratch, ["metagpt.config2", "metagpt.llm", "metagpt.logs"])
                 from loguru import logger

@@ -147,11 +147,13 @@ def _answer(prompt: str, max_tokens: int) -> tuple[list[str], str]:
     return (pieces[:max_tokens], "length") if len(pieces) > max_tokens else (pieces, "stop")
 
 
-async def _sse(request: web.Request, events: list[dict[str, Any]]) -> web.StreamResponse:
+async def _sse(request: web.Request, events: list[dict[str, Any]], done_delay: float = 0.0) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
     await resp.prepare(request)
     for event in events:
         await resp.write(b"data: " + _dumps(event) + b"\n\n")
+    if done_delay:  # a stream left open after its last chunk: lets tests overlap concurrent streams
+        await asyncio.sleep(done_delay)
     await resp.write(b"data: [DONE]\n\n")
     await resp.write_eof()
     return resp
@@ -160,7 +162,9 @@ async def _sse(request: web.Request, events: list[dict[str, Any]]) -> web.Stream
 class _Endpoints:
     """Request handlers; one instance per app holds the served model's settings."""
 
-    def __init__(self, model: str, max_model_len: int, version: str, reject_unknown_fields: bool) -> None:
+    def __init__(self, model: str, max_model_len: int, version: str, reject_unknown_fields: bool,
+                 done_delay: float = 0.0) -> None:
+        self.done_delay = done_delay
         self.model, self.max_model_len, self.version = model, max_model_len, version
         self.generation = _generation(version)
         self.reject_unknown_fields = reject_unknown_fields
@@ -297,7 +301,7 @@ class _Endpoints:
         if include_usage:  # a last chunk with no choices carries the usage
             events.append({"id": head["id"], "object": "chat.completion.chunk", "created": head["created"],
                            "model": self.model, "choices": [], "usage": usage})
-        return await _sse(request, events)
+        return await _sse(request, events, self.done_delay)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         body, stream, max_tokens = await self._parse(request, 16, "prompt")  # 0.3's CompletionRequest default
@@ -328,11 +332,11 @@ class _Endpoints:
             events.append({**head, "choices": [choice(i, "", fin)]})
         if self.generation.usage_on_finish_chunk:
             events[-1]["usage"] = usage
-        return await _sse(request, events)
+        return await _sse(request, events, self.done_delay)
 
 
 def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_model_len: int = 4096,
-              vllm_version: str = DEFAULT_VERSION, reject_unknown_fields: bool = False,
+              vllm_version: str = DEFAULT_VERSION, reject_unknown_fields: bool = False, done_delay: float = 0.0,
               recorder: Optional[list[RecordedRequest]] = None) -> web.Application:
     """The emulated server as an aiohttp app playing vLLM ``vllm_version``; every response goes to ``recorder``.
 
@@ -382,7 +386,7 @@ def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_m
                                             response.status, tuple(sorted(body)) if isinstance(body, dict) else (),
                                             body.get("max_tokens") if isinstance(body, dict) else None))
 
-    ep = _Endpoints(model, max_model_len, vllm_version, reject_unknown_fields)
+    ep = _Endpoints(model, max_model_len, vllm_version, reject_unknown_fields, done_delay)
     app = web.Application(middlewares=[authentication, api_errors])
     # aiohttp 3.8 parametrises aiosignal's Signal with the callback's type, aiosignal 1.4 with its arguments' types
     app.on_response_prepare.append(record)  # type: ignore[arg-type]
@@ -412,12 +416,12 @@ class VLLMServer:
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_keys: Sequence[str] = (),
                  model: str = DEFAULT_MODEL, max_model_len: int = 4096, vllm_version: str = DEFAULT_VERSION,
-                 reject_unknown_fields: bool = False) -> None:
+                 reject_unknown_fields: bool = False, done_delay: float = 0.0) -> None:
         self.host, self.port, self.model = host, port, model
         self.max_model_len, self.vllm_version = max_model_len, vllm_version
         self._recorded: list[RecordedRequest] = []
         self._app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len, vllm_version=vllm_version,
-                              reject_unknown_fields=reject_unknown_fields,
+                              reject_unknown_fields=reject_unknown_fields, done_delay=done_delay,
                               recorder=self._recorded)  # validates arguments early
         self._banner = _describe_keys(api_keys, vllm_version)
         self._lock = threading.Lock()

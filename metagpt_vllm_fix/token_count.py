@@ -76,7 +76,7 @@ def count(messages: list[dict[str, Any]], answer: str, model: str = "") -> tuple
     if announce:
         why = "" if enc is not None else f": tiktoken's {ENCODING} is not available ({_state['error']})"
         log.warning("usage: the server sent no token counts for %s; counting with %s%s. The server's own counts "
-                    "are exact (vLLM 0.5+ sends them when asked).", model or "this model", how, why)
+                    "are exact (newer vLLM sends them when asked).", model or "this model", how, why)
     return prompt, completion, how
 
 

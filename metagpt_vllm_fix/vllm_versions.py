@@ -32,7 +32,8 @@ class Generation:
 
     since: tuple[int, int, int]  #: first release with this behaviour
     name: str  #: short label for people, e.g. "0.18+"
-    key_scheme_any_case: bool  #: ``bearer KEY`` accepted (scheme compared case-insensitively), several keys
+    key_scheme_any_case: bool  #: ``bearer KEY`` accepted (scheme compared case-insensitively), several keys, OPTIONS
+    #: (CORS preflight) not behind the key
     env_key_wins: bool  #: ``VLLM_API_KEY`` wins over ``--api-key`` when both are set
     nested_errors: bool  #: error bodies are ``{"error": {...}}`` rather than flat ``{"object": "error", ...}``
     version_endpoint: bool  #: ``GET /version`` answers ``{"version": ...}`` without a key
@@ -48,7 +49,7 @@ class Generation:
     unknown_model_param: Optional[str]
     usage_details: bool  #: non-streamed usage also has ``prompt_tokens_details`` / ``completion_tokens_details`` (null)
     request_checks: bool  #: FastAPI-validation bodies (type "Bad Request", param "body.<field>"), stream_options
-    #: only with stream, OPTIONS not behind the key (newer vLLM)
+    #: only with stream, max_tokens >= 1 with its parameter named (measured on 0.32.0)
     bad_request_type: str = "BadRequestError"
     not_found_type: str = "NotFoundError"
 

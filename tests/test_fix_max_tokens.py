@@ -92,6 +92,16 @@ def test_a_prompt_too_long_by_itself_gets_the_servers_error_after_at_most_one_re
     assert re.search(r"(605|at least 513) (input tokens|in the messages)", str(caught.value)), str(caught.value)
 
 
+def test_a_prompt_too_long_after_the_context_is_known_still_gets_the_message_naming_its_size():
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=512, vllm_version="0.3.3") as server:
+        llm = open_llm_instance(server.base_url)
+        ask(llm)  # learns the context: later requests go without max_tokens at once
+        with pytest.raises(openai.BadRequestError) as caught:
+            ask(llm, "word " * 600)
+        assert [(r.status, r.max_tokens) for r in v1(server)] == [(400, 4096), (200, None), (400, None), (400, 4096)]
+    assert "(605 in the messages, 4096 in the completion)" in str(caught.value)  # not "max_tokens must be at least 1"
+
+
 def test_a_long_prompt_under_a_small_max_token_is_resent_each_time_without_being_remembered(caplog):
     with VLLMServer(api_keys=[SEED_KEY], max_model_len=512, vllm_version="0.3.3") as server, \
             caplog.at_level(logging.WARNING, logger="metagpt_vllm_fix"):

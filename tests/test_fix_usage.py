@@ -137,3 +137,18 @@ def test_usage_disabled_by_name_brings_back_upstreams_print_and_error(tmp_path):
     assert result["ok"], result
     assert "Warning: model not found. Using cl100k_base encoding." in result["stdout"]
     assert "usage calculation failed!" in result["stderr"]
+
+
+def test_concurrent_streams_of_one_messages_list_keep_their_own_counts():
+    """Two LLMs (answers truncated at 2 and at 40 tokens) streaming the very same messages list at once; the server
+    holds each stream's [DONE] back, so each stream's usage arrives while the other is still open."""
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, done_delay=0.3) as server:
+        short, long = open_llm_instance(server.base_url, max_token=2), open_llm_instance(server.base_url, max_token=40)
+        messages = [{"role": "user", "content": "w " * 60}]
+
+        async def both():
+            return await asyncio.gather(short.acompletion_text(messages, stream=True),
+                                        long.acompletion_text(messages, stream=True))
+
+        run(both())
+    assert (costs(short), costs(long)) == ((60, 2), (60, 40))

@@ -82,6 +82,7 @@ class RequestFix(Fix):
     def __init__(self) -> None:
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
+        self._applied = False
         self.on_init_client = self._make_init_wrapper()  # one function object, so wrapping can recognise it
 
     @staticmethod
@@ -104,8 +105,9 @@ class RequestFix(Fix):
             completions = getattr(getattr(getattr(instance, "aclient", None), "chat", None), "completions", None)
             if callable(getattr(completions, "create", None)):
                 with fix._lock:
-                    wrapping.wrap(completions, "create", type(fix).call)
-                    fix._clients.add(completions)
+                    if fix._applied:  # a remove() that ran while this client was built leaves it alone
+                        wrapping.wrap(completions, "create", type(fix).call)
+                        fix._clients.add(completions)
             return result
 
         wrap_new_client.__qualname__ = f"{type(self).__name__}.wrap_new_client"
@@ -114,9 +116,15 @@ class RequestFix(Fix):
     def forget(self) -> None:
         """Drop what the fix learnt from servers (a subclass's state), so a re-applied fix starts afresh."""
 
+    def apply(self, module: ModuleType) -> None:
+        with self._lock:
+            self._applied = True
+        super().apply(module)
+
     def remove(self, module: Optional[ModuleType]) -> bool:
         removed = super().remove(module)
         with self._lock:
+            self._applied = False
             for completions in list(self._clients):
                 removed = wrapping.unwrap(completions, "create", type(self).call) or removed
             self._clients = weakref.WeakSet()
@@ -127,7 +135,12 @@ class RequestFix(Fix):
 def server_of(wrapped: Any, instance: Any) -> str:
     """The base URL a ``create`` call goes to (instance of AsyncCompletions, or the bound method's owner)."""
     owner = instance if instance is not None else getattr(wrapped, "__self__", None)
-    return str(getattr(getattr(owner, "_client", None), "base_url", "") or "")
+    url = getattr(getattr(owner, "_client", None), "base_url", None)
+    if url is None:
+        return ""
+    if getattr(url, "userinfo", b""):  # never keep (or log) a password given in the URL
+        url = url.copy_with(username=None, password=None)
+    return str(url)
 
 
 def status_code(exc: BaseException) -> Optional[int]:

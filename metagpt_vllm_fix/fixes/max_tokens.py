@@ -76,7 +76,15 @@ async def fit_max_tokens(wrapped: Callable[..., Any], instance: Any, args: tuple
     key = (server_of(wrapped, instance), str(kwargs.get("model")))
     context = _contexts.get(key)
     if context is not None and requested >= context:
-        return await wrapped(*args, **_without_max_tokens(kwargs))
+        try:
+            return await wrapped(*args, **_without_max_tokens(kwargs))
+        except Exception as exc:
+            refusal = refusal_of(exc)
+            if refusal is None or refusal.kind != "prompt" or refusal.context is not None:
+                raise
+        # vLLM 0.3 without max_tokens names no cause for a prompt longer than the context ("max_tokens must be at
+        # least 1, got -N"); asked with max_tokens it names the prompt's size: once more, for the server's own words.
+        return await wrapped(*args, **kwargs)
     try:
         return await wrapped(*args, **kwargs)
     except Exception as exc:

@@ -3,15 +3,16 @@
 MetaGPT 0.7 counts every streamed ``open_llm`` answer with tiktoken (``OpenLLM._calc_usage``): it prints
 "Warning: model not found" on stdout each time, downloads cl100k_base with no timeout, and logs an ERROR
 offline. vLLM counts exactly, with the served model's own tokenizer, and says so in the stream: on the finish
-chunk (0.3) or, asked with ``stream_options.include_usage`` (0.5+; openai 1.6 passes it through
-``extra_body``), on a last chunk with no choices. This fix asks for it, watches the stream for it, and hands it
-to ``_calc_usage``'s caller. Without it (a server that sends none) ``token_count`` counts locally, never
+chunk (0.3) or, asked with ``stream_options.include_usage`` (newer vLLM, 0.10.2+ in our table; openai 1.6 passes
+it through ``extra_body``), on a last chunk with no choices. This fix asks for it, watches the stream for it, and
+hands it to ``_calc_usage``'s caller. Without it (a server that sends none) ``token_count`` counts locally, never
 waiting long. A server that refuses the extra field gets the request again without it, once, and never again.
 Non-streamed answers already carry the server's usage: untouched.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections import OrderedDict
@@ -29,7 +30,9 @@ _KEEP = 256  # streams whose usage waits for _calc_usage at once; a bound, not a
 
 _lock = threading.Lock()
 _refusers: set[str] = set()  # servers that answered 400/422 to stream_options
-_captured: OrderedDict[int, tuple[Any, tuple[int, int]]] = OrderedDict()  # id(messages) -> (messages, counts)
+# (id(messages), id(task)) -> (messages, counts): the stream is read in the task that then calls _calc_usage, so two
+# concurrent streams of the same messages list (two LLMs, or a gather) keep their own counts.
+_captured: OrderedDict[tuple[int, int], tuple[Any, tuple[int, int]]] = OrderedDict()
 
 
 def _counts(usage: Any) -> Optional[tuple[int, int]]:
@@ -41,19 +44,28 @@ def _counts(usage: Any) -> Optional[tuple[int, int]]:
     return None
 
 
+def _key(messages: Any) -> tuple[int, int]:
+    try:
+        task = id(asyncio.current_task())
+    except RuntimeError:  # no running event loop: a synchronous caller
+        task = 0
+    return id(messages), task
+
+
 def _record(messages: Any, counts: tuple[int, int]) -> None:
     with _lock:
-        _captured[id(messages)] = (messages, counts)  # the list itself is kept, so its id cannot be reused
+        _captured[_key(messages)] = (messages, counts)  # the list itself is kept, so its id cannot be reused
         while len(_captured) > _KEEP:
             _captured.popitem(last=False)
 
 
 def _take(messages: Any) -> Optional[tuple[int, int]]:
+    key = _key(messages)
     with _lock:
-        entry = _captured.get(id(messages))
+        entry = _captured.get(key)
         if entry is None or entry[0] is not messages:
             return None
-        del _captured[id(messages)]
+        del _captured[key]
         return entry[1]
 
 
