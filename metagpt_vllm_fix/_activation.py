@@ -129,7 +129,7 @@ def module_loaded(module: ModuleType) -> None:
             raise
         _decided, _outcome = weakref.ref(module), outcome
         _decided_class = getattr(module, gate.CLASS_NAME, None)
-        _refused = None if any(state == "active" for state, _ in outcome.values()) else decision
+        _refused = None  # the gate passed; each fix says for itself why it is off (status().fixes)
         refused = {name: why for name, (state, why) in outcome.items() if state == "refused"}
         if refused and switch == "strict":  # all or nothing: take the others off again before refusing the import
             for fix in all_fixes():

@@ -150,11 +150,6 @@ def use_server_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
     return CompletionUsage(prompt_tokens=counts[0], completion_tokens=counts[1], total_tokens=sum(counts))
 
 
-def refusing_servers() -> set[str]:
-    with _lock:
-        return set(_refusers)
-
-
 def forget() -> None:
     with _lock:
         _refusers.clear()
