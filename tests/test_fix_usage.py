@@ -152,3 +152,46 @@ def test_concurrent_streams_of_one_messages_list_keep_their_own_counts():
 
         run(both())
     assert (costs(short), costs(long)) == ((60, 2), (60, 40))
+
+
+@pytest.fixture
+def loadable_tiktoken(monkeypatch):
+    """A real tiktoken Encoding with ``<|endoftext|>`` as a special token, found by ``tiktoken.get_encoding``.
+
+    cl100k_base itself cannot be loaded here (no network to tiktoken's host, no cache), so tiktoken's own registry
+    is given a small byte-level encoding under that name: the real ``Encoding.encode``, which raises on special-token
+    text unless told otherwise, is what the count runs."""
+    import tiktoken
+    import tiktoken.registry
+
+    enc = tiktoken.Encoding(name=token_count.ENCODING, pat_str=r"\S+|\s+",
+                            mergeable_ranks={bytes([i]): i for i in range(256)}, special_tokens={"<|endoftext|>": 256})
+    with pytest.raises(ValueError, match="disallowed special token"):
+        enc.encode("<|endoftext|>")  # what tiktoken does by default
+    monkeypatch.setitem(tiktoken.registry.ENCODINGS, token_count.ENCODING, enc)
+    token_count.reset()
+    yield enc
+    token_count.reset()
+
+
+def test_special_token_text_in_a_stream_without_server_usage_is_counted_as_text(loadable_tiktoken, caplog):
+    """A server that sends no usage, tiktoken at hand, ``<|endoftext|>`` in the prompt and the answer: it answers."""
+    prompt = "why does my tokenizer stop at <|endoftext|> here"
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, reject_unknown_fields=True) as server:
+        llm = open_llm_instance(server.base_url)
+        assert run(llm.aask(prompt, stream=True)) == "echo: " + prompt
+    expected_prompt = sum(len(loadable_tiktoken.encode(text, disallowed_special=()))
+                          for text in ("system", "You are a helpful assistant.", "user", prompt)) + 3
+    assert costs(llm) == (expected_prompt, len(("echo: " + prompt).encode()))
+    assert "counting with tiktoken cl100k_base" in caplog.text
+
+
+def test_a_count_that_tiktoken_cannot_make_is_estimated_with_one_warning(loadable_tiktoken, monkeypatch, caplog):
+    def broken(text, **kwargs):
+        raise RuntimeError("tokenizer crashed")
+
+    monkeypatch.setattr(loadable_tiktoken, "encode", broken)
+    for _ in range(2):
+        assert token_count.count([{"role": "user", "content": "abcdefgh"}], "abcd", "m") == \
+            (1 + 2 + 3, 1, "tiktoken cl100k_base")
+    assert len([r for r in caplog.records if "could not count" in r.getMessage()]) == 1

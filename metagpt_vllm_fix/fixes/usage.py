@@ -144,8 +144,12 @@ def use_server_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
     from openai.types import CompletionUsage
 
     if counts is None:
-        prompt, completion, _ = token_count.count(messages, answer if isinstance(answer, str) else "",
-                                                  getattr(instance, "model", ""))
+        try:
+            prompt, completion, _ = token_count.count(messages, answer if isinstance(answer, str) else "",
+                                                      getattr(instance, "model", ""))
+        except Exception:  # never expected; upstream's own count then, which logs and counts 0
+            log.debug("usage: the local count failed", exc_info=True)
+            return wrapped(*args, **kwargs)
         counts = (prompt, completion)
     return CompletionUsage(prompt_tokens=counts[0], completion_tokens=counts[1], total_tokens=sum(counts))
 
