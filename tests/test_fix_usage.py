@@ -195,3 +195,21 @@ def test_a_count_that_tiktoken_cannot_make_is_estimated_with_one_warning(loadabl
         assert token_count.count([{"role": "user", "content": "abcdefgh"}], "abcd", "m") == \
             (1 + 2 + 3, 1, "tiktoken cl100k_base")
     assert len([r for r in caplog.records if "could not count" in r.getMessage()]) == 1
+
+
+def test_a_stream_cancelled_after_its_usage_chunk_leaves_nothing_behind():
+    """The server sends every chunk, usage included, then holds [DONE] back; the caller gives up meanwhile."""
+    from metagpt_vllm_fix.fixes import usage
+
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, done_delay=1.5) as server:
+        llm = open_llm_instance(server.base_url)
+
+        async def give_up():
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(llm.aask("one two three", stream=True), timeout=0.5)
+            await asyncio.sleep(1.2)  # the server's handler finishes its delay before the server stops
+
+        run(give_up())
+        assert "stream_options" in server.requests[-1].fields  # the usage chunk was asked for, and sent
+    assert costs(llm) == (0, 0)
+    assert not usage._captured

@@ -83,11 +83,12 @@ def _watcher_class() -> Any:
                 return self._self_chunks()
 
             async def _self_chunks(self) -> Any:
+                counts = None
                 async for chunk in self.__wrapped__:
-                    counts = _counts(getattr(chunk, "usage", None))
-                    if counts is not None:
-                        _record(self._self_messages, counts)
+                    counts = _counts(getattr(chunk, "usage", None)) or counts
                     yield chunk
+                if counts is not None:  # only a stream read to its end is counted: a cancelled one leaves nothing
+                    _record(self._self_messages, counts)
 
         _WATCHER = UsageWatcher
     return _WATCHER
@@ -97,7 +98,7 @@ _WATCHER: Any = None
 
 
 def _watched(stream: Any, messages: Any) -> Any:
-    """The stream, unchanged for its reader, noting the last usage any chunk carries for these messages."""
+    """The stream, unchanged for its reader; read to its end, it notes the last usage a chunk carried."""
     if wrapping.wrapt is None or messages is None:
         return stream
     return _watcher_class()(stream, messages)
