@@ -6,6 +6,7 @@ import asyncio
 import socket
 import time
 
+import openai
 import pytest
 
 from conftest import SEED_KEY, ask_metagpt, open_llm_instance, run, write_config
@@ -213,3 +214,41 @@ def test_a_stream_cancelled_after_its_usage_chunk_leaves_nothing_behind():
         assert "stream_options" in server.requests[-1].fields  # the usage chunk was asked for, and sent
     assert costs(llm) == (0, 0)
     assert not usage._captured
+
+
+class EchoingValidationServer(VLLMServer):
+    """The emulator behind a FastAPI-style model validator, as other OpenAI-compatible servers have: a max_tokens
+    above 2048 gets pydantic's 422, whose ``input`` echoes the whole request (``stream_options`` included) and whose
+    ``loc`` names the body, not that field."""
+
+    LIMIT = 2048
+
+    def __init__(self, **kwargs):
+        from aiohttp import web
+
+        super().__init__(**kwargs)
+
+        @web.middleware
+        async def validate(request, handler):
+            if request.method == "POST" and request.path == "/v1/chat/completions":
+                body = await request.json()  # cached by aiohttp: the emulator reads it again
+                if isinstance(body, dict) and (body.get("max_tokens") or 0) > self.LIMIT:
+                    detail = [{"type": "value_error", "loc": ["body"], "input": body,
+                               "msg": f"Value error, max_tokens must be at most {self.LIMIT}"}]
+                    return web.json_response({"detail": detail}, status=422)
+            return await handler(request)
+
+        self._app.middlewares.append(validate)  # innermost: after the emulator's key check
+
+
+def test_a_validation_error_that_echoes_stream_options_is_not_taken_for_refusing_them(caplog):
+    with EchoingValidationServer(api_keys=[SEED_KEY], max_model_len=8192) as server:
+        too_long = open_llm_instance(server.base_url, max_token=3000)
+        with pytest.raises(openai.UnprocessableEntityError) as caught:
+            run(too_long.aask("one two three", stream=True))
+        fitting = open_llm_instance(server.base_url, max_token=1000)
+        assert counted(fitting, "one two three", stream=True) == (8, 4)  # the server's own usage
+        seen = [(r.status, "stream_options" in r.fields) for r in server.requests]
+    assert seen[0][0] == 422 and seen[1:] == [(200, True)]  # the refused request was not sent again
+    assert "stream_options" in str(caught.value.body)  # echoed, though the error is about max_tokens
+    assert "refused stream_options" not in caplog.text

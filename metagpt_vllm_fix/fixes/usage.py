@@ -6,7 +6,8 @@ offline. vLLM counts exactly, with the served model's own tokenizer, and says so
 chunk (0.3) or, asked with ``stream_options.include_usage`` (newer vLLM, 0.10.2+ in our table; openai 1.6 passes
 it through ``extra_body``), on a last chunk with no choices. This fix asks for it, watches the stream for it, and
 hands it to ``_calc_usage``'s caller. Without it (a server that sends none) ``token_count`` counts locally, never
-waiting long. A server that refuses the extra field gets the request again without it, once, and never again.
+waiting long. A server that refuses the extra field (its error names it) gets the request again without it,
+once, and, when that is answered, never again.
 Non-streamed answers already carry the server's usage: untouched.
 """
 
@@ -104,9 +105,32 @@ def _watched(stream: Any, messages: Any) -> Any:
     return _watcher_class()(stream, messages)
 
 
+def _names_stream_options(field: Any) -> bool:
+    """``"stream_options"``, ``"body.stream_options"``, ``["body", "stream_options", ...]``."""
+    parts = field.split(".") if isinstance(field, str) else field if isinstance(field, (list, tuple)) else ()
+    return "stream_options" in parts
+
+
 def _refuses_field(exc: BaseException) -> bool:
-    """A 400/422 that names stream_options: the server does not take the extra field."""
-    return status_code(exc) in (400, 422) and "stream_options" in f"{error_message(exc)} {getattr(exc, 'body', '')}"
+    """A 400/422 whose error names stream_options: the server does not take the extra field.
+
+    Decided by the field the error names (``param``, as vLLM's bodies do, or FastAPI's ``detail[].loc``), not by
+    the word anywhere in the body: servers that echo the request in a validation error would otherwise look like
+    refusing it. Only an error naming no field at all is judged by its message (not by the echoed input).
+    """
+    if status_code(exc) not in (400, 422):
+        return False
+    from ..vllm_versions import error_fields
+
+    body = getattr(exc, "body", None)
+    fields = error_fields(body)
+    details = body.get("detail") if isinstance(body, dict) else None
+    details = [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+    named = [f for f in (fields.get("param"), fields.get("loc"), *(d.get("loc") for d in details)) if f]
+    if named:
+        return any(_names_stream_options(field) for field in named)
+    messages = [error_message(exc), *(str(d.get("msg", "")) for d in details)]
+    return any("stream_options" in message for message in messages)
 
 
 async def ask_for_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
@@ -124,13 +148,13 @@ async def ask_for_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[
     except Exception as exc:
         if not _refuses_field(exc):
             raise
+        stream = await wrapped(*args, **kwargs)  # remembered only once the request without the field is answered
         with _lock:
             first = server not in _refusers
             _refusers.add(server)
         if first:
             log.warning("usage: %s refused stream_options (%s); asking it without them from now on.", server,
                         error_message(exc)[:120])
-        stream = await wrapped(*args, **kwargs)
     return _watched(stream, kwargs.get("messages"))
 
 
