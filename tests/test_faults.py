@@ -478,6 +478,32 @@ def test_reloading_metagpt_module_keeps_it_patched(tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"patched": True, "registered": True}
 
 
+def test_remove_after_a_reload_unwraps_the_classes_of_before_it_too(tmp_path):
+    """importlib.reload() puts new classes in the module; instances of the old ones (IPython's autoreload) must go
+    back to MetaGPT as shipped as well once remove() is called."""
+    proc = run_python("""
+        import importlib, json
+        import metagpt.provider.open_llm_api as mod
+        import metagpt_vllm_fix
+        from metagpt_vllm_fix import wrapping
+
+        def wrappers(cls):
+            return sorted(name for name in ("_make_client_kwargs", "_init_client", "_calc_usage")
+                          if any(hasattr(node, "_self_wrapper") for node in wrapping.chain(vars(cls).get(name))))
+
+        old = mod.OpenLLM
+        new = importlib.reload(mod).OpenLLM
+        before = [wrappers(old), wrappers(new)]
+        metagpt_vllm_fix.remove()
+        print(json.dumps({"before": before, "after": [wrappers(old), wrappers(new)], "new": new is not old,
+                          "state": metagpt_vllm_fix.status().state}))
+    """, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["new"] and r["before"] == [["_calc_usage", "_init_client", "_make_client_kwargs"]] * 2
+    assert (r["after"], r["state"]) == ([[], []], "inactive")
+
+
 RACE_MODULE = """
 import sys
 _gate = sys.modules["__main__"].GATE
