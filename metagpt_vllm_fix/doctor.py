@@ -472,7 +472,7 @@ def max_token_verdict(generation: Generation, max_token: int, max_len: int, fix_
                 f"asks for max_tokens = llm.max_token, so every request gets 400 {rule}")
         if fix_on:
             return WARNING, (f"{what}; handled: the max_tokens fix resends without max_tokens so the server uses "
-                             f"the room left (one extra request per LLM). Set llm.max_token to e.g. {value} to "
+                             f"the room left (one extra request each time). Set llm.max_token to e.g. {value} to "
                              "avoid it.")
         return PROBLEM, (f"{what} (the max_tokens fix is off: {fix_off or 'not applied'}). Set llm.max_token to "
                          f"e.g. {value}, or start vLLM with a larger --max-model-len.")

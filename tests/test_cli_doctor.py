@@ -314,7 +314,7 @@ def test_seed_config_on_vllm_033_is_a_handled_warning_naming_the_value_to_set(ru
     assert "llm.max_token 4096 >= the server's max_model_len 4096" in warning
     assert "every request gets 400 under vLLM 0.3's rule (assumed)" in warning
     assert "handled: the max_tokens fix resends without max_tokens" in warning
-    assert "one extra request per LLM" in warning
+    assert "one extra request each time" in warning
     assert "Set llm.max_token to e.g. 1024" in warning
     assert "verdict: warning (exit 0)" in run.stdout
     assert run.stderr == ""
