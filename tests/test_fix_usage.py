@@ -219,11 +219,12 @@ def test_a_stream_cancelled_after_its_usage_chunk_leaves_nothing_behind():
 class EchoingValidationServer(VLLMServer):
     """The emulator behind a FastAPI-style model validator, as other OpenAI-compatible servers have: a max_tokens
     above 2048 gets pydantic's 422, whose ``input`` echoes the whole request (``stream_options`` included) and whose
-    ``loc`` names the body, not that field."""
+    ``loc`` names the body, not that field. With ``forbid_extra``, ``stream_options`` is refused as pydantic's
+    ``extra="forbid"`` does it: ``loc`` ``["body", "stream_options"]``."""
 
     LIMIT = 2048
 
-    def __init__(self, **kwargs):
+    def __init__(self, forbid_extra=False, **kwargs):
         from aiohttp import web
 
         super().__init__(**kwargs)
@@ -235,6 +236,10 @@ class EchoingValidationServer(VLLMServer):
                 if isinstance(body, dict) and (body.get("max_tokens") or 0) > self.LIMIT:
                     detail = [{"type": "value_error", "loc": ["body"], "input": body,
                                "msg": f"Value error, max_tokens must be at most {self.LIMIT}"}]
+                    return web.json_response({"detail": detail}, status=422)
+                if forbid_extra and isinstance(body, dict) and "stream_options" in body:
+                    detail = [{"type": "extra_forbidden", "loc": ["body", "stream_options"], "input": body,
+                               "msg": "Extra inputs are not permitted"}]
                     return web.json_response({"detail": detail}, status=422)
             return await handler(request)
 
@@ -252,3 +257,12 @@ def test_a_validation_error_that_echoes_stream_options_is_not_taken_for_refusing
     assert seen[0][0] == 422 and seen[1:] == [(200, True)]  # the refused request was not sent again
     assert "stream_options" in str(caught.value.body)  # echoed, though the error is about max_tokens
     assert "refused stream_options" not in caplog.text
+
+
+def test_a_validation_error_whose_loc_names_stream_options_is_a_refusal_asked_again_without_them():
+    with EchoingValidationServer(forbid_extra=True, api_keys=[SEED_KEY], max_model_len=8192) as server:
+        llm = open_llm_instance(server.base_url, max_token=1000)
+        for _ in range(2):
+            assert run(llm.aask("one two three", stream=True)) == "echo: one two three"
+        seen = [(r.status, "stream_options" in r.fields) for r in server.requests]
+    assert [status for status, _ in seen] == [422, 200, 200] and seen[1:] == [(200, False)] * 2
