@@ -153,6 +153,16 @@ def uv_available() -> bool:
     return proc.returncode == 0
 
 
+def require_uv() -> None:
+    """For a test whose subject is uv: skip when uv was refused on purpose (BOOTSTRAP_INSTALLER=pip), else fail
+    when it cannot be had; such a test never quietly checks nothing."""
+    if uv_available():
+        return
+    if os.environ.get("BOOTSTRAP_INSTALLER") == "pip":
+        pytest.skip("BOOTSTRAP_INSTALLER=pip: uv refused on purpose")
+    pytest.fail("uv cannot be had here (`scripts/uv --which` says why)")
+
+
 def install_into(python, *args: str, target: Optional[Path] = None,
                  timeout: float = 600) -> subprocess.CompletedProcess:
     """``pip install -q ARGS`` into ``python``'s environment (or ``--target``), without byte-compiling: by uv
