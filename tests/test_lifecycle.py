@@ -133,10 +133,16 @@ def _build_from_lock(venv: Path) -> None:
 
 def _clone_test_env_without_plugin(venv: Path) -> bool:
     """A fresh ``python -m venv`` whose site-packages are hard links to this test env's, minus every file of
-    metagpt-vllm-fix (its RECORD). Same distributions as a lock build, in seconds, and cheap to delete."""
+    metagpt-vllm-fix (its RECORD) and their byte-code. Same distributions as a lock build, in seconds, and cheap to
+    delete. (pip lists the byte-code it compiles in RECORD; uv compiles nothing, so the byte-code Python wrote on
+    first import is in no RECORD, and must not be cloned either.)"""
     source = Path(sysconfig.get_paths()["purelib"])
     (plugin,) = source.glob("metagpt_vllm_fix-*.dist-info")
-    skip = {(source / row.split(",")[0]).resolve() for row in (plugin / "RECORD").read_text().splitlines() if row}
+    listed = [source / row.split(",")[0] for row in (plugin / "RECORD").read_text().splitlines() if row]
+    skip = {path.resolve() for path in listed}
+    for path in listed:
+        if path.suffix == ".py":
+            skip.update(p.resolve() for p in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"))
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
     target = site_packages(venv_python(venv))
     try:
