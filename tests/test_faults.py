@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import metagpt_vllm_fix
-from conftest import ASK_SCRIPT, RESULT_MARK, SEED_KEY, ask_metagpt, clean_env, run_python, write_config
+from conftest import ASK_SCRIPT, RESULT_MARK, SEED_KEY, ask_metagpt, clean_env, install_into, run_python, write_config
 from metagpt_vllm_fix.server import VLLMServer
 
 STATUS_JSON = ("import json, metagpt_vllm_fix as _f; _s = _f.status(); "
@@ -259,11 +258,9 @@ def test_strict_mode_covers_every_fix(tmp_path):
 @pytest.fixture(scope="session")
 def metagpt_077_wheel_dir(tmp_path_factory) -> Path:
     target = tmp_path_factory.mktemp("metagpt-0.7.7-target")
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-                           "--no-compile", "--target", str(target), "metagpt==0.7.7"],
-                          capture_output=True, text=True, env=clean_env(), timeout=300)
+    proc = install_into(sys.executable, "--no-deps", "metagpt==0.7.7", target=target, timeout=300)
     if proc.returncode != 0:
-        pytest.fail(f"pip could not install metagpt==0.7.7 into a target dir (PyPI reachable?):\n{proc.stderr[-2000:]}")
+        pytest.fail(f"could not install metagpt==0.7.7 into a target dir (PyPI reachable?):\n{proc.stderr[-2000:]}")
     return target
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import run_python
+from conftest import install_into, run_python
 from metagpt_vllm_fix import gate
 
 
@@ -37,8 +36,8 @@ def other_metagpt(tmp_path_factory):
 
     def install(version: str) -> Path:
         target = root / version
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile",
-                        "--target", str(target), f"metagpt=={version}"], check=True, capture_output=True)
+        proc = install_into(sys.executable, "--no-deps", f"metagpt=={version}", target=target)
+        assert proc.returncode == 0, proc.stderr[-2000:]
         return target
 
     return install

@@ -1,9 +1,11 @@
 """Package life cycle: build (wheel, sdist, wheel from sdist), install into a real MetaGPT 0.7.7 venv, use, uninstall.
 
 The MetaGPT venv is a separate, fresh venv holding MetaGPT 0.7.7 and its pinned dependencies, built once per
-session (see ``metagpt_venv`` for how) and deleted at the end. The install / use / uninstall flow runs twice on
-it, for the wheel and for an editable install of this checkout, and each flow must leave the venv exactly as it
-found it: same files, same ``pip freeze``, same start-up.
+session (see ``metagpt_venv`` for how) and deleted at the end. The install / use / uninstall flow runs on it for
+the wheel and for an editable install of this checkout, each with pip (what most users run) and with uv (what
+many others run), and each flow must leave the venv exactly as it found it: same files, same ``pip freeze``, same
+start-up. Here the installer is the subject: each flow names its tool, and a uv flow fails when uv cannot be had
+(it skips only when uv was refused on purpose, BOOTSTRAP_INSTALLER=pip).
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ from conftest import (
     REPO,
     RESULT_MARK,
     SEED_KEY,
+    UV,
     clean_env,
     imported_at_startup,
+    install_into,
+    new_venv,
+    require_uv,
     run_python,
     venv_python,
     write_config,
@@ -35,12 +41,19 @@ from conftest import (
 from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
 from test_upstream_untouched import record_problems
 
+UV_ENVIRONMENT_LOCK = ".lock"
 PLUGIN_ROOT_FILES = {"_metagpt_vllm_fix_boot.py", "metagpt-vllm-fix.pth", "metagpt-vllm-fix.start"}
 
 
 def pip(python, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", *args], capture_output=True,
                           text=True, timeout=timeout, env=clean_env())
+
+
+def uv_pip(python, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``uv pip ARGS`` for ``python``'s environment, as a uv user runs it (scripts/uv: the pinned uv, pip's sources)."""
+    return subprocess.run([str(UV), "pip", *args, "--python", str(python)], capture_output=True, text=True,
+                          timeout=timeout, env=clean_env(PYTHON=sys.executable))
 
 
 def site_packages(python) -> Path:
@@ -56,8 +69,7 @@ def dists(tmp_path_factory) -> dict:
     """sdist (hatchling's PEP 517 build_sdist in a throwaway venv), wheel from the tree, and wheel from the sdist."""
     root = tmp_path_factory.mktemp("dists")
     hatch = root / "hatch-venv"
-    subprocess.run([sys.executable, "-m", "venv", str(hatch)], check=True, capture_output=True)
-    proc = pip(venv_python(hatch), "install", "-q", "hatchling>=1.21")
+    proc = install_into(new_venv(hatch), "hatchling>=1.21")
     if proc.returncode != 0:
         pytest.fail(f"could not install hatchling into a throwaway venv (PyPI reachable?):\n{proc.stderr[-2000:]}")
     sdist_dir, tree_dir, from_sdist_dir = root / "sdist", root / "wheel-from-tree", root / "wheel-from-sdist"
@@ -121,10 +133,16 @@ def _build_from_lock(venv: Path) -> None:
 
 def _clone_test_env_without_plugin(venv: Path) -> bool:
     """A fresh ``python -m venv`` whose site-packages are hard links to this test env's, minus every file of
-    metagpt-vllm-fix (its RECORD). Same distributions as a lock build, in seconds, and cheap to delete."""
+    metagpt-vllm-fix (its RECORD) and their byte-code. Same distributions as a lock build, in seconds, and cheap to
+    delete. (pip lists the byte-code it compiles in RECORD; uv compiles nothing, so the byte-code Python wrote on
+    first import is in no RECORD, and must not be cloned either.)"""
     source = Path(sysconfig.get_paths()["purelib"])
     (plugin,) = source.glob("metagpt_vllm_fix-*.dist-info")
-    skip = {(source / row.split(",")[0]).resolve() for row in (plugin / "RECORD").read_text().splitlines() if row}
+    listed = [source / row.split(",")[0] for row in (plugin / "RECORD").read_text().splitlines() if row]
+    skip = {path.resolve() for path in listed}
+    for path in listed:
+        if path.suffix == ".py":
+            skip.update(p.resolve() for p in (path.parent / "__pycache__").glob(f"{path.stem}.*.pyc"))
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, capture_output=True)
     target = site_packages(venv_python(venv))
     try:
@@ -200,22 +218,31 @@ STATUS = ("import json, metagpt_vllm_fix as f; s = f.status(); "
           "print(json.dumps({'pth': s.pth_file, 'hook': s.hook_installed, 'state': s.state, 'code': s.code}))")
 
 
-@pytest.fixture(scope="module", params=["wheel", "editable"])
+@pytest.fixture(scope="module", params=["pip-wheel", "pip-editable", "uv-wheel", "uv-editable"])
 def flow(request, metagpt_venv, dists, tmp_path_factory) -> dict:
-    """Install (with dependencies), use, then uninstall the plugin in the MetaGPT venv; record every observation."""
-    kind = request.param
+    """Install (with dependencies), use, then uninstall the plugin in the MetaGPT venv with pip or uv, as a user of
+    that tool does (``pip install`` / ``uv pip install``, then ``pip uninstall -y`` / ``uv pip uninstall``); record
+    every observation."""
+    tool, kind = request.param.split("-")
+    if tool == "uv":
+        require_uv()
     python = metagpt_venv
     venv = python.parent.parent
     site = site_packages(python)
-    work = tmp_path_factory.mktemp(f"flow-{kind}")
-    obs = {"kind": kind, "site": site, "venv": venv}
-    obs["files_before"] = venv_files(venv)
+    work = tmp_path_factory.mktemp(f"flow-{tool}-{kind}")
+    obs = {"tool": tool, "kind": kind, "site": site, "venv": venv}
+
+    def files() -> list:
+        # uv keeps a lock file of its own at the environment's root (against concurrent installs): not the plugin's.
+        return [f for f in venv_files(venv) if not (tool == "uv" and f == UV_ENVIRONMENT_LOCK)]
+
+    obs["files_before"] = files()
     obs["freeze_before"] = pip(python, "freeze", "--all").stdout.splitlines()
     obs["startup_before"] = startup(python, work)
 
     target = ["-e", str(REPO)] if kind == "editable" else [str(dists["wheel"])]
-    obs["install"] = pip(python, "install", *target)
-    obs["files_installed"] = venv_files(venv)
+    obs["install"] = pip(python, "install", *target) if tool == "pip" else uv_pip(python, "install", *target)
+    obs["files_installed"] = files()
     obs["freeze_installed"] = pip(python, "freeze", "--all").stdout.splitlines()
     record = next(site.glob("metagpt_vllm_fix-*.dist-info"), None)
     obs["plugin_record"] = record and (record / "RECORD").read_text()
@@ -228,15 +255,16 @@ def flow(request, metagpt_venv, dists, tmp_path_factory) -> dict:
         obs["ask_off"] = ask_in(python, home, METAGPT_VLLM_FIX="0")
         obs["headers"] = [r.authorization for r in server.requests]
 
-    obs["uninstall"] = pip(python, "uninstall", "-y", "metagpt-vllm-fix")
-    obs["files_after"] = venv_files(venv)
+    obs["uninstall"] = (pip(python, "uninstall", "-y", "metagpt-vllm-fix") if tool == "pip"
+                        else uv_pip(python, "uninstall", "metagpt-vllm-fix"))
+    obs["files_after"] = files()
     obs["freeze_after"] = pip(python, "freeze", "--all").stdout.splitlines()
     obs["startup_after"] = startup(python, work)
     obs["metagpt_record"] = record_problems(site)
     return obs
 
 
-def test_pip_install_with_dependencies_adds_only_the_plugin_and_never_looks_for_lancedb(flow):
+def test_install_with_dependencies_adds_only_the_plugin_and_never_looks_for_lancedb(flow):
     install = flow["install"]
     assert install.returncode == 0, install.stderr[-3000:]
     assert "lancedb" not in (install.stdout + install.stderr).lower()

@@ -13,14 +13,13 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
 
-from conftest import SEED_KEY, ask_metagpt, clean_env, run_python
+from conftest import SEED_KEY, ask_metagpt, install_into, run_python
 
 
 def _digest(path: Path) -> str:
@@ -62,11 +61,9 @@ def record_problems(site: Path, distribution: str = "metagpt") -> tuple[int, lis
 def metagpt_target(tmp_path_factory) -> Path:
     """A throwaway MetaGPT 0.7.7 (the wheel alone, --no-deps) to put first on PYTHONPATH."""
     target = tmp_path_factory.mktemp("metagpt-0.7.7-untouched")
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
-                           "--no-compile", "--target", str(target), "metagpt==0.7.7"],
-                          capture_output=True, text=True, env=clean_env(), timeout=300)
+    proc = install_into(sys.executable, "--no-deps", "metagpt==0.7.7", target=target, timeout=300)
     if proc.returncode != 0:
-        pytest.fail(f"pip could not install metagpt==0.7.7 (PyPI reachable?):\n{proc.stderr[-2000:]}")
+        pytest.fail(f"could not install metagpt==0.7.7 (PyPI reachable?):\n{proc.stderr[-2000:]}")
     return target
 
 

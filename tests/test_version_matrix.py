@@ -1,8 +1,8 @@
 """Version matrix: the seed's scenario on every published MetaGPT 0.7.x, and the plugin on every Python 3.9-3.11 here.
 
 How a MetaGPT version is swapped in: only the ``metagpt`` wheel changes. Each release is installed with
-``pip install --no-deps --no-compile --target <dir>`` (a session cache), and the child interpreter of ``.venv``
-(which holds MetaGPT 0.7.7's pinned dependencies and this plugin) runs with ``PYTHONPATH=<dir>``, so that
+``pip install --no-deps --target <dir>`` (uv's when it can be had; a session cache), and the child interpreter of
+``.venv`` (which holds MetaGPT 0.7.7's pinned dependencies and this plugin) runs with ``PYTHONPATH=<dir>``, so that
 ``import metagpt`` and ``importlib.metadata.version("metagpt")`` both find that release first. Every child reports
 what it really imported, and the test checks it before it looks at the answer.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SEED_KEY, ask_metagpt, clean_env, imported_at_startup, venv_python, write_config
+from conftest import REPO, SEED_KEY, ask_metagpt, clean_env, imported_at_startup, install_into, new_venv, write_config
 from metagpt_vllm_fix.server import VLLMServer
 
 #: Every MetaGPT 0.7.x on the index. 0.7.5 was never published (the index goes 0.7.4 -> 0.7.6).
@@ -51,9 +51,9 @@ def metagpt_release(tmp_path_factory):
     def install(version: str) -> Path:
         if version not in cache:
             target = root / version
-            proc = _pip("install", "-q", "--no-deps", "--no-compile", "--target", str(target), f"metagpt=={version}")
+            proc = install_into(sys.executable, "--no-deps", f"metagpt=={version}", target=target, timeout=300)
             if proc.returncode != 0:
-                pytest.fail(f"pip could not install metagpt=={version} (is PyPI reachable?):\n{proc.stderr[-2000:]}")
+                pytest.fail(f"could not install metagpt=={version} (is PyPI reachable?):\n{proc.stderr[-2000:]}")
             cache[version] = target
         return cache[version]
 
@@ -173,11 +173,8 @@ def test_plugin_wheel_installs_and_hooks_on_each_supported_python(minor, built_w
     python = _find_python(minor)
     if python is None:
         pytest.skip(f"Python 3.{minor} is not on this machine (no python3.{minor} on PATH, nothing in {PYENV})")
-    venv = tmp_path / "venv"
-    subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True)
-    vpy = venv_python(venv)
-    proc = subprocess.run([str(vpy), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(built_wheel)],
-                          capture_output=True, text=True, env=clean_env(), timeout=300)
+    vpy = new_venv(tmp_path / "venv", python)
+    proc = install_into(vpy, str(built_wheel), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = subprocess.run([str(vpy), "-c", PLUGIN_PROBE], capture_output=True, text=True, env=clean_env(),
                          cwd=str(tmp_path), timeout=120)

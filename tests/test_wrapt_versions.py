@@ -3,12 +3,11 @@ FunctionWrapper no longer derives from the public ObjectProxy."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
-from conftest import SEED_KEY, ask_metagpt
+from conftest import SEED_KEY, ask_metagpt, install_into
 
 
 @pytest.fixture(scope="session")
@@ -18,8 +17,8 @@ def wrapt_dirs(tmp_path_factory):
     def install(requirement: str):
         target = root / requirement.replace("<", "lt").replace(">", "ge").replace("=", "")
         if not target.exists():
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--only-binary=:all:",
-                            "--target", str(target), requirement], check=True, capture_output=True)
+            proc = install_into(sys.executable, "--no-deps", "--only-binary", ":all:", requirement, target=target)
+            assert proc.returncode == 0, proc.stderr[-2000:]
         return target
 
     return install

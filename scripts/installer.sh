@@ -1,0 +1,73 @@
+# Sourced by scripts/bootstrap and scripts/bootstrap-vllm: which tool builds an environment, and the operations
+# both scripts need (make the venv, install, uninstall), meaning the same under uv and under pip.
+#
+# BOOTSTRAP_INSTALLER=auto (default): uv when it can be had (see scripts/uv), else pip, as before uv was used.
+# BOOTSTRAP_INSTALLER=uv: uv or fail.  BOOTSTRAP_INSTALLER=pip: pip only.
+# Either way the venv is made by the interpreter's own `python -m venv` (uv: --without-pip, then the very pip that
+# ensurepip would have put there), so both tools leave the same distributions, pip included, for `pip check`, the
+# tests and users.
+
+INSTALLER_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# installer_choose PROG PY: set INSTALLER (uv or pip) and INSTALLER_DESC, and say which on stdout. PY is an
+# interpreter with pip: the pip whose configuration (pip.conf, PIP_*) uv is told about, and that fetches uv if need be.
+installer_choose() {
+  local prog=$1 py=$2 which sources mode=${BOOTSTRAP_INSTALLER:-auto}
+  INSTALLER_PY=$py
+  case "$mode" in
+    auto|uv|pip) ;;
+    *) echo "$prog: BOOTSTRAP_INSTALLER must be auto, uv or pip, not '$mode'" >&2; exit 2 ;;
+  esac
+  INSTALLER=pip
+  INSTALLER_DESC="pip ($("$py" -m pip --version 2>/dev/null | awk '{print $2}'))"
+  if [ "$mode" != pip ]; then
+    # scripts/uv says on stderr what it does (fetching uv) and, when it cannot, why.
+    if which=$(PYTHON="$py" "$INSTALLER_ROOT/scripts/uv" --which) &&
+       sources=$(PYTHON="$py" "$INSTALLER_ROOT/scripts/uv" --sources); then
+      INSTALLER=uv
+      INSTALLER_DESC="uv ${which##* } (${which% *})"
+      echo "$prog: installing with $INSTALLER_DESC; from pip's configuration: $sources"
+    elif [ "$mode" = uv ]; then
+      echo "$prog: BOOTSTRAP_INSTALLER=uv but uv cannot be used (see above)" >&2; exit 1
+    else
+      echo "$prog: uv cannot be used (see above); installing with $INSTALLER_DESC"
+    fi
+  else
+    echo "$prog: installing with $INSTALLER_DESC (BOOTSTRAP_INSTALLER=pip)"
+  fi
+}
+
+# installer_venv PY VENV: a fresh venv with pip in it.
+installer_venv() {
+  local py=$1 venv=$2
+  if [ "$INSTALLER" = uv ]; then
+    "$py" -m venv --without-pip "$venv"
+    installer_install "$venv" "pip==$("$py" -c 'import ensurepip; print(ensurepip.version())')"
+  else
+    "$py" -m venv "$venv"
+  fi
+}
+
+# installer_install VENV ARGS...: `pip install ARGS` into VENV (quiet), by the chosen tool.
+installer_install() {
+  local venv=$1; shift
+  if [ "$INSTALLER" = uv ]; then
+    PYTHON="$INSTALLER_PY" "$INSTALLER_ROOT/scripts/uv" pip install -q --python "$venv/bin/python" "$@"
+  else
+    "$venv/bin/python" -m pip --disable-pip-version-check -q install "$@"
+  fi
+}
+
+# installer_uninstall VENV NAMES...: remove those that are installed; absent ones are no error.
+installer_uninstall() {
+  local venv=$1; shift
+  if [ "$INSTALLER" = uv ]; then
+    PYTHON="$INSTALLER_PY" "$INSTALLER_ROOT/scripts/uv" pip uninstall -q --python "$venv/bin/python" "$@" 2>/dev/null \
+      || true
+  else
+    "$venv/bin/python" -m pip --disable-pip-version-check -q uninstall -y "$@" 2>/dev/null || true
+  fi
+}
+
+# installer_step PROG TEXT [TOOL]: the progress line of one step (what, by which tool), with the time so far.
+installer_step() { echo "$1: [${SECONDS} s] $2, with ${3:-$INSTALLER}"; }
