@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import metagpt_vllm_fix
-from conftest import ASK_SCRIPT, RESULT_MARK, SEED_KEY, ask_metagpt, clean_env, install_into, run_python, write_config
+from conftest import ASK_SCRIPT, RESULT_MARK, SEED_KEY, ask_metagpt, install_into, run_python, write_config
 from metagpt_vllm_fix.server import VLLMServer
 
 STATUS_JSON = ("import json, metagpt_vllm_fix as _f; _s = _f.status(); "
