@@ -21,7 +21,6 @@ from . import vllm_process
 from .vllm_process import RealVLLM
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 TEST_TIMEOUT = int(vllm_process.START_TIMEOUT) + 180  # the first test also pays for the server's start
 
 
@@ -41,11 +40,10 @@ def _asked_for_explicitly(config: pytest.Config) -> bool:
 
 # The servers the suite can start, by fixture name: (template kind of the model, --max-model-len, extra args).
 # Each is the seed's command line (key, served model name) for one of the tiny models; see vllm_process.
-SHIPPED_LLAMA_2_TEMPLATE = REPO / "metagpt_vllm_fix" / "templates" / "llama-2.jinja"
 SERVERS: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "real_vllm": ("none", vllm_process.MAX_MODEL_LEN, ()),
     "real_vllm_llama_2_jinja": ("none", vllm_process.MAX_MODEL_LEN,
-                                ("--chat-template", str(SHIPPED_LLAMA_2_TEMPLATE))),
+                                ("--chat-template", str(vllm_process.SHIPPED_LLAMA_2_TEMPLATE))),
     "real_vllm_4k": ("none", 4096, ()),
     "real_vllm_mistral": ("mistral-instruct", 4096, ()),
     "real_vllm_chat": ("llama-2-chat", 4096, ()),
@@ -97,6 +95,13 @@ class Servers:
 
 
 SERVERS_IN_USE = Servers()
+REQUEST_COUNTS: dict[str, list[tuple[str, int]]] = {}  # label -> (path, status) of each POST: docs/proof.md's table
+
+
+@pytest.fixture(scope="session")
+def request_counts() -> dict[str, list[tuple[str, int]]]:
+    """Where tests note what the server saw for a MetaGPT call; the summary prints it."""
+    return REQUEST_COUNTS
 
 
 def _server_order(item: pytest.Item) -> tuple[int, int]:
@@ -133,7 +138,23 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]):
             SERVERS_IN_USE.stop(name)
 
 
+def _counted(posts: list[tuple[str, int]]) -> str:
+    """``chat 400, chat 400, completions 200 x4``: runs of equal (path, status), in order."""
+    runs: list[list[Any]] = []
+    for path, status in posts:
+        label = "chat" if path.endswith("/chat/completions") else path.rsplit("/", 1)[-1]
+        if runs and runs[-1][0] == (label, status):
+            runs[-1][1] += 1
+        else:
+            runs.append([(label, status), 1])
+    return ", ".join(f"{label} {status}" + (f" x{n}" if n > 1 else "") for (label, status), n in runs) or "none"
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if REQUEST_COUNTS:
+        terminalreporter.write_sep("-", "what the real servers saw, per MetaGPT call (POSTs in order)")
+        for label, posts in REQUEST_COUNTS.items():
+            terminalreporter.write_line(f"{label}: {_counted(posts)}")
     if SERVERS_IN_USE.figures:
         terminalreporter.write_sep("-", "real vLLM servers (start to healthy, resident memory of the group)")
         for name, figures in SERVERS_IN_USE.figures.items():

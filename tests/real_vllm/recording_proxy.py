@@ -26,6 +26,18 @@ class Exchange:
     path: str
     body: Any  # the JSON body, or None
     status: int = 0
+    response: bytes = b""  # the body as the server sent it (for a stream, every event)
+
+    def answer_text(self) -> str:
+        """The text a chat answer carried: ``message.content``, or a stream's ``delta.content`` joined."""
+        if not self.response.lstrip().startswith(b"data:"):
+            return "".join(c["message"]["content"] or "" for c in json.loads(self.response)["choices"])
+        text = []
+        for line in self.response.decode().splitlines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                for choice in json.loads(line[len("data: "):]).get("choices") or []:
+                    text.append(choice.get("delta", {}).get("content") or choice.get("text") or "")
+        return "".join(text)
 
 
 class RecordingProxy:
@@ -64,6 +76,7 @@ class RecordingProxy:
                         chunk = resp.read1(65536)
                         if not chunk:
                             break
+                        exchange.response += chunk
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                         self.wfile.flush()
                     self.wfile.write(b"0\r\n\r\n")
@@ -72,7 +85,7 @@ class RecordingProxy:
 
             do_GET = do_POST = _relay
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

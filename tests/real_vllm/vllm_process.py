@@ -30,6 +30,8 @@ MODEL_DIRS = {
     "mistral-instruct": VENV / "tiny-mistral-instruct",  # refuses a system message
 }
 MODEL_DIR = MODEL_DIRS["none"]
+# The remedy the plugin ships for a model without a chat template (vLLM's --chat-template FILE).
+SHIPPED_LLAMA_2_TEMPLATE = REPO / "metagpt_vllm_fix" / "templates" / "llama-2.jinja"
 
 SEED_KEY = "token-abc123"
 SEED_MODEL = "meta-llama/Llama-2-7b-hf"
