@@ -290,14 +290,21 @@ class _Endpoints:
             raise refuse(gen.prompt_message, gen.prompt_param, completion=max_tokens)
         return max_tokens
 
-    def _chat_prompt_tokens(self, messages: list[dict[str, Any]], texts: list[str]) -> int:
+    def _chat_prompt_tokens(self, messages: list[dict[str, Any]], texts: list[str], body: dict[str, Any]) -> int:
         """Apply the chat template (as far as it shows): its refusal as vLLM reports it, else the prompt's size."""
         gen = self.generation
+        if isinstance(body.get("chat_template"), str) and gen.no_template_message is not None:
+            return sum(_words(t) for t in texts)  # 0.5.1 - 0.10 use a request's own template (0.3 ignores it)
         if self.chat_template == "none":
             if gen.no_template_message is not None:
                 raise _APIError(gen.chat_error(gen.no_template_message), gen.bad_request_type)
-            # 0.3.3 with transformers <= 4.43: the tokenizer class's default layout (chat_layout has both)
-            return _words(chat_layout.LAYOUTS[chat_layout.auto_layout(self.model)](messages))
+            # 0.3.3 with transformers <= 4.43: the tokenizer class's default layout (chat_layout has both); the
+            # Llama default refused roles that do not alternate (after one system message) as Llama-2-chat's does
+            layout = chat_layout.auto_layout(self.model)
+            refused = _template_exception("llama-2-chat", messages) if layout == "llama-2" else None
+            if refused is not None:
+                raise _APIError(gen.chat_error(refused, refused), gen.bad_request_type)
+            return _words(chat_layout.LAYOUTS[layout](messages))
         refused = _template_exception(self.chat_template, messages)
         if refused is not None:
             raise _APIError(gen.chat_error(refused, refused), gen.bad_request_type)
@@ -311,8 +318,13 @@ class _Endpoints:
         self._check_model(body)
         if self.generation.checks_max_tokens_first and max_tokens is not None and max_tokens > self.max_model_len:
             self._budget(0, max_tokens, request[_LIMIT_NAME])  # raises: 0.18+ checks this before the template
+        gen = self.generation
+        if body.get("chat_template") is not None and gen.untrusted_template_message:
+            raise _APIError(gen.untrusted_template_message, gen.bad_request_type)
+        if body.get("tools") and body.get("tool_choice", "auto") == "auto" and gen.auto_tool_choice_message:
+            raise _APIError(gen.auto_tool_choice_message, gen.bad_request_type)  # no tool parser configured
         texts = [_content_text(m.get("content")) for m in messages]
-        prompt_tokens = self._chat_prompt_tokens(messages, texts)
+        prompt_tokens = self._chat_prompt_tokens(messages, texts, body)
         max_tokens = self._budget(prompt_tokens, max_tokens, request[_LIMIT_NAME])
         last_user = next((t for m, t in zip(reversed(messages), reversed(texts)) if m.get("role") == "user"), "")
         pieces, finish = _answer(last_user, max_tokens)
@@ -331,7 +343,6 @@ class _Endpoints:
                     "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
                     **extra}
 
-        gen = self.generation
         options = body.get("stream_options")
         include_usage = gen.include_usage and isinstance(options, dict) and options.get("include_usage") is True
         events = [chunk({"role": "assistant"}, None)]
@@ -343,7 +354,13 @@ class _Endpoints:
         return await _sse(request, events, self.done_delay)
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
-        body, stream, max_tokens = await self._parse(request, 16, "prompt")  # 0.3's CompletionRequest default
+        if self.generation.prompt_missing_message is not None:  # "prompt" is optional: prompt_embeds may do
+            body, stream, max_tokens = await self._parse(request, 16, "model")
+            if not body.get("prompt"):
+                raise _APIError(self.generation.prompt_missing_message, self.generation.bad_request_type,
+                                param="prompt")
+        else:
+            body, stream, max_tokens = await self._parse(request, 16, "prompt")  # 0.3's CompletionRequest default
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):

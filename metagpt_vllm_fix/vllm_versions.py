@@ -55,6 +55,12 @@ class Generation:
     chat_error_cause: bool  #: chat preprocessing errors read ``f"{e} {e.__cause__}"``: " None" after vLLM's own
     #: refusal, a template's exception text twice (0.10.2 - 0.17; 0.5.5 and 0.18+ send ``str(e)``)
     checks_max_tokens_first: bool  #: ``max_tokens > context`` is refused before the template is applied (0.18+)
+    untrusted_template_message: Optional[str] = None  #: 400 for a request-level ``chat_template`` (0.11+); None:
+    #: ignored (0.3) or used (0.5.1 - 0.10)
+    auto_tool_choice_message: Optional[str] = None  #: 400 for ``tools`` with ``tool_choice`` "auto" (or left out) on
+    #: a server started without --enable-auto-tool-choice (0.6+); None: ``tools`` ignored
+    prompt_missing_message: Optional[str] = None  #: 400 for a completion request without ``prompt`` (0.32.0
+    #: measured: ``prompt_embeds`` may stand in for it); None: the field-validation 400
     bad_request_type: str = "BadRequestError"
     not_found_type: str = "NotFoundError"
 
@@ -117,6 +123,13 @@ NO_TEMPLATE_MESSAGES = (
 # message: Mistral-7B-Instruct v0.1/v0.2 (and Llama-2-chat's for a second system message), Gemma.
 SYSTEM_ROLE_MESSAGES = ("Conversation roles must alternate user/assistant/user/assistant/...",
                         "System role not supported")
+# Measured on 0.32.0: a request-level chat_template without --trust-request-chat-template (the flag exists from
+# 0.11.0), and tools with tool_choice "auto" (the default when tools are given) without --enable-auto-tool-choice
+# (vLLM's tool calling, 0.6.0 on). Both come before the template is applied.
+_UNTRUSTED_TEMPLATE = ("Chat template is passed with request, but --trust-request-chat-template is not set. Refused "
+                       "request with untrusted chat template.")
+_AUTO_TOOL_CHOICE = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+_PROMPT_MISSING = "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)"
 
 GENERATIONS: tuple[Generation, ...] = (
     # MetaGPT 0.7's time. One check for everything: prompt + max_tokens <= context.
@@ -134,7 +147,8 @@ GENERATIONS: tuple[Generation, ...] = (
                max_tokens_message=_V010_MAX_TOKENS, max_tokens_param="max_tokens",
                prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL,
                unknown_model_param=None, usage_details=False, request_checks=False,
-               no_template_message=_NO_TEMPLATE, chat_error_cause=True, checks_max_tokens_first=False),
+               no_template_message=_NO_TEMPLATE, chat_error_cause=True, checks_max_tokens_first=False,
+               auto_tool_choice_message=_AUTO_TOOL_CHOICE),
     # Several keys, constant-time compare, case-insensitive scheme; --api-key wins over VLLM_API_KEY.
     Generation(since=(0, 11, 0), name="0.11", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
                version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True,
@@ -142,7 +156,8 @@ GENERATIONS: tuple[Generation, ...] = (
                max_tokens_message=_V010_MAX_TOKENS, max_tokens_param="max_tokens",
                prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL,
                unknown_model_param=None, usage_details=False, request_checks=False,
-               no_template_message=_NO_TEMPLATE, chat_error_cause=True, checks_max_tokens_first=False),
+               no_template_message=_NO_TEMPLATE, chat_error_cause=True, checks_max_tokens_first=False,
+               untrusted_template_message=_UNTRUSTED_TEMPLATE, auto_tool_choice_message=_AUTO_TOOL_CHOICE),
     # max_tokens is clamped to the room left; only max_tokens > context is refused (measured on 0.32.0).
     Generation(since=(0, 18, 0), name="0.18+", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
                version_endpoint=True, clamps_max_tokens=True, checks_prompt_alone=True,
@@ -151,7 +166,9 @@ GENERATIONS: tuple[Generation, ...] = (
                prompt_message=_V018_PROMPT, prompt_param="input_tokens",
                unknown_model_message=_UNKNOWN_MODEL + " Valid aliases: {served}.", unknown_model_param="model",
                usage_details=True, request_checks=True,
-               no_template_message=_NO_TEMPLATE, chat_error_cause=False, checks_max_tokens_first=True),
+               no_template_message=_NO_TEMPLATE, chat_error_cause=False, checks_max_tokens_first=True,
+               untrusted_template_message=_UNTRUSTED_TEMPLATE, auto_tool_choice_message=_AUTO_TOOL_CHOICE,
+               prompt_missing_message=_PROMPT_MISSING),
 )
 CURRENT = GENERATIONS[-1]
 

@@ -43,11 +43,11 @@ def chat(*, prompt: str = "Say hello.", **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": [{"role": "user", "content": prompt}], **extra}
 
 
-# What MetaGPT 0.7 sends: a system message first, then the user's (BaseLLM._system_msgs + _user_msg), with n, stop
-# and temperature from its _cons_kwargs.
+# What MetaGPT 0.7 sends: a system message first, then the user's (BaseLLM._system_msgs + _user_msg), with n and
+# temperature from its _cons_kwargs (which sends no stop).
 METAGPT_MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
                     {"role": "user", "content": "Say hello."}]
-METAGPT_KWARGS = {"n": 1, "stop": None, "temperature": 0.0}
+METAGPT_KWARGS = {"n": 1, "temperature": 0.3}
 
 
 def metagpt_chat(**extra: Any) -> dict[str, Any]:
@@ -112,7 +112,9 @@ PROBES: list[Probe] = [
           body=chat(max_tokens=8, chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}")),
     Probe("chat, stream, request-level chat_template", "POST", "/v1/chat/completions",
           body=chat(max_tokens=8, stream=True, chat_template="{{ messages[0]['content'] }}")),
-    Probe("chat, tools (function call)", "POST", "/v1/chat/completions", body=metagpt_chat(tools=TOOLS)),
+    Probe("chat, tools, tool_choice left out (auto)", "POST", "/v1/chat/completions", body=metagpt_chat(tools=TOOLS)),
+    Probe("chat, tools, a named tool_choice (MetaGPT's aask_code)", "POST", "/v1/chat/completions",
+          body=metagpt_chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "noop"}})),
     Probe("chat, assistant message first", "POST", "/v1/chat/completions",
           body={"model": MODEL, "messages": [{"role": "assistant", "content": "Hi."}]}),
     Probe("completions, max_tokens 8", "POST", "/v1/completions", body=completion(max_tokens=8)),
@@ -140,7 +142,8 @@ PROBES: list[Probe] = [
     Probe("completions, stream, prompt alone > context", "POST", "/v1/completions",
           body=completion(prompt=LONG_PROMPT, stream=True)),
     Probe("completions, no key", "POST", "/v1/completions", auth=None, body=completion(max_tokens=8)),
-    Probe("completions, unknown model", "POST", "/v1/completions", body={**completion(max_tokens=8), "model": "llama2"}),
+    Probe("completions, unknown model", "POST", "/v1/completions",
+          body={**completion(max_tokens=8), "model": "llama2"}),
     Probe("completions, no prompt", "POST", "/v1/completions", body={"model": MODEL, "max_tokens": 8}),
     Probe("unknown /v1 path, no key", "GET", "/v1/nonexistent", auth=None),
     Probe("unknown /v1 path, key", "GET", "/v1/nonexistent"),
@@ -164,6 +167,9 @@ PROBES: list[Probe] = [
           kind="mistral-instruct"),
     Probe("mistral-instruct: chat, request-level chat_template", "POST", "/v1/chat/completions",
           body=metagpt_chat(max_tokens=8, chat_template="{{ messages[0]['content'] }}"), kind="mistral-instruct"),
+    Probe("mistral-instruct: chat, tools, a named tool_choice", "POST", "/v1/chat/completions",
+          body=metagpt_chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "noop"}}),
+          kind="mistral-instruct"),
     Probe("mistral-instruct: chat, no key", "POST", "/v1/chat/completions", auth=None, body=metagpt_chat(),
           kind="mistral-instruct"),
     # Llama-2-chat's own template: MetaGPT's messages answer as they are.
