@@ -125,7 +125,7 @@ class _APIError(Exception):
 _KNOWN_FIELDS = frozenset({
     "model", "messages", "prompt", "max_tokens", "n", "temperature", "top_p", "stream", "stop", "presence_penalty",
     "frequency_penalty", "logit_bias", "user", "logprobs", "top_logprobs", "echo", "suffix", "best_of", "seed",
-    "tools", "tool_choice", "functions", "function_call", "response_format",
+    "tools", "tool_choice", "functions", "function_call", "response_format", "add_special_tokens",
 })
 
 
@@ -323,6 +323,11 @@ class _Endpoints:
             raise _APIError(gen.untrusted_template_message, gen.bad_request_type)
         if body.get("tools") and body.get("tool_choice", "auto") == "auto" and gen.auto_tool_choice_message:
             raise _APIError(gen.auto_tool_choice_message, gen.bad_request_type)  # no tool parser configured
+        named = body.get("tool_choice")
+        if body.get("tools") and isinstance(named, dict) and gen.named_tool_choice_message:
+            function = named.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            raise _APIError(gen.named_tool_choice_message.format(name=name), gen.bad_request_type)
         texts = [_content_text(m.get("content")) for m in messages]
         prompt_tokens = self._chat_prompt_tokens(messages, texts, body)
         max_tokens = self._budget(prompt_tokens, max_tokens, request[_LIMIT_NAME])

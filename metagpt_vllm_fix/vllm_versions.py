@@ -59,6 +59,8 @@ class Generation:
     #: ignored (0.3) or used (0.5.1 - 0.10)
     auto_tool_choice_message: Optional[str] = None  #: 400 for ``tools`` with ``tool_choice`` "auto" (or left out) on
     #: a server started without --enable-auto-tool-choice (0.6+); None: ``tools`` ignored
+    named_tool_choice_message: Optional[str] = None  #: 400 for a named ``tool_choice`` (MetaGPT's aask_code) on a
+    #: server without --tool-call-parser, ``{name}`` the function's (measured on 0.32.0; since when is not known)
     prompt_missing_message: Optional[str] = None  #: 400 for a completion request without ``prompt`` (0.32.0
     #: measured: ``prompt_embeds`` may stand in for it); None: the field-validation 400
     bad_request_type: str = "BadRequestError"
@@ -129,6 +131,7 @@ SYSTEM_ROLE_MESSAGES = ("Conversation roles must alternate user/assistant/user/a
 _UNTRUSTED_TEMPLATE = ("Chat template is passed with request, but --trust-request-chat-template is not set. Refused "
                        "request with untrusted chat template.")
 _AUTO_TOOL_CHOICE = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+_NAMED_TOOL_CHOICE = 'tool_choice=function "{name}" requires --tool-call-parser to be set'
 _PROMPT_MISSING = "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)"
 
 GENERATIONS: tuple[Generation, ...] = (
@@ -168,7 +171,7 @@ GENERATIONS: tuple[Generation, ...] = (
                usage_details=True, request_checks=True,
                no_template_message=_NO_TEMPLATE, chat_error_cause=False, checks_max_tokens_first=True,
                untrusted_template_message=_UNTRUSTED_TEMPLATE, auto_tool_choice_message=_AUTO_TOOL_CHOICE,
-               prompt_missing_message=_PROMPT_MISSING),
+               named_tool_choice_message=_NAMED_TOOL_CHOICE, prompt_missing_message=_PROMPT_MISSING),
 )
 CURRENT = GENERATIONS[-1]
 
