@@ -19,7 +19,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-__all__ = ["ENV", "LAYOUTS", "TEMPLATE_NAMES", "auto_layout", "chatml", "choose", "completion_prompt", "layout_name",
+__all__ = ["COMPLETION_FIELDS", "ENV", "LAYOUTS", "TEMPLATE_NAMES",
+           "auto_layout", "chatml", "choose", "completion_prompt", "layout_name",
            "llama_2", "template_path"]
 
 ENV = "METAGPT_VLLM_FIX_CHAT_LAYOUT"  #: llama-2 or chatml; unset (or "auto") decides by the model's name
@@ -117,14 +118,20 @@ def choose(model: str) -> tuple[str, str]:
     return "chatml", f"{name!r} is not a Llama-family name; transformers <= 4.43 used ChatML for those{note}"
 
 
-def completion_prompt(layout: str, messages: Sequence[Mapping[str, Any]]) -> str:
-    """The layout's text as a ``/v1/completions`` prompt reaching the model as the same tokens as the template.
+# What vLLM's chat path does with a rendered template: it tokenizes the text without adding special tokens (the
+# template writes them). /v1/completions adds them unless told not to, so the fallback tells it not to.
+COMPLETION_FIELDS: Mapping[str, Any] = {"add_special_tokens": False}
 
-    A chat template writes ``<s>`` as text and vLLM tokenizes chat prompts without adding special tokens;
-    ``/v1/completions`` adds the tokenizer's BOS itself. So Llama-2's leading ``<s>`` is left to the server.
+
+def completion_prompt(layout: str, messages: Sequence[Mapping[str, Any]]) -> str:
+    """The layout's text, to send to ``/v1/completions`` with :data:`COMPLETION_FIELDS`: the same text tokenized
+    the same way as vLLM's chat path tokenizes the shipped template's rendering, so the same token ids.
+
+    Leaving Llama-2's leading ``<s>`` to the server's own BOS instead is not the same: a Llama tokenizer puts
+    SentencePiece's space before the text's first piece but not after a special token (transformers 5, as vLLM 0.32
+    loads Llama-2-7b-hf: ``legacy: false``), so ``[INST]`` would begin ``▁[`` where the template gives ``[``.
     """
-    text = LAYOUTS[layout](messages)
-    return text[len(BOS):] if layout == "llama-2" and text.startswith(BOS) else text
+    return LAYOUTS[layout](messages)
 
 
 def template_path(name: str) -> str:

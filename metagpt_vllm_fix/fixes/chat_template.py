@@ -135,6 +135,8 @@ def _completions_of(instance: Any, wrapped: Callable[..., Any]) -> Any:
 async def _ask_completions(completions: Any, layout: str, kwargs: dict[str, Any]) -> Any:
     carried = {name: value for name, value in kwargs.items() if name != "messages"}
     prompt = chat_layout.completion_prompt(layout, kwargs["messages"])
+    extra_body = carried.pop("extra_body", None)  # the usage fix's stream_options travel here
+    carried["extra_body"] = {**(extra_body if isinstance(extra_body, dict) else {}), **chat_layout.COMPLETION_FIELDS}
     answer = await completions.create(prompt=prompt, **carried)
     return ChatStream(answer) if kwargs.get("stream") else _completion(answer)
 
