@@ -103,10 +103,12 @@ def _prompt_ids(server: RealVLLM, path: str, body: dict[str, Any]) -> tuple[list
     return list(ids), answer["usage"]["prompt_tokens"]
 
 
-def _token_strs(server: RealVLLM, ids: list[int]) -> list[str]:
-    """Each id as text (for the report of a difference)."""
-    return [httpx.post(server.url + "/detokenize", json={"model": server.model, "tokens": [i]},
-                       headers=auth(server), timeout=30).json().get("prompt", "?") for i in ids]
+def _tokenized(server: RealVLLM, body: dict[str, Any]) -> tuple[list[int], list[str]]:
+    """vLLM's /tokenize of a prompt or of messages (as its completions / chat paths tokenize them), with strings."""
+    resp = httpx.post(server.url + "/tokenize", json={"model": server.model, "return_token_strs": True, **body},
+                      headers=auth(server), timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()["tokens"], resp.json()["token_strs"]
 
 
 def test_the_fallbacks_prompt_reaches_the_model_as_the_same_token_ids_as_the_shipped_llama_2_template(
@@ -123,16 +125,19 @@ def test_the_fallbacks_prompt_reaches_the_model_as_the_same_token_ids_as_the_shi
     fallback_ids, fallback_count = _prompt_ids(real_vllm, "/completions", fallback)
     remedy_ids, remedy_count = _prompt_ids(real_vllm_llama_2_jinja, "/chat/completions",
                                            {"model": real_vllm.model, "messages": messages})
-    same = fallback_ids == remedy_ids
+    tokenized = {"add_special_tokens": fallback["add_special_tokens"]} if "add_special_tokens" in fallback else {}
+    fallback_tokens = _tokenized(real_vllm, {"prompt": fallback["prompt"], **tokenized})
+    remedy_tokens = _tokenized(real_vllm_llama_2_jinja, {"messages": messages, "add_generation_prompt": True})
     first = next((i for i, (a, b) in enumerate(zip(fallback_ids, remedy_ids)) if a != b),
-                 min(len(fallback_ids), len(remedy_ids)))
-    request_counts["token ids: fallback prompt vs --chat-template llama-2.jinja"] = [
-        ("same" if same else f"differ from index {first}: fallback {fallback_ids[:first + 3]} "
-         f"{_token_strs(real_vllm, fallback_ids[:first + 3])} vs template {remedy_ids[:first + 3]} "
-         f"{_token_strs(real_vllm, remedy_ids[:first + 3])}", len(fallback_ids))]
+                 None if len(fallback_ids) == len(remedy_ids) else min(len(fallback_ids), len(remedy_ids)))
+    request_counts["token ids: fallback prompt vs --chat-template llama-2.jinja"] = [(
+        f"the same {len(fallback_ids)} ids" if first is None else
+        f"differ from index {first}: fallback {fallback_tokens[1][:first + 2]} vs template "
+        f"{remedy_tokens[1][:first + 2]}", len(fallback_ids))]
+    assert (fallback_tokens[0], remedy_tokens[0]) == (fallback_ids, remedy_ids)  # /tokenize agrees with the model
     assert (fallback_count, remedy_count) == (len(fallback_ids), len(remedy_ids))
     assert result["calls"][0]["prompt_tokens"] == fallback_count  # what MetaGPT's cost manager was told
-    assert fallback_ids == remedy_ids, (completions[0].body["prompt"], fallback_ids[:8], remedy_ids[:8])
+    assert fallback_ids == remedy_ids, (completions[0].body, fallback_tokens[1][:8], remedy_tokens[1][:8])
 
 
 RENDER = """
