@@ -312,6 +312,9 @@ def _cell(facts: dict[str, Any]) -> str:
     if facts.get("type"):
         nested = "nested" if shape and shape.startswith("{error:{") else "flat"
         kind = f" {nested} {facts['type']}, param {facts.get('param')}"
+        message = str(facts.get("message") or "")
+        if facts["type"] == "BadRequestError" and message:
+            kind += f": \"{message[:34].rstrip()}…\""
     return f"{facts['status']}{kind}"
 
 
