@@ -70,7 +70,7 @@ def _warn(key: _Key, layout: str, why: str, message: str) -> None:
     if not _first(key, "rerouted"):
         return
     log.warning("chat_template: %s has no chat template for %s (%s); answering its chat requests through "
-                "/v1/completions, laid out in %s's layout as transformers <= 4.43 did by default (%s). Remedy: %s.",
+                "/v1/completions in the %s layout (%s). Remedy: %s.",
                 key[0], key[1], message[:160], layout, why, remedy(layout), extra={"fix": "chat_template"})
 
 
