@@ -205,7 +205,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         report.field("model", f"{model} (max_model_len {args.max_model_len}; answers echo the prompt)")
         report.field("rules", f"vLLM {generation.name} generation: {generation.context_rule}"
                      + ("; refuses unknown request fields" if args.reject_unknown_fields else ""))
-        report.field("chat template", _template_line(args.chat_template, generation.no_template_message is None))
+        report.field("template", _template_line(args.chat_template, generation.no_template_message is None))
         if not loopback:
             report.check(WARNING, f"listening on {args.host}, not loopback: anyone who can reach this machine can "
                                   "use this server, and keys travel in clear text over plain http.")
