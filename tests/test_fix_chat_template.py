@@ -31,7 +31,7 @@ def v1(server):
 
 def echo(layout="llama-2", messages=(SYSTEM, {"role": "user", "content": PROMPT})):
     """What the emulator answers to the conversation laid out for /v1/completions (it echoes the prompt)."""
-    return "echo: " + chat_layout.completion_prompt(layout, list(messages))
+    return "echo: " + chat_layout.render(layout, list(messages))
 
 
 # (vLLM release, context, requests of the first call): 0.32 refuses max_tokens 4096 > 512 before the template;
@@ -96,7 +96,22 @@ def test_rerouted_request_keeps_metagpts_parameters_and_the_usage_fixs_stream_op
         refused, rerouted = (r.body for r in server.requests)
     assert refused["stream_options"] == {"include_usage": True}
     expected = {name: value for name, value in refused.items() if name != "messages"}
-    assert rerouted == {**expected, "prompt": chat_layout.completion_prompt("llama-2", refused["messages"])}
+    # the template's text, "<s>" included, tokenized as vLLM tokenizes a chat template's output
+    assert rerouted == {**expected, "prompt": chat_layout.llama_2(refused["messages"]), "add_special_tokens": False}
+
+
+@pytest.mark.usefixtures("fresh_fixes")
+def test_a_server_refusing_add_special_tokens_gets_the_prompt_without_its_bos_once_and_from_then_on():
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, chat_template="none",
+                    reject_unknown_fields=True) as server:
+        llm = open_llm_instance(server.base_url)
+        first = run(llm.aask(PROMPT, stream=False))
+        second = run(llm.aask(PROMPT, stream=False))
+        seen = [(r.path, r.status, r.body.get("prompt", "")[:9]) for r in server.requests]
+    messages = [SYSTEM, {"role": "user", "content": PROMPT}]
+    assert first == second == "echo: " + chat_layout.completion_prompt("llama-2", messages)
+    assert seen == [(CHAT, 400, ""), (COMPLETIONS, 400, "<s>[INST]"), (COMPLETIONS, 200, "[INST] <<"),
+                    (COMPLETIONS, 200, "[INST] <<")]
 
 
 @pytest.mark.usefixtures("fresh_fixes")
@@ -111,7 +126,7 @@ def test_answers_are_counted_with_the_usage_of_the_completion(version):
         streamed = run(llm.aask(PROMPT, stream=True))  # usage from the completions stream's last chunk
         plain = run(llm.aask(PROMPT, stream=False))
         seen = v1(server)
-    words = len(chat_layout.completion_prompt("llama-2", [SYSTEM, {"role": "user", "content": PROMPT}]).split())
+    words = len(chat_layout.llama_2([SYSTEM, {"role": "user", "content": PROMPT}]).split())
     assert streamed == plain == echo()
     assert recorded == [(words, words + 1)] * 2  # the emulator counts words; the answer is "echo:" + the prompt
     assert seen == [(CHAT, 400), (COMPLETIONS, 200), (COMPLETIONS, 200)]

@@ -28,6 +28,8 @@ log = logging.getLogger("metagpt_vllm_fix")
 _Key = tuple[str, str]  # (server base URL, model)
 _rerouted: dict[_Key, str] = {}  # (server, model) -> layout, for the models a server refused for want of a template
 _warned: set[tuple[_Key, str]] = set()
+_plain_servers: set[str] = set()  # servers whose /v1/completions refused add_special_tokens
+TEXT_AS_TEMPLATE = {"add_special_tokens": False}  # vLLM: tokenize the prompt as a chat template's output
 _lock = threading.Lock()
 
 # create() arguments that mean the same to /v1/completions; any other argument (tools, functions, response_format,
@@ -132,10 +134,34 @@ def _completions_of(instance: Any, wrapped: Callable[..., Any]) -> Any:
     return completions if callable(getattr(completions, "create", None)) else None
 
 
-async def _ask_completions(completions: Any, layout: str, kwargs: dict[str, Any]) -> Any:
+def _refuses_field(exc: BaseException, name: str) -> bool:
+    """A 400/422 that names the field: a server that does not take it (not vLLM's CompletionRequest)."""
+    return status_code(exc) in (400, 422) and name in f"{error_message(exc)} {getattr(exc, 'body', '')}"
+
+
+async def _ask_completions(completions: Any, server: str, layout: str, kwargs: dict[str, Any]) -> Any:
+    """The conversation as one prompt to ``/v1/completions``, answered as the chat objects MetaGPT reads.
+
+    The prompt is the template's text, sent with vLLM's ``add_special_tokens: false``: tokenized exactly as vLLM
+    tokenizes a chat template's output, ``<s>`` included. A server that refuses that field gets the text without
+    its leading ``<s>``, which its own BOS then replaces (once per server; token ids may then differ at a turn's
+    start, as tokenizers that prefix a space to the text's start do).
+    """
     carried = {name: value for name, value in kwargs.items() if name != "messages"}
-    prompt = chat_layout.completion_prompt(layout, kwargs["messages"])
-    answer = await completions.create(prompt=prompt, **carried)
+    messages, extra = kwargs["messages"], carried.get("extra_body")
+    with _lock:
+        plain = server in _plain_servers
+    if not plain and (extra is None or isinstance(extra, dict)):
+        try:
+            answer = await completions.create(prompt=chat_layout.render(layout, messages),
+                                              **{**carried, "extra_body": {**(extra or {}), **TEXT_AS_TEMPLATE}})
+            return ChatStream(answer) if kwargs.get("stream") else _completion(answer)
+        except Exception as exc:
+            if not _refuses_field(exc, "add_special_tokens"):
+                raise
+            with _lock:
+                _plain_servers.add(server)
+    answer = await completions.create(prompt=chat_layout.completion_prompt(layout, messages), **carried)
     return ChatStream(answer) if kwargs.get("stream") else _completion(answer)
 
 
@@ -155,7 +181,7 @@ async def answer_without_template(wrapped: Callable[..., Any], instance: Any, ar
         layout = _rerouted.get(key)
     completions = _completions_of(instance, wrapped)
     if layout is not None and completions is not None and _reroutable(kwargs):
-        return await _ask_completions(completions, layout, kwargs)
+        return await _ask_completions(completions, key[0], layout, kwargs)
     try:
         return await wrapped(*args, **kwargs)
     except Exception as exc:
@@ -173,7 +199,7 @@ async def answer_without_template(wrapped: Callable[..., Any], instance: Any, ar
         with _lock:
             _rerouted[key] = layout
         _warn(key, layout, why, error_message(exc))
-    return await _ask_completions(completions, layout, kwargs)
+    return await _ask_completions(completions, key[0], layout, kwargs)
 
 
 def forget() -> None:
@@ -181,6 +207,7 @@ def forget() -> None:
     with _lock:
         _rerouted.clear()
         _warned.clear()
+        _plain_servers.clear()
 
 
 def layout_status() -> str:
