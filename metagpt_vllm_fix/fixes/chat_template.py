@@ -16,12 +16,13 @@ the chat request it answers (both are openai exceptions).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable
 
 from .. import chat_layout
-from . import RequestFix, error_message, server_of, status_code
+from . import RequestFix, error_message, refuses_field, server_of, status_code
 
 log = logging.getLogger("metagpt_vllm_fix")
 
@@ -134,11 +135,6 @@ def _completions_of(instance: Any, wrapped: Callable[..., Any]) -> Any:
     return completions if callable(getattr(completions, "create", None)) else None
 
 
-def _refuses_field(exc: BaseException, name: str) -> bool:
-    """A 400/422 that names the field: a server that does not take it (not vLLM's CompletionRequest)."""
-    return status_code(exc) in (400, 422) and name in f"{error_message(exc)} {getattr(exc, 'body', '')}"
-
-
 async def _ask_completions(completions: Any, server: str, layout: str, kwargs: dict[str, Any]) -> Any:
     """The conversation as one prompt to ``/v1/completions``, answered as the chat objects MetaGPT reads.
 
@@ -157,7 +153,7 @@ async def _ask_completions(completions: Any, server: str, layout: str, kwargs: d
                                               **{**carried, "extra_body": {**(extra or {}), **TEXT_AS_TEMPLATE}})
             return ChatStream(answer) if kwargs.get("stream") else _completion(answer)
         except Exception as exc:
-            if not _refuses_field(exc, "add_special_tokens"):
+            if not refuses_field(exc, "add_special_tokens"):  # not vLLM's CompletionRequest
                 raise
             with _lock:
                 _plain_servers.add(server)
@@ -212,8 +208,6 @@ def forget() -> None:
 
 def layout_status() -> str:
     """The layout decision as status shows it (the model is not known before a request)."""
-    import os
-
     chosen = os.environ.get(chat_layout.ENV, "").strip()
     if chosen and chosen.lower() != "auto":
         try:
