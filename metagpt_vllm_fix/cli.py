@@ -219,6 +219,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     "    api_key: 'any-non-empty-text'   # MetaGPT requires one; this server checks none")
         report.line("  (llm.max_token may stay at MetaGPT's default 4096: the plugin's max_tokens fix leaves out a "
                     "max_tokens that does not fit max_model_len)")
+        if args.chat_template == "none" and generation.no_template_message is not None:
+            report.line("  (this model has no chat template: the plugin's chat_template fix answers MetaGPT through "
+                        "/v1/completions)")
+        elif args.chat_template in ("mistral-instruct", "gemma"):
+            report.line("  (this template refuses the system role: the plugin's system_role fix puts MetaGPT's system "
+                        "message into the first user message)")
         report.line("Requests are listed below as they come (keys masked). Ctrl-C stops the server.")
 
     log = _RequestLog(report, lambda header: show_header(header, key or ""))

@@ -87,7 +87,10 @@ def test_serve_plays_the_seeds_model_without_a_chat_template_unless_told_otherwi
     assert (chat.status_code, completion.status_code) == (status, 200)
     if message:
         assert message in chat.text
-    assert line in out.read_text()
+    text = out.read_text()
+    assert line in text
+    assert ("the plugin's chat_template fix answers" in text) is (not args)
+    assert ("the plugin's system_role fix" in text) is ("mistral-instruct" in args)
 
 
 def test_serve_refuses_a_vllm_version_it_cannot_place(tmp_path):
