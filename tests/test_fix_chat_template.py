@@ -168,6 +168,8 @@ def test_remove_restores_the_refusal_and_forgets_what_was_learnt():
     with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, chat_template="none") as server:
         run(open_llm_instance(server.base_url).aask(PROMPT, stream=False))
         assert list(chat_template.known_layouts().values()) == ["llama-2"]
+        (line,) = [f.reason for f in metagpt_vllm_fix.status().fixes if f.name == "chat_template"]
+        assert line.endswith(f"; answering {DEFAULT_MODEL} at {server.base_url}/ in the llama-2 layout")
         metagpt_vllm_fix.remove()
         assert chat_template.known_layouts() == {}
         metagpt_vllm_fix.apply()  # MetaGPT's module is loaded: the fixes go straight back on, knowing nothing

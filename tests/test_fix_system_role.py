@@ -7,6 +7,7 @@ import logging
 import openai
 import pytest
 
+import metagpt_vllm_fix
 from conftest import SEED_KEY, ask_metagpt_twice, open_llm_instance, run, write_config
 from metagpt_vllm_fix.fixes import system_role
 from metagpt_vllm_fix.fixes.system_role import fold_system
@@ -73,6 +74,8 @@ def test_the_log_record_names_the_fix_once(caplog):
     (record,) = [r for r in caplog.records if getattr(r, "fix", None) == "system_role"]
     assert "(System role not supported)" in record.getMessage()
     assert system_role.known_folding() == {(server.base_url + "/", DEFAULT_MODEL)}
+    (line,) = [f.reason for f in metagpt_vllm_fix.status().fixes if f.name == "system_role"]
+    assert line.endswith(f"; folding for {DEFAULT_MODEL} at {server.base_url}/")
 
 
 def test_a_request_the_fold_does_not_cure_is_sent_twice_at_most():

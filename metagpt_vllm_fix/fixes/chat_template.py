@@ -226,7 +226,9 @@ class ChatTemplateFix(RequestFix):
     call = staticmethod(answer_without_template)
 
     def describe(self) -> str:
-        return f"{self.summary}; {layout_status()}"
+        learnt = "".join(f"; answering {model} at {server} in the {layout} layout"
+                         for (server, model), layout in sorted(known_layouts().items())[:3])
+        return f"{self.summary}; {layout_status()}{learnt}"
 
     def forget(self) -> None:
         forget()
