@@ -19,9 +19,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-__all__ = ["COMPLETION_FIELDS", "ENV", "LAYOUTS", "TEMPLATE_NAMES",
-           "auto_layout", "chatml", "choose", "completion_prompt", "layout_name",
-           "llama_2", "template_path"]
+__all__ = ["ENV", "LAYOUTS", "TEMPLATE_NAMES", "auto_layout", "chatml", "choose", "completion_prompt", "layout_name",
+           "llama_2", "render", "template_path"]
 
 ENV = "METAGPT_VLLM_FIX_CHAT_LAYOUT"  #: llama-2 or chatml; unset (or "auto") decides by the model's name
 BOS, EOS = "<s>", "</s>"  #: Llama tokenizers' special tokens, which Llama-2's layout writes as text
@@ -118,20 +117,20 @@ def choose(model: str) -> tuple[str, str]:
     return "chatml", f"{name!r} is not a Llama-family name; transformers <= 4.43 used ChatML for those{note}"
 
 
-# What vLLM's chat path does with a rendered template: it tokenizes the text without adding special tokens (the
-# template writes them). /v1/completions adds them unless told not to, so the fallback tells it not to.
-COMPLETION_FIELDS: Mapping[str, Any] = {"add_special_tokens": False}
+def render(layout: str, messages: Sequence[Mapping[str, Any]]) -> str:
+    """The conversation in a layout: exactly what ``templates/<layout>.jinja`` renders, ``<s>`` included."""
+    return LAYOUTS[layout](messages)
 
 
 def completion_prompt(layout: str, messages: Sequence[Mapping[str, Any]]) -> str:
-    """The layout's text, to send to ``/v1/completions`` with :data:`COMPLETION_FIELDS`: the same text tokenized
-    the same way as vLLM's chat path tokenizes the shipped template's rendering, so the same token ids.
+    """The layout's text for a ``/v1/completions`` that adds the tokenizer's BOS itself (special tokens on).
 
-    Leaving Llama-2's leading ``<s>`` to the server's own BOS instead is not the same: a Llama tokenizer puts
-    SentencePiece's space before the text's first piece but not after a special token (transformers 5, as vLLM 0.32
-    loads Llama-2-7b-hf: ``legacy: false``), so ``[INST]`` would begin ``▁[`` where the template gives ``[``.
+    vLLM tokenizes a chat template's output without adding special tokens, the template writing ``<s>`` as text;
+    asked with ``add_special_tokens: false``, ``/v1/completions`` does the same with :func:`render`'s text. A
+    server that adds special tokens regardless gets this text, whose leading ``<s>`` is left to the server.
     """
-    return LAYOUTS[layout](messages)
+    text = render(layout, messages)
+    return text[len(BOS):] if layout == "llama-2" and text.startswith(BOS) else text
 
 
 def template_path(name: str) -> str:

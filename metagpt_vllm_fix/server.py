@@ -125,7 +125,7 @@ class _APIError(Exception):
 _KNOWN_FIELDS = frozenset({
     "model", "messages", "prompt", "max_tokens", "n", "temperature", "top_p", "stream", "stop", "presence_penalty",
     "frequency_penalty", "logit_bias", "user", "logprobs", "top_logprobs", "echo", "suffix", "best_of", "seed",
-    "tools", "tool_choice", "functions", "function_call", "response_format", "add_special_tokens",
+    "tools", "tool_choice", "functions", "function_call", "response_format",
 })
 
 

@@ -84,13 +84,13 @@ def test_shipped_template_renders_exactly_what_the_layout_function_lays_out(name
     assert _render(name, messages, **options) == chat_layout.LAYOUTS[name](messages)
 
 
-def test_completions_prompt_is_the_layout_sent_without_the_servers_own_special_tokens():
-    # vLLM's chat path tokenizes a rendered template without adding special tokens (the template writes "<s>");
-    # the fallback sends the same text and asks /v1/completions not to add its BOS either.
+def test_completions_prompt_leaves_the_first_bos_to_the_server():
+    # vLLM's /v1/completions adds BOS itself; a template's "<s>" is text that vLLM's chat path tokenizes as BOS.
     messages = CONVERSATIONS["system+user+assistant+user"]
-    assert completion_prompt("llama-2", messages) == llama_2(messages)
+    prompt = completion_prompt("llama-2", messages)
+    assert "<s>" + prompt == llama_2(messages)
+    assert prompt.startswith("[INST] <<SYS>>") and prompt.count("<s>") == 1  # the second turn's BOS stays
     assert completion_prompt("chatml", messages) == chatml(messages)
-    assert chat_layout.COMPLETION_FIELDS == {"add_special_tokens": False}
 
 
 @pytest.mark.parametrize("model, layout", [
