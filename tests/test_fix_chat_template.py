@@ -139,16 +139,18 @@ def test_function_call_request_is_not_rerouted_and_the_log_names_the_remedy(capl
             caplog.at_level(logging.WARNING, logger="metagpt_vllm_fix"):
         llm = open_llm_instance(server.base_url)
         with pytest.raises(openai.BadRequestError) as refused:
-            run(llm.aclient.chat.completions.create(model=DEFAULT_MODEL, messages=[SYSTEM], tools=tools))
+            run(llm.aclient.chat.completions.create(model=DEFAULT_MODEL, messages=[SYSTEM], tools=tools,
+                                                    tool_choice="none"))  # "auto" meets the tool-parser 400 first
         run(llm.aask(PROMPT, stream=False))  # a plain request of the same LLM is still answered
         with pytest.raises(openai.BadRequestError):  # known by now, and still not rerouted
-            run(llm.aclient.chat.completions.create(model=DEFAULT_MODEL, messages=[SYSTEM], tools=tools))
+            run(llm.aclient.chat.completions.create(model=DEFAULT_MODEL, messages=[SYSTEM], tools=tools,
+                                                    tool_choice="none"))
         seen = v1(server)
     assert NO_TEMPLATE_MESSAGES[0] in str(refused.value)
     assert seen == [(CHAT, 400), (CHAT, 400), (COMPLETIONS, 200), (CHAT, 400)]
     records = [r for r in caplog.records if getattr(r, "fix", None) == "chat_template"]
     assert len(records) == 2  # one for the function call, one for the reroute: not one per request
-    assert "; a request with tools cannot be answered through /v1/completions" in records[0].getMessage()
+    assert "; a request with tools, tool_choice cannot be answered through /v1/completions" in records[0].getMessage()
     assert "; answering its chat requests through /v1/completions in the llama-2 layout" in records[1].getMessage()
     assert all("--chat-template" in r.getMessage() for r in records)
 
