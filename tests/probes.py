@@ -114,6 +114,8 @@ PROBES: list[Probe] = [
           body=chat(max_tokens=8, stream=True, chat_template="{{ messages[0]['content'] }}")),
     Probe("chat, tools, tool_choice left out (MetaGPT's aask_code)", "POST", "/v1/chat/completions",
           body=metagpt_chat(tools=TOOLS)),
+    Probe("chat, tools, tool_choice none", "POST", "/v1/chat/completions",
+          body=metagpt_chat(tools=TOOLS, tool_choice="none")),
     Probe("chat, tools, a named tool_choice", "POST", "/v1/chat/completions",
           body=metagpt_chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "noop"}})),
     Probe("chat, assistant message first", "POST", "/v1/chat/completions",

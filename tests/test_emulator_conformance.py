@@ -50,7 +50,7 @@ EXPECTED_0_3_3 = {
     "chat, stream + include_usage, MetaGPT's messages": (200, FINISH_USAGE),
     "chat, request-level chat_template": (200, None), "chat, stream, request-level chat_template": (200, FINISH_USAGE),
     "chat, tools, tool_choice left out (MetaGPT's aask_code)": (200, None),
-    "chat, tools, a named tool_choice": (200, None),
+    "chat, tools, tool_choice none": (200, None), "chat, tools, a named tool_choice": (200, None),
     "chat, assistant message first": (400, FLAT),
     "completions, max_tokens 8": (200, None), "completions, max_tokens > context": (400, FLAT),
     "completions, max_tokens == context": (400, FLAT), "completions, max_tokens 4096 (MetaGPT's default)": (400, FLAT),

@@ -11,6 +11,8 @@ that use it, at most two at a time; the summary prints what each cost to start.
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
@@ -95,6 +97,18 @@ class Servers:
 
 
 SERVERS_IN_USE = Servers()
+
+
+def _stop_servers_on_sigterm(signum: int, frame: Any) -> None:
+    """A CI timeout or ``kill`` ends pytest without its fixtures' teardown: stop the servers (3 GB each) first."""
+    SERVERS_IN_USE.stop_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _stop_servers_on_sigterm)
 REQUEST_COUNTS: dict[str, list[tuple[str, int]]] = {}  # label -> (path, status) of each POST: docs/proof.md's table
 
 
