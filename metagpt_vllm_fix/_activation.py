@@ -124,7 +124,7 @@ def module_loaded(module: ModuleType) -> None:
         try:
             outcome = _apply_fixes(module, decision)
         except BaseException:
-            for fix in all_fixes():
+            for fix in reversed(wrapping_order()):
                 fix.remove(module)
             raise
         _decided, _outcome = weakref.ref(module), outcome
@@ -132,7 +132,7 @@ def module_loaded(module: ModuleType) -> None:
         _refused = None  # the gate passed; each fix says for itself why it is off (status().fixes)
         refused = {name: why for name, (state, why) in outcome.items() if state == "refused"}
         if refused and switch == "strict":  # all or nothing: take the others off again before refusing the import
-            for fix in all_fixes():
+            for fix in reversed(wrapping_order()):
                 fix.remove(module)
             _outcome = {name: outcome[name] if name in refused else
                         ("inactive", f"not applied: {boot.SWITCH}=strict and the {', '.join(refused)} fix refused")
@@ -159,9 +159,10 @@ def remove() -> Status:
     with _lock:
         boot.uninstall()
         module = sys.modules.get(boot.TARGET)
-        removed = [fix.name for fix in reversed(all_fixes()) if fix.remove(module)]
+        # outermost first, so each wrapper comes off the top of its chain (none is spliced out of the middle)
+        removed = {fix.name for fix in reversed(wrapping_order()) if fix.remove(module)}
         if removed:
-            log.info("removed the %s fix(es) from MetaGPT's open_llm.", ", ".join(reversed(removed)))
+            log.info("removed the %s fix(es) from MetaGPT's open_llm.", ", ".join(n for n in NAMES if n in removed))
         _refused = _decided = _decided_class = None
         _outcome = {}
     return status()

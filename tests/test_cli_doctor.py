@@ -359,8 +359,10 @@ def test_a_disable_word_naming_no_fix_is_a_warning_in_the_fixes_line(runs):
     run = runs["disable-names-no-fix"]
     assert run.returncode == 0, run
     (warning,) = lines(run, "warning")
-    assert warning.startswith("warning fixes: api_key active, max_tokens active, usage off (METAGPT_VLLM_FIX_DISABLE)")
-    assert "METAGPT_VLLM_FIX_DISABLE names no fix: max_token (the fixes are api_key, max_tokens, usage)" in warning
+    assert warning.startswith("warning fixes: api_key active, max_tokens active, usage off (METAGPT_VLLM_FIX_DISABLE), "
+                              "chat_template active, system_role active")
+    assert ("METAGPT_VLLM_FIX_DISABLE names no fix: max_token (the fixes are api_key, max_tokens, usage, "
+            "chat_template, system_role)") in warning
     assert run.stderr == ""
     assert_clean(run)
 
