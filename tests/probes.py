@@ -2,8 +2,12 @@
 
 The conformance tests send it to a real vLLM and to the emulator and compare the ``fingerprint`` of each
 answer: status, content type, error-body shape, error type/param, the error message with its numbers blanked
-(token counts differ between tokenizers), and for streams where the usage arrives. ``python tests/probes.py URL``
-prints the fingerprints of a running server as JSON (how ``observed`` snapshots are made).
+(token counts differ between tokenizers), and for streams where the usage arrives and what the chunks carry.
+
+Each probe is meant for a server of one template kind (the names the project uses: ``none`` = a model without a
+chat template, the seed's; ``mistral-instruct`` = a template that refuses a system message; ``llama-2-chat`` =
+Llama-2-chat's own template), served with the context in CONTEXTS. ``python tests/probes.py KIND=URL ...`` prints
+the fingerprints of running servers as JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import httpx
 
 KEY = "token-abc123"
 MODEL = "meta-llama/Llama-2-7b-hf"
-CONTEXT = 512  # the real server's --max-model-len, and the emulator's max_model_len in conformance runs
+CONTEXT = 512  # the template-less server's --max-model-len, and the emulator's max_model_len for those probes
+CONTEXTS = {"none": CONTEXT, "mistral-instruct": 4096, "llama-2-chat": 4096}  # template kind -> --max-model-len
+KINDS = tuple(CONTEXTS)
 LONG_PROMPT = "hello " * 600  # more than 512 tokens for any tokenizer, and 600 "words" for the emulator
 
 
@@ -30,10 +36,32 @@ class Probe:
     auth: Optional[str] = f"Bearer {KEY}"  #: the Authorization header, None for none
     body: Any = None  #: JSON body (a dict), or raw bytes
     headers: dict[str, str] = field(default_factory=dict)
+    kind: str = "none"  #: the template kind of the server this probe is meant for
 
 
 def chat(*, prompt: str = "Say hello.", **extra: Any) -> dict[str, Any]:
     return {"model": MODEL, "messages": [{"role": "user", "content": prompt}], **extra}
+
+
+# What MetaGPT 0.7 sends: a system message first, then the user's (BaseLLM._system_msgs + _user_msg), with n and
+# temperature from its _cons_kwargs (which sends no stop).
+METAGPT_MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
+                    {"role": "user", "content": "Say hello."}]
+METAGPT_KWARGS = {"n": 1, "temperature": 0.3}
+
+
+def metagpt_chat(**extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": METAGPT_MESSAGES, **METAGPT_KWARGS, **extra}
+
+
+def completion(*, prompt: str = "Hi", **extra: Any) -> dict[str, Any]:
+    return {"model": MODEL, "prompt": prompt, **extra}
+
+
+# A Llama-2 layout of MetaGPT's messages, as a fallback would send it to /v1/completions (the server adds <s>).
+LAID_OUT = "[INST] <<SYS>>\nYou are a helpful assistant.\n<</SYS>>\n\nSay hello. [/INST]"
+TOOLS = [{"type": "function", "function": {"name": "noop", "description": "Does nothing.",
+                                           "parameters": {"type": "object", "properties": {}}}}]
 
 
 PROBES: list[Probe] = [
@@ -75,14 +103,89 @@ PROBES: list[Probe] = [
           body=chat(max_tokens=CONTEXT + 88, stream=True)),
     Probe("chat, stream, prompt alone > context", "POST", "/v1/chat/completions",
           body=chat(prompt=LONG_PROMPT, stream=True)),
-    Probe("completions, max_tokens 8", "POST", "/v1/completions",
-          body={"model": MODEL, "prompt": "Hi", "max_tokens": 8}),
-    Probe("completions, max_tokens > context", "POST", "/v1/completions",
-          body={"model": MODEL, "prompt": "Hi", "max_tokens": CONTEXT + 88}),
+    Probe("chat, MetaGPT's messages (system first)", "POST", "/v1/chat/completions", body=metagpt_chat()),
+    Probe("chat, stream, MetaGPT's messages (system first)", "POST", "/v1/chat/completions",
+          body=metagpt_chat(stream=True)),
+    Probe("chat, stream + include_usage, MetaGPT's messages", "POST", "/v1/chat/completions",
+          body=metagpt_chat(stream=True, stream_options={"include_usage": True})),
+    Probe("chat, request-level chat_template", "POST", "/v1/chat/completions",
+          body=chat(max_tokens=8, chat_template="{% for m in messages %}{{ m['content'] }}{% endfor %}")),
+    Probe("chat, stream, request-level chat_template", "POST", "/v1/chat/completions",
+          body=chat(max_tokens=8, stream=True, chat_template="{{ messages[0]['content'] }}")),
+    Probe("chat, tools, tool_choice left out (MetaGPT's aask_code)", "POST", "/v1/chat/completions",
+          body=metagpt_chat(tools=TOOLS)),
+    Probe("chat, tools, tool_choice none", "POST", "/v1/chat/completions",
+          body=metagpt_chat(tools=TOOLS, tool_choice="none")),
+    Probe("chat, tools, a named tool_choice", "POST", "/v1/chat/completions",
+          body=metagpt_chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "noop"}})),
+    Probe("chat, assistant message first", "POST", "/v1/chat/completions",
+          body={"model": MODEL, "messages": [{"role": "assistant", "content": "Hi."}]}),
+    Probe("completions, max_tokens 8", "POST", "/v1/completions", body=completion(max_tokens=8)),
+    Probe("completions, max_tokens > context", "POST", "/v1/completions", body=completion(max_tokens=CONTEXT + 88)),
+    Probe("completions, max_tokens == context", "POST", "/v1/completions", body=completion(max_tokens=CONTEXT)),
+    Probe("completions, max_tokens 4096 (MetaGPT's default)", "POST", "/v1/completions",
+          body=completion(max_tokens=4096)),
+    Probe("completions, prompt + max_tokens > context", "POST", "/v1/completions",
+          body=completion(prompt="Say hello to everyone here. " * 5, max_tokens=CONTEXT - 12)),
+    Probe("completions, no max_tokens", "POST", "/v1/completions", body=completion()),
+    Probe("completions, Llama-2 layout of MetaGPT's messages", "POST", "/v1/completions",
+          body=completion(prompt=LAID_OUT, **METAGPT_KWARGS)),
+    Probe("completions, prompt alone > context", "POST", "/v1/completions",
+          body=completion(prompt=LONG_PROMPT, max_tokens=16)),
+    Probe("completions, prompt alone > context, no max_tokens", "POST", "/v1/completions",
+          body=completion(prompt=LONG_PROMPT)),
+    Probe("completions, stream_options without stream", "POST", "/v1/completions",
+          body=completion(max_tokens=8, stream_options={"include_usage": True})),
+    Probe("completions, stream", "POST", "/v1/completions", body=completion(max_tokens=8, stream=True)),
+    Probe("completions, stream + include_usage", "POST", "/v1/completions",
+          body=completion(prompt=LAID_OUT, max_tokens=8, stream=True, stream_options={"include_usage": True},
+                          **METAGPT_KWARGS)),
+    Probe("completions, stream, max_tokens > context", "POST", "/v1/completions",
+          body=completion(max_tokens=CONTEXT + 88, stream=True)),
+    Probe("completions, stream, prompt alone > context", "POST", "/v1/completions",
+          body=completion(prompt=LONG_PROMPT, stream=True)),
+    Probe("completions, no key", "POST", "/v1/completions", auth=None, body=completion(max_tokens=8)),
+    Probe("completions, unknown model", "POST", "/v1/completions",
+          body={**completion(max_tokens=8), "model": "llama2"}),
+    Probe("completions, no prompt", "POST", "/v1/completions", body={"model": MODEL, "max_tokens": 8}),
     Probe("unknown /v1 path, no key", "GET", "/v1/nonexistent", auth=None),
     Probe("unknown /v1 path, key", "GET", "/v1/nonexistent"),
     Probe("wrong method on chat", "GET", "/v1/chat/completions"),
     Probe("OPTIONS models, no key", "OPTIONS", "/v1/models", auth=None),
+    # A template that refuses the system role (Mistral-7B-Instruct v0.1/v0.2), and what a fix would send instead.
+    Probe("mistral-instruct: chat, MetaGPT's messages (system first)", "POST", "/v1/chat/completions",
+          body=metagpt_chat(), kind="mistral-instruct"),
+    Probe("mistral-instruct: chat, stream, MetaGPT's messages", "POST", "/v1/chat/completions",
+          body=metagpt_chat(stream=True, stream_options={"include_usage": True}), kind="mistral-instruct"),
+    Probe("mistral-instruct: chat, MetaGPT's messages, max_tokens 4096", "POST", "/v1/chat/completions",
+          body=metagpt_chat(max_tokens=4096), kind="mistral-instruct"),
+    Probe("mistral-instruct: chat, system folded into the user message", "POST", "/v1/chat/completions",
+          body={**metagpt_chat(max_tokens=8), "messages": [
+              {"role": "user", "content": "You are a helpful assistant.\n\nSay hello."}]}, kind="mistral-instruct"),
+    Probe("mistral-instruct: chat, stream, system folded into the user message", "POST", "/v1/chat/completions",
+          body={**metagpt_chat(max_tokens=8, stream=True, stream_options={"include_usage": True}), "messages": [
+              {"role": "user", "content": "You are a helpful assistant.\n\nSay hello."}]}, kind="mistral-instruct"),
+    Probe("mistral-instruct: chat, user, user", "POST", "/v1/chat/completions",
+          body={**chat(max_tokens=8), "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]},
+          kind="mistral-instruct"),
+    Probe("mistral-instruct: chat, request-level chat_template", "POST", "/v1/chat/completions",
+          body=metagpt_chat(max_tokens=8, chat_template="{{ messages[0]['content'] }}"), kind="mistral-instruct"),
+    Probe("mistral-instruct: chat, tools, a named tool_choice", "POST", "/v1/chat/completions",
+          body=metagpt_chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "noop"}}),
+          kind="mistral-instruct"),
+    Probe("mistral-instruct: chat, no key", "POST", "/v1/chat/completions", auth=None, body=metagpt_chat(),
+          kind="mistral-instruct"),
+    # Llama-2-chat's own template: MetaGPT's messages answer as they are.
+    Probe("llama-2-chat: chat, MetaGPT's messages (system first)", "POST", "/v1/chat/completions",
+          body=metagpt_chat(max_tokens=8), kind="llama-2-chat"),
+    Probe("llama-2-chat: chat, MetaGPT's messages, max_tokens > context", "POST", "/v1/chat/completions",
+          body=metagpt_chat(max_tokens=4096 + 88), kind="llama-2-chat"),
+    Probe("llama-2-chat: chat, stream + include_usage, MetaGPT's messages", "POST", "/v1/chat/completions",
+          body=metagpt_chat(max_tokens=8, stream=True, stream_options={"include_usage": True}), kind="llama-2-chat"),
+    Probe("llama-2-chat: chat, assistant message first", "POST", "/v1/chat/completions",
+          body={"model": MODEL, "messages": [{"role": "assistant", "content": "Hi."}]}, kind="llama-2-chat"),
+    Probe("llama-2-chat: completions, max_tokens 8", "POST", "/v1/completions", body=completion(max_tokens=8),
+          kind="llama-2-chat"),
 ]
 
 
@@ -110,6 +213,9 @@ def _stream_facts(text: str) -> dict[str, Any]:
         "usage_chunk_without_choices": any(c.get("choices") == [] and c.get("usage") for c in chunks),
         "usage_on_a_chunk_with_choices": any(c.get("choices") and c.get("usage") for c in chunks),
         "finish_reason_sent": any((c.get("choices") or [{}])[0].get("finish_reason") for c in chunks),
+        "objects": sorted({str(c.get("object")) for c in chunks}),
+        "text_in": sorted({key for c in chunks for choice in c.get("choices") or []
+                           for key in ("text", "delta") if key in choice}),
     }
 
 
@@ -132,6 +238,7 @@ def fingerprint(response: httpx.Response) -> dict[str, Any]:
                      if error.get("type") != "Bad Request" else "(validation details)")
     elif response.status_code == 200 and isinstance(body, dict) and "choices" in body:
         facts["usage"] = sorted(body.get("usage") or {})
+        facts["object"] = body.get("object")
     return facts
 
 
@@ -149,8 +256,40 @@ def observe(url: str, probe: Probe, timeout: float = 120) -> dict[str, Any]:
         return fingerprint(client.request(probe.method, probe.path, **kwargs))
 
 
-def observe_all(url: str) -> dict[str, dict[str, Any]]:
-    return {probe.name: observe(url, probe) for probe in PROBES}
+def raw(url: str, probe: Probe, timeout: float = 120) -> dict[str, Any]:
+    """The whole answer to one probe, for the ``observed-*.json`` survey a person reads (streams: the first and
+    last events only)."""
+    headers = dict(probe.headers)
+    if probe.auth is not None:
+        headers["Authorization"] = probe.auth
+    kwargs: dict[str, Any] = {"headers": headers}
+    if isinstance(probe.body, bytes):
+        kwargs["content"] = probe.body
+    elif probe.body is not None:
+        kwargs["json"] = probe.body
+    with httpx.Client(base_url=url, timeout=timeout) as client:
+        response = client.request(probe.method, probe.path, **kwargs)
+    record: dict[str, Any] = {
+        "name": probe.name, "kind": probe.kind,
+        "request": {"method": probe.method, "path": probe.path, "authorization": probe.auth,
+                    "body": probe.body.decode() if isinstance(probe.body, bytes) else probe.body},
+        "status": response.status_code, "content_type": response.headers.get("content-type"),
+    }
+    if record["content_type"] and record["content_type"].startswith("text/event-stream"):
+        events = [line for line in response.text.splitlines() if line.startswith("data: ")]
+        record["events"] = len(events)
+        record["first_events"], record["last_events"] = events[:2], events[-2:]
+    else:
+        try:
+            record["body"] = response.json()
+        except ValueError:
+            record["body_text"] = response.text[:2000]
+    return record
+
+
+def observe_all(url: str, kind: str = "none") -> dict[str, dict[str, Any]]:
+    """Fingerprints of the probes meant for a server of template ``kind``, sent to the server at ``url``."""
+    return {probe.name: observe(url, probe) for probe in PROBES if probe.kind == kind}
 
 
 def differences(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -175,6 +314,9 @@ def _cell(facts: dict[str, Any]) -> str:
     if facts.get("type"):
         nested = "nested" if shape and shape.startswith("{error:{") else "flat"
         kind = f" {nested} {facts['type']}, param {facts.get('param')}"
+        message = str(facts.get("message") or "")
+        if facts["type"] == "BadRequestError" and message:
+            kind += f": \"{message[:34].rstrip()}…\""
     return f"{facts['status']}{kind}"
 
 
@@ -189,17 +331,28 @@ def table(real: dict[str, dict[str, Any]], emulated: dict[str, dict[str, Any]],
     return "\n".join(rows)
 
 
+def emulated(version: str, kinds: tuple[str, ...] = KINDS) -> dict[str, dict[str, Any]]:
+    """The emulator's fingerprints as vLLM ``version``: one emulated server per template kind, each with the
+    context its probes are meant for."""
+    from metagpt_vllm_fix.server import VLLMServer
+
+    found: dict[str, dict[str, Any]] = {}
+    for kind in kinds:
+        with VLLMServer(api_keys=[KEY], max_model_len=CONTEXTS[kind], vllm_version=version,
+                        chat_template=kind) as server:
+            found.update(observe_all(server.url, kind))
+    return found
+
+
 if __name__ == "__main__":
-    # python tests/probes.py URL            fingerprints of the server at URL, as JSON
+    # python tests/probes.py KIND=URL ...   fingerprints of running servers (one per template kind), as JSON
     # python tests/probes.py --table FILE   markdown table: recorded real fingerprints vs the emulator's
     if sys.argv[1] == "--table":
-        from metagpt_vllm_fix.server import VLLMServer
-
         recorded = json.loads(open(sys.argv[2]).read())
-        found = {}
-        for version in ("0.32.0", "0.3.3"):
-            with VLLMServer(api_keys=[KEY], max_model_len=CONTEXT, vllm_version=version) as server:
-                found[version] = observe_all(server.url)
-        print(table(recorded, found["0.32.0"], found["0.3.3"]))
+        print(table(recorded, emulated("0.32.0"), emulated("0.3.3")))
     else:
-        print(json.dumps(observe_all(sys.argv[1]), indent=1))
+        observed: dict[str, dict[str, Any]] = {}
+        for arg in sys.argv[1:]:
+            kind, _, url = arg.partition("=")
+            observed.update(observe_all(url, kind))
+        print(json.dumps(observed, indent=1))

@@ -65,6 +65,34 @@ def test_serve_as_current_vllm_prefers_the_api_key_option(tmp_path):
     assert f"{mask(KEY)} from --api-key, which wins over VLLM_API_KEY in vLLM 0.32.0" in out.read_text()
 
 
+SEED_CHAT = {"model": "meta-llama/Llama-2-7b-hf", "messages": [{"role": "system", "content": "You are helpful."},
+                                                                {"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("args, status, message, line", [
+    ((), 400, "As of transformers v4.44, default chat template is no longer allowed",
+     "template     none (every chat request gets 400, as from vLLM 0.5.5 on)"),
+    (("--vllm-version", "0.3.3"), 200, None,
+     "template     none (chat requests are answered in transformers' old default layout, as vLLM 0.3.3 did)"),
+    (("--chat-template", "mistral-instruct"), 400, "Conversation roles must alternate",
+     "template     mistral-instruct (refuses a system message with 400)"),
+])
+def test_serve_plays_the_seeds_model_without_a_chat_template_unless_told_otherwise(tmp_path, args, status, message,
+                                                                                  line):
+    proc, base_url, out = start_serve(tmp_path, *args)
+    chat = httpx.post(base_url + "/chat/completions", json=SEED_CHAT, timeout=5)
+    completion = httpx.post(base_url + "/completions", json={"model": SEED_CHAT["model"], "prompt": "hi"}, timeout=5)
+    code, stderr = stop(proc, signal.SIGTERM)
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert (chat.status_code, completion.status_code) == (status, 200)
+    if message:
+        assert message in chat.text
+    text = out.read_text()
+    assert line in text
+    assert ("the plugin's chat_template fix answers" in text) is (not args)
+    assert ("the plugin's system_role fix" in text) is ("mistral-instruct" in args)
+
+
 def test_serve_refuses_a_vllm_version_it_cannot_place(tmp_path):
     proc = subprocess.run([*CLI, "serve", "--vllm-version", "0.2.7"], capture_output=True, text=True,
                           env=clean_env(tmp_path), cwd=str(tmp_path), timeout=30)
@@ -108,20 +136,23 @@ def test_status_prints_one_line_about_this_process_and_automatic_activation(tmp_
     assert proc.returncode == 0
     line, *fixes = proc.stdout.splitlines()
     assert line.startswith("pending: will patch when metagpt.provider.open_llm_api is imported (MetaGPT 0.7.7; "
-                           "fixes api_key, max_tokens, usage).")
+                           "fixes api_key, max_tokens, usage, chat_template, system_role).")
     assert automatic in line
-    assert [f.split()[:2] for f in fixes] == [["api_key", "pending"], ["max_tokens", "pending"], ["usage", "pending"]]
+    assert [f.split()[:2] for f in fixes] == [["api_key", "pending"], ["max_tokens", "pending"], ["usage", "pending"],
+                                              ["chat_template", "pending"], ["system_role", "pending"]]
+    assert "layout by model name: Llama-2's for Llama-family names, ChatML otherwise" in fixes[3]
 
 
 def test_status_names_each_fix_and_the_ones_disabled_by_name(tmp_path):
     import json
 
-    proc = run_cli(tmp_path, "status", "--json", METAGPT_VLLM_FIX_DISABLE="usage, MAX-TOKENS")
+    proc = run_cli(tmp_path, "status", "--json", METAGPT_VLLM_FIX_DISABLE="usage, MAX-TOKENS,system-role")
     assert proc.returncode == 0, proc.stderr
     document = json.loads(proc.stdout)
     assert [(f["name"], f["state"]) for f in document["fixes"]] == [
-        ("api_key", "pending"), ("max_tokens", "off"), ("usage", "off")]
-    assert "fixes api_key)" in document["line"]
+        ("api_key", "pending"), ("max_tokens", "off"), ("usage", "off"), ("chat_template", "pending"),
+        ("system_role", "off")]
+    assert "fixes api_key, chat_template)" in document["line"]
 
 
 def test_status_warns_once_about_a_name_that_is_no_fix(tmp_path):
@@ -130,7 +161,8 @@ def test_status_warns_once_about_a_name_that_is_no_fix(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
                           env=clean_env(tmp_path, METAGPT_VLLM_FIX_DISABLE="usage,tiktoken"), timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "[('api_key', 'active'), ('max_tokens', 'active'), ('usage', 'off')]" in proc.stdout
+    assert ("[('api_key', 'active'), ('max_tokens', 'active'), ('usage', 'off'), ('chat_template', 'active'), "
+            "('system_role', 'active')]") in proc.stdout
     assert proc.stderr.count("METAGPT_VLLM_FIX_DISABLE names no fix: tiktoken") == 1
 
 

@@ -135,12 +135,26 @@ def test_401_and_404_are_never_retried(status, key, model):
 
 @pytest.mark.parametrize("version,context", REFUSING)
 def test_function_call_path_is_fixed_too(version, context):
+    """MetaGPT's aask_code sends ``tools`` without ``tool_choice``: vLLM 0.3 ignores them; from 0.6 on a server
+    started without --enable-auto-tool-choice refuses that ("auto"), a wall no fix of ours removes: 0.18+ after
+    its max_tokens check (handled once), 0.10.2 before the context is looked at."""
+    from metagpt_vllm_fix.vllm_versions import for_version
+
+    generation = for_version(version)
+    auto_refused = generation.auto_tool_choice_message
     with VLLMServer(api_keys=[SEED_KEY], max_model_len=context, vllm_version=version) as server:
         llm = open_llm_instance(server.base_url)
-        answer = run(llm.aask_code([{"role": "user", "content": "write hello world"}]))
-        assert answer["language"] == "markdown" and answer["code"].startswith("echo: ")
-        assert [(r.status, r.max_tokens, "tools" in r.fields) for r in v1(server)] == [(400, 4096, True),
-                                                                                      (200, None, True)]
+        if auto_refused is None:
+            answer = run(llm.aask_code([{"role": "user", "content": "write hello world"}]))
+            assert answer["language"] == "markdown" and answer["code"].startswith("echo: ")
+        else:
+            with pytest.raises(openai.BadRequestError, match="tool choice requires --enable-auto-tool-choice"):
+                run(llm.aask_code([{"role": "user", "content": "write hello world"}]))
+        seen = [(r.status, r.max_tokens, "tools" in r.fields) for r in v1(server)]
+        if auto_refused and not generation.checks_max_tokens_first:
+            assert seen == [(400, 4096, True)]
+        else:
+            assert seen == [(400, 4096, True), (400 if auto_refused else 200, None, True)]
 
 
 def test_remove_restores_every_original_object_and_unwraps_live_clients():

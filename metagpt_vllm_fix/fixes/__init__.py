@@ -34,6 +34,10 @@ class Fix:
     def targets(self) -> Sequence[Target]:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """The status line of an active fix: its summary, plus what it decides at run time (if anything)."""
+        return self.summary
+
     def problem(self, module: ModuleType) -> Optional[str]:
         """Why this fix does not fit the imported module (its gate), or None when it does."""
         for class_name, attribute, _ in self.targets():
@@ -167,6 +171,34 @@ def error_message(exc: BaseException) -> str:
     return message if isinstance(message, str) else str(exc)
 
 
+def _names_field(field: Any, name: str) -> bool:
+    """``"name"``, ``"body.name"``, ``["body", "name", ...]``: an error's field that is ``name``."""
+    parts = field.split(".") if isinstance(field, str) else field if isinstance(field, (list, tuple)) else ()
+    return name in parts
+
+
+def refuses_field(exc: BaseException, name: str) -> bool:
+    """A 400/422 whose error names the request field ``name``: a server that does not take that field.
+
+    Decided by the field the error names (``param``, as vLLM's bodies do, or FastAPI's ``detail[].loc``), not by
+    the word anywhere in the body: servers that echo the request in a validation error would otherwise look like
+    refusing it. Only an error naming no field at all is judged by its message (not by the echoed input).
+    """
+    if status_code(exc) not in (400, 422):
+        return False
+    from ..vllm_versions import error_fields
+
+    body = getattr(exc, "body", None)
+    fields = error_fields(body)
+    details = body.get("detail") if isinstance(body, dict) else None
+    details = [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+    named = [f for f in (fields.get("param"), fields.get("loc"), *(d.get("loc") for d in details)) if f]
+    if named:
+        return any(_names_field(field, name) for field in named)
+    messages = [error_message(exc), *(str(d.get("msg", "")) for d in details)]
+    return any(name in message for message in messages)
+
+
 def mentions(function: Any, text: str) -> bool:
     """True when ``text`` is among the function's constants (dict keys sit in a tuple there, so look inside)."""
     import inspect
@@ -183,10 +215,21 @@ def mentions(function: Any, text: str) -> bool:
 
 
 def all_fixes() -> tuple[Fix, ...]:
-    """Every fix, in the order they are applied (imported here so that nothing loads before it is needed)."""
-    from . import api_key, max_tokens, usage
+    """Every fix, in the order of NAMES (how status lists them; imported here so nothing loads before it is needed)."""
+    from . import api_key, chat_template, max_tokens, system_role, usage
 
-    return (api_key.FIX, max_tokens.FIX, usage.FIX)
+    return (api_key.FIX, max_tokens.FIX, usage.FIX, chat_template.FIX, system_role.FIX)
 
 
-NAMES = ("api_key", "max_tokens", "usage")
+def wrapping_order() -> tuple[Fix, ...]:
+    """The order the fixes are applied in: on a client's ``create`` a later fix's wrapper sits outside an earlier one's.
+
+    ``chat_template`` and ``system_role`` go inside ``max_tokens`` and ``usage``: the request they send instead
+    (to ``/v1/completions``, or with the system message folded in) still gets usage's ``stream_options``, and its
+    ``max_tokens`` refusal reaches the max_tokens fix like the chat request's own.
+    """
+    by_name = {fix.name: fix for fix in all_fixes()}
+    return tuple(by_name[name] for name in ("api_key", "chat_template", "system_role", "max_tokens", "usage"))
+
+
+NAMES = ("api_key", "max_tokens", "usage", "chat_template", "system_role")

@@ -22,7 +22,7 @@ from types import ModuleType
 from typing import Any, Callable, Optional
 
 from .. import token_count, wrapping
-from . import RequestFix, Target, error_message, server_of, status_code
+from . import RequestFix, Target, error_message, refuses_field, server_of
 
 log = logging.getLogger("metagpt_vllm_fix")
 
@@ -105,34 +105,6 @@ def _watched(stream: Any, messages: Any) -> Any:
     return _watcher_class()(stream, messages)
 
 
-def _names_stream_options(field: Any) -> bool:
-    """``"stream_options"``, ``"body.stream_options"``, ``["body", "stream_options", ...]``."""
-    parts = field.split(".") if isinstance(field, str) else field if isinstance(field, (list, tuple)) else ()
-    return "stream_options" in parts
-
-
-def _refuses_field(exc: BaseException) -> bool:
-    """A 400/422 whose error names stream_options: the server does not take the extra field.
-
-    Decided by the field the error names (``param``, as vLLM's bodies do, or FastAPI's ``detail[].loc``), not by
-    the word anywhere in the body: servers that echo the request in a validation error would otherwise look like
-    refusing it. Only an error naming no field at all is judged by its message (not by the echoed input).
-    """
-    if status_code(exc) not in (400, 422):
-        return False
-    from ..vllm_versions import error_fields
-
-    body = getattr(exc, "body", None)
-    fields = error_fields(body)
-    details = body.get("detail") if isinstance(body, dict) else None
-    details = [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
-    named = [f for f in (fields.get("param"), fields.get("loc"), *(d.get("loc") for d in details)) if f]
-    if named:
-        return any(_names_stream_options(field) for field in named)
-    messages = [error_message(exc), *(str(d.get("msg", "")) for d in details)]
-    return any("stream_options" in message for message in messages)
-
-
 async def ask_for_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> Any:
     """wrapt wrapper of ``chat.completions.create``: streams ask for usage and are watched for it."""
@@ -146,7 +118,7 @@ async def ask_for_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[
     try:
         stream = await wrapped(*args, **{**kwargs, "extra_body": {**(extra or {}), "stream_options": STREAM_OPTIONS}})
     except Exception as exc:
-        if not _refuses_field(exc):
+        if not refuses_field(exc, "stream_options"):
             raise
         stream = await wrapped(*args, **kwargs)  # remembered only once the request without the field is answered
         with _lock:

@@ -4,12 +4,18 @@ The tests run in the MetaGPT environment (``.venv``) and talk HTTP to a real ``v
 running from ``.venv-vllm`` (vLLM's dependencies conflict with MetaGPT 0.7's). Starting that server costs about 45 s
 and 3 GB of memory, so the suite only runs when pytest is pointed at this directory (``pytest tests/real_vllm``);
 a plain ``pytest`` (``make test``) deselects it and says so in its summary line.
+
+Several servers (models as users serve them, see SERVERS) are started one after another, each only for the tests
+that use it, at most two at a time; the summary prints what each cost to start.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Optional
 
 import pytest
 
@@ -34,6 +40,91 @@ def _asked_for_explicitly(config: pytest.Config) -> bool:
     return False
 
 
+# The servers the suite can start, by fixture name: (template kind of the model, --max-model-len, extra args).
+# Each is the seed's command line (key, served model name) for one of the tiny models; see vllm_process.
+SERVERS: dict[str, tuple[str, int, tuple[str, ...]]] = {
+    "real_vllm": ("none", vllm_process.MAX_MODEL_LEN, ()),
+    "real_vllm_llama_2_jinja": ("none", vllm_process.MAX_MODEL_LEN,
+                                ("--chat-template", str(vllm_process.SHIPPED_LLAMA_2_TEMPLATE))),
+    "real_vllm_4k": ("none", 4096, ()),
+    "real_vllm_mistral": ("mistral-instruct", 4096, ()),
+    "real_vllm_chat": ("llama-2-chat", 4096, ()),
+}
+MAX_RUNNING = 2  # about 3 GB each; the machine is shared
+
+
+class Servers:
+    """Starts each server on first use and stops it (by process group) right after the last collected test that
+    uses it, so that no more than MAX_RUNNING run at once; the session's end stops whatever is left."""
+
+    def __init__(self) -> None:
+        self.running: dict[str, RealVLLM] = {}
+        self.last_user: dict[str, str] = {}  # fixture name -> node id of the last test using it
+        self.figures: dict[str, dict[str, float]] = {}  # for the report: start seconds, memory
+
+    def get(self, name: str) -> RealVLLM:
+        if name in self.running:
+            return self.running[name]
+        problem = vllm_process.missing_setup()
+        if problem:
+            pytest.fail(problem, pytrace=False)  # never a skip: a suite that quietly tests nothing proves nothing
+        if len(self.running) >= MAX_RUNNING:
+            pytest.fail(f"would start {name} while {sorted(self.running)} run (at most {MAX_RUNNING}): "
+                        "the suite's order (pytest_collection_modifyitems) is wrong", pytrace=False)
+        kind, max_model_len, extra_args = SERVERS[name]
+        for arg in extra_args:
+            if arg.endswith(".jinja") and not Path(arg).exists():
+                pytest.fail(f"{arg} is missing", pytrace=False)
+        try:
+            server = vllm_process.start(model_dir=vllm_process.MODEL_DIRS[kind], max_model_len=max_model_len,
+                                        extra_args=extra_args)
+        except vllm_process.VLLMStartError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        self.running[name] = server
+        self.figures[name] = {"start_seconds": round(server.start_seconds, 1),
+                              "rss_mb_after_start": server.rss_bytes_after_start // 2**20}
+        return server
+
+    def stop(self, name: str) -> None:
+        server = self.running.pop(name, None)
+        if server is not None:
+            self.figures[name]["rss_mb_before_stop"] = server.rss_bytes() // 2**20
+            server.stop()
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+
+
+SERVERS_IN_USE = Servers()
+
+
+def _stop_servers_on_sigterm(signum: int, frame: Any) -> None:
+    """A CI timeout or ``kill`` ends pytest without its fixtures' teardown: stop the servers (3 GB each) first."""
+    SERVERS_IN_USE.stop_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _stop_servers_on_sigterm)
+REQUEST_COUNTS: dict[str, list[tuple[str, int]]] = {}  # label -> (path, status) of each POST: docs/proof.md's table
+
+
+@pytest.fixture(scope="session")
+def request_counts() -> dict[str, list[tuple[str, int]]]:
+    """Where tests note what the server saw for a MetaGPT call; the summary prints it."""
+    return REQUEST_COUNTS
+
+
+def _server_order(item: pytest.Item) -> tuple[int, int]:
+    """Sort key: tests of the first server first, those needing two servers after those needing only the
+    first, so each server's tests run together and at most two servers are needed at any time."""
+    used = [i for i, name in enumerate(SERVERS) if name in getattr(item, "fixturenames", ())]
+    return (min(used), max(used)) if used else (-1, -1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     mine = [item for item in items if _under_here(Path(str(item.path)).resolve())]
     if not mine:
@@ -45,32 +136,81 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in mine:
         if item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
+    others = [item for item in items if item not in mine]
+    items[:] = others + sorted(mine, key=_server_order)  # sorted() is stable: file order within a server
+    for item in items:
+        for name in SERVERS:
+            if name in getattr(item, "fixturenames", ()):
+                SERVERS_IN_USE.last_user[name] = item.nodeid
 
 
-def _serving(max_model_len: int) -> Iterator[RealVLLM]:
-    """A real server for the session. Fails (never skips) when ``.venv-vllm`` is missing: a suite that quietly
-    tests nothing proves nothing."""
-    problem = vllm_process.missing_setup()
-    if problem:
-        pytest.fail(problem, pytrace=False)
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: Optional[pytest.Item]):  # type: ignore[no-untyped-def]
+    yield
+    for name, nodeid in SERVERS_IN_USE.last_user.items():
+        if nodeid == item.nodeid:
+            SERVERS_IN_USE.stop(name)
+
+
+def _counted(posts: list[tuple[str, int]]) -> str:
+    """``chat 400, chat 400, completions 200 x4``: runs of equal (path, status), in order."""
+    runs: list[list[Any]] = []
+    for path, status in posts:
+        label = "chat" if path.endswith("/chat/completions") else path.rsplit("/", 1)[-1]
+        if runs and runs[-1][0] == (label, status):
+            runs[-1][1] += 1
+        else:
+            runs.append([(label, status), 1])
+    return ", ".join(f"{label} {status}" + (f" x{n}" if n > 1 else "") for (label, status), n in runs) or "none"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if REQUEST_COUNTS:
+        terminalreporter.write_sep("-", "what the real servers saw, per MetaGPT call (POSTs in order)")
+        for label, posts in REQUEST_COUNTS.items():
+            terminalreporter.write_line(f"{label}: {_counted(posts)}")
+    if SERVERS_IN_USE.figures:
+        terminalreporter.write_sep("-", "real vLLM servers (start to healthy, resident memory of the group)")
+        for name, figures in SERVERS_IN_USE.figures.items():
+            kind, max_model_len, extra_args = SERVERS[name]
+            terminalreporter.write_line(f"{name}: kind {kind}, --max-model-len {max_model_len}"
+                                        f"{' ' + ' '.join(extra_args) if extra_args else ''}: {figures}")
+
+
+def _serving(name: str) -> Iterator[RealVLLM]:
     try:
-        server = vllm_process.start(max_model_len=max_model_len)
-    except vllm_process.VLLMStartError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield server
+        yield SERVERS_IN_USE.get(name)
     finally:
-        server.stop()
+        SERVERS_IN_USE.stop(name)
 
 
 @pytest.fixture(scope="session")
 def real_vllm() -> Iterator[RealVLLM]:
-    """One real vLLM server for the session: the seed's key and model name, a 512-token context, on CPU."""
-    yield from _serving(vllm_process.MAX_MODEL_LEN)
+    """The seed's server as published: tiny-llama (no chat template), the seed's key and model name, a 512-token
+    context, on CPU (conformance, aask)."""
+    yield from _serving("real_vllm")
+
+
+@pytest.fixture(scope="session")
+def real_vllm_llama_2_jinja() -> Iterator[RealVLLM]:
+    """The same template-less model, started with the remedy: ``--chat-template`` and the shipped llama-2.jinja
+    (the token-id proof)."""
+    yield from _serving("real_vllm_llama_2_jinja")
 
 
 @pytest.fixture(scope="session")
 def real_vllm_4k() -> Iterator[RealVLLM]:
-    """A second real server with Llama-2-7b's 4096-token context, for MetaGPT's own (long) prompts; started only
-    by the tests that need it."""
-    yield from _serving(4096)
+    """tiny-llama (no chat template) with Llama-2-7b's 4096-token context, for MetaGPT's own (long) prompts."""
+    yield from _serving("real_vllm_4k")
+
+
+@pytest.fixture(scope="session")
+def real_vllm_mistral() -> Iterator[RealVLLM]:
+    """tiny-mistral-instruct (its template refuses a system message), 4096 tokens."""
+    yield from _serving("real_vllm_mistral")
+
+
+@pytest.fixture(scope="session")
+def real_vllm_chat() -> Iterator[RealVLLM]:
+    """tiny-llama-chat (Llama-2-chat's own template: chat answers as it is), 4096 tokens."""
+    yield from _serving("real_vllm_chat")

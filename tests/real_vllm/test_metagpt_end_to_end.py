@@ -1,7 +1,9 @@
-"""The seed's config, verbatim, through MetaGPT 0.7.7 against a real vLLM 0.32.0 (512-token context), as a user runs it.
+"""The seed's config, verbatim, through MetaGPT 0.7.7 against a real vLLM 0.32.0 serving the seed's model as
+published (no chat template; 512-token context), as a user runs it.
 
 Real vLLM does not say which key it received, so everything is proven by what a user sees (answers, errors,
-stdout, stderr) and by the statuses in the server's own access log.
+stdout, stderr) and by the paths and statuses in the server's own access log. Every chat request to this server is
+refused (no chat template); with the plugin, one refusal per process, then ``/v1/completions`` answers.
 """
 
 from __future__ import annotations
@@ -9,77 +11,14 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from conftest import RESULT_MARK, clean_env, run_python, write_config
 from loopback_proxy import SilentProxy
 
+from .metagpt_runs import CHAT, COMPLETIONS, NO_TEMPLATE, AccessLog, ask, doctor, metagpt_command, offline, seed_home
+
 NOISE = ("Warning: model not found", "usage calculation failed", "ERROR")
-
-# Several aask calls in one process, as a MetaGPT program makes them; prints one JSON line.
-CALLS = """
-import asyncio, json
-from metagpt.llm import LLM
-
-async def main():
-    llm = LLM()
-    calls = []
-    for stream in {streams}:
-        before = llm.get_costs()
-        try:
-            await llm.aask({prompt!r}, stream=stream)
-            after = llm.get_costs()
-            calls.append({{"ok": True, "prompt_tokens": after.total_prompt_tokens - before.total_prompt_tokens,
-                          "completion_tokens": after.total_completion_tokens - before.total_completion_tokens}})
-        except Exception as exc:
-            calls.append({{"ok": False, "error": type(exc).__name__, "status": getattr(exc, "status_code", None),
-                          "message": str(exc)[:600]}})
-    print({mark!r} + json.dumps(calls), flush=True)
-
-asyncio.run(main())
-"""
-
-
-class AccessLog:
-    """The server's access log from now on: (method, path, status) of every request it answered."""
-
-    LINE = re.compile(r'"([A-Z]+) (\S+) HTTP/1\.1" (\d{3})')
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset = path, path.stat().st_size
-
-    def seen(self) -> list[tuple[str, str, int]]:
-        text = self.path.read_bytes()[self.offset:].decode("utf-8", "replace")
-        return [(method, path, int(status)) for method, path, status in self.LINE.findall(text)]
-
-    def chat_statuses(self) -> list[int]:
-        return [status for _, path, status in self.seen() if path == "/v1/chat/completions"]
-
-
-def seed_home(tmp_path: Path, base_url: str, extra: str = "") -> Path:
-    home = tmp_path / "home"
-    write_config(home, base_url, extra=extra)
-    return home
-
-
-def ask(home: Path, streams: tuple[bool, ...], prompt: str = "Say hello.", **env: str) -> dict[str, Any]:
-    proc = run_python(CALLS.format(streams=streams, prompt=prompt, mark=RESULT_MARK), home=home, timeout=300, **env)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
-    assert lines, f"no result (rc={proc.returncode})\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
-    stdout = "".join(line + "\n" for line in proc.stdout.splitlines() if not line.startswith(RESULT_MARK))
-    return {"calls": json.loads(lines[-1][len(RESULT_MARK):]), "stdout": stdout, "stderr": proc.stderr}
-
-
-def offline(tmp_path: Path, proxy_url: str) -> dict[str, str]:
-    cache = tmp_path / "empty-tiktoken-cache"
-    cache.mkdir(exist_ok=True)
-    return {"TIKTOKEN_CACHE_DIR": str(cache), "HTTPS_PROXY": proxy_url, "HTTP_PROXY": proxy_url,
-            "NO_PROXY": "127.0.0.1"}
 
 
 def test_seed_config_gets_401_from_real_vllm_as_metagpt_ships(real_vllm, tmp_path):
@@ -89,15 +28,20 @@ def test_seed_config_gets_401_from_real_vllm_as_metagpt_ships(real_vllm, tmp_pat
     assert log.chat_statuses() == [401, 401]
 
 
-def test_seed_config_answers_stream_and_not_twice_in_one_process(real_vllm, tmp_path):
+def test_seed_config_answers_a_model_without_chat_template_stream_and_not_twice_in_one_process(real_vllm, tmp_path,
+                                                                                             request_counts):
     log = AccessLog(real_vllm.log_path)
     result = ask(seed_home(tmp_path, real_vllm.base_url), (True, False, True, False))
+    request_counts["aask stream, not, stream, not; no template, 512"] = log.posts()
     assert [c["ok"] for c in result["calls"]] == [True] * 4, result
-    # each request as configured first (max_tokens 4096, refused), then without max_tokens
-    assert log.chat_statuses() == [400, 200] * 4
+    # The first call: max_tokens 4096 refused, then the missing template, then /v1/completions answers. Later
+    # calls go straight to /v1/completions, each as configured first (max_tokens 4096, refused), then without it.
+    assert log.posts() == [(CHAT, 400), (CHAT, 400), (COMPLETIONS, 200)] + [(COMPLETIONS, 400), (COMPLETIONS, 200)] * 3
     counts = {(c["prompt_tokens"], c["completion_tokens"] > 0) for c in result["calls"]}
     assert len(counts) == 1 and next(iter(counts))[0] > 0 and next(iter(counts))[1]  # the server's count each time
     assert "does not fit meta-llama/Llama-2-7b-hf's context of 512 tokens" in result["stderr"]
+    assert result["stderr"].count("has no chat template") == 1  # one warning, with the remedy
+    assert "--chat-template" in result["stderr"]
 
 
 @pytest.mark.parametrize("fix,failure", [
@@ -108,12 +52,24 @@ def test_each_request_fix_disabled_by_name_brings_back_its_upstream_failure(real
     log = AccessLog(real_vllm.log_path)
     result = ask(seed_home(tmp_path, real_vllm.base_url), (True, False), METAGPT_VLLM_FIX_DISABLE=fix)
     assert [(c["error"], c["status"]) for c in result["calls"]] == [failure] * 2
-    assert log.chat_statuses() == [failure[1]] * 2
+    assert log.chat_statuses() == [failure[1]] * 2 and log.completion_statuses() == []
     if fix == "max_tokens":
         assert "max_tokens=4096 cannot be greater than max_model_len=512" in result["calls"][0]["message"]
 
 
+def test_chat_template_disabled_by_name_brings_back_the_400_for_a_model_without_chat_template(real_vllm, tmp_path,
+                                                                                             request_counts):
+    log = AccessLog(real_vllm.log_path)
+    result = ask(seed_home(tmp_path, real_vllm.base_url), (True, False), METAGPT_VLLM_FIX_DISABLE="chat_template")
+    request_counts["aask stream, not; no template, 512; chat_template off"] = log.posts()
+    assert [(c["error"], c["status"]) for c in result["calls"]] == [("BadRequestError", 400)] * 2
+    assert all(NO_TEMPLATE in c["message"] for c in result["calls"]), result["calls"]
+    # each call: max_tokens 4096 refused, then the template refusal; nothing asks /v1/completions
+    assert log.posts() == [(CHAT, 400)] * 4
+
+
 def test_offline_streamed_calls_are_quiet_and_counted_by_the_server(real_vllm, tmp_path):
+    log = AccessLog(real_vllm.log_path)
     proxy = SilentProxy()
     try:
         result = ask(seed_home(tmp_path, real_vllm.base_url), (True, False, True), **offline(tmp_path, proxy.url))
@@ -123,6 +79,7 @@ def test_offline_streamed_calls_are_quiet_and_counted_by_the_server(real_vllm, t
     calls = result["calls"]
     assert all(c["ok"] for c in calls), calls
     assert calls[0]["prompt_tokens"] == calls[1]["prompt_tokens"] == calls[2]["prompt_tokens"] > 0
+    assert log.completion_statuses() == [200] * 3
     output = result["stdout"] + result["stderr"]
     assert not [noise for noise in NOISE if noise in output], output[-3000:]
 
@@ -144,12 +101,8 @@ def test_a_prompt_too_long_by_itself_gets_real_vllms_error_after_one_retry(real_
     (call,) = result["calls"]
     assert (call["ok"], call["status"]) == (False, 400)
     assert "your prompt contains at least 513 input tokens" in call["message"]
-    assert log.chat_statuses() == [400, 400]  # max_tokens 4096 refused, then the prompt itself: no third request
-
-
-def doctor(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "metagpt_vllm_fix", "doctor", *args], capture_output=True, text=True,
-                          env=clean_env(home, **env), cwd=str(home), timeout=180)
+    # max_tokens 4096 refused, then the missing template, then the prompt itself by /v1/completions: no fourth
+    assert log.posts() == [(CHAT, 400), (CHAT, 400), (COMPLETIONS, 400)]
 
 
 def test_doctor_names_the_real_servers_version_and_passes_max_token_equal_to_its_context(real_vllm, tmp_path):
@@ -171,24 +124,20 @@ def test_doctor_on_the_seed_config_warns_with_the_fix_and_fails_without_it(real_
     assert re.search(r"problem\s+llm.max_token 4096", refused.stdout)
 
 
-def metagpt_command(home: Path, **env: str) -> subprocess.CompletedProcess:
-    metagpt = Path(sys.executable).with_name("metagpt")
-    return subprocess.run([str(metagpt), "write a hello world command line program", "--n-round", "2"],
-                          capture_output=True, text=True, env=clean_env(home, METAGPT_PROJECT_ROOT=str(home), **env),
-                          cwd=str(home), timeout=600)
-
-
-def test_the_metagpt_command_itself_talks_to_real_vllm_only_with_the_plugin(real_vllm_4k, tmp_path):
-    """MetaGPT's own prompts need more than 512 tokens: this server has Llama-2's 4096. The tiny model's answers
-    are gibberish, so MetaGPT's roles fail to parse them after their retries; what counts is that the server
-    answered them at all."""
+def test_the_metagpt_command_itself_talks_to_real_vllm_only_with_the_plugin(real_vllm_4k, tmp_path, request_counts):
+    """MetaGPT's own prompts need more than 512 tokens: this server has Llama-2's 4096 (and no chat template). The
+    tiny model's answers are gibberish, so MetaGPT's roles fail to parse them after their retries; what counts is
+    that the server answered them at all: one template refusal for the whole command, then only 200s."""
     home = seed_home(tmp_path, real_vllm_4k.base_url)
     log = AccessLog(real_vllm_4k.log_path)
     metagpt_command(home, METAGPT_VLLM_FIX="0")
-    shipped = log.chat_statuses()
+    shipped, shipped_posts = log.chat_statuses(), log.posts()
     assert shipped and set(shipped) == {401}, shipped
     log = AccessLog(real_vllm_4k.log_path)
     proc = metagpt_command(home)
-    fixed = log.chat_statuses()
-    assert fixed and set(fixed) == {200}, (fixed, proc.stderr[-3000:])  # max_token 4096 == context: vLLM clamps
+    posts = log.posts()
+    assert posts[:1] == [(CHAT, 400)] and len(posts) > 1, (posts, proc.stderr[-3000:])
+    assert set(posts[1:]) == {(COMPLETIONS, 200)}, (posts, proc.stderr[-3000:])  # max_token 4096 == context: clamped
     assert "Unauthorized" not in proc.stdout + proc.stderr
+    request_counts["`metagpt` command, no template, 4096: as shipped"] = shipped_posts
+    request_counts["`metagpt` command, no template, 4096: with the plugin"] = posts

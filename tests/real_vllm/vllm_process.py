@@ -1,4 +1,4 @@
-"""Start and stop a real vLLM OpenAI server (from ``.venv-vllm/``) serving the tiny local model.
+"""Start and stop a real vLLM OpenAI server (from ``.venv-vllm/``) serving one of the tiny local models.
 
 Stdlib only, so it runs in the MetaGPT test environment, which cannot import vLLM. The server forks worker
 processes, so it is started in a process group of its own and stopped by that group's id — never by name, which
@@ -23,7 +23,15 @@ from typing import Optional
 REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv-vllm"
 PYTHON = VENV / "bin" / "python"
-MODEL_DIR = VENV / "tiny-llama"
+# The models scripts/make_tiny_model.py writes, by template kind (the names the project uses everywhere).
+MODEL_DIRS = {
+    "none": VENV / "tiny-llama",  # meta-llama/Llama-2-7b-hf as published: no chat template (the seed's model)
+    "llama-2-chat": VENV / "tiny-llama-chat",  # Llama-2-7b-chat-hf's own template
+    "mistral-instruct": VENV / "tiny-mistral-instruct",  # refuses a system message
+}
+MODEL_DIR = MODEL_DIRS["none"]
+# The remedy the plugin ships for a model without a chat template (vLLM's --chat-template FILE).
+SHIPPED_LLAMA_2_TEMPLATE = REPO / "metagpt_vllm_fix" / "templates" / "llama-2.jinja"
 
 SEED_KEY = "token-abc123"
 SEED_MODEL = "meta-llama/Llama-2-7b-hf"
@@ -47,8 +55,9 @@ def missing_setup() -> Optional[str]:
     """Why a real server cannot be started here, or None when ``.venv-vllm`` and its model are in place."""
     if not PYTHON.exists():
         return f"{VENV} is missing: run `make test-vllm` (it builds the vLLM venv and the tiny model on first use)"
-    if not (MODEL_DIR / "config.json").exists():
-        return f"{MODEL_DIR} is missing: run `make test-vllm` (or scripts/bootstrap-vllm)"
+    for model_dir in MODEL_DIRS.values():
+        if not (model_dir / "config.json").exists():
+            return f"{model_dir} is missing: run `make test-vllm` (or scripts/bootstrap-vllm)"
     return None
 
 
@@ -67,11 +76,14 @@ class RealVLLM:
     api_key: str
     model: str
     max_model_len: int
+    model_dir: Path
+    extra_args: tuple[str, ...]
     python: Path
     log_path: Path
     process: subprocess.Popen = field(repr=False)
     workdir: Path = field(repr=False)
     start_seconds: float = 0.0
+    rss_bytes_after_start: int = 0
 
     @property
     def base_url(self) -> str:
@@ -120,8 +132,9 @@ def group_alive(pgid: int) -> bool:
 
 
 def server_command(python: Path, model_dir: Path, port: int, api_key: str, model: str,
-                   max_model_len: int) -> list[str]:
-    """The seed's command line, on CPU-friendly settings, for the tiny model under the seed's model name."""
+                   max_model_len: int, extra_args: tuple[str, ...] = ()) -> list[str]:
+    """The seed's command line, on CPU-friendly settings, for a tiny model under the seed's model name; then
+    ``extra_args`` (e.g. ``--chat-template FILE``, the remedy a user applies)."""
     return [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model_dir),
@@ -133,6 +146,7 @@ def server_command(python: Path, model_dir: Path, port: int, api_key: str, model
         "--max-model-len", str(max_model_len),
         "--enforce-eager",
         "--max-num-seqs", "4",
+        *extra_args,
     ]
 
 
@@ -183,7 +197,7 @@ def wait_healthy(url: str, process: subprocess.Popen, log_path: Path, timeout: f
 
 
 def start(python: Path = PYTHON, model_dir: Path = MODEL_DIR, api_key: str = SEED_KEY, model: str = SEED_MODEL,
-          max_model_len: int = MAX_MODEL_LEN, timeout: float = START_TIMEOUT,
+          max_model_len: int = MAX_MODEL_LEN, extra_args: tuple[str, ...] = (), timeout: float = START_TIMEOUT,
           workdir: Optional[Path] = None) -> RealVLLM:
     """Start the server and return once ``GET /health`` answers 200; on failure, stop it and raise (the private
     directory with the server's log is kept for a look; the message names it)."""
@@ -191,7 +205,7 @@ def start(python: Path = PYTHON, model_dir: Path = MODEL_DIR, api_key: str = SEE
     log_path = workdir / "server.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = server_command(python, model_dir, port, api_key, model, max_model_len)
+    cmd = server_command(python, model_dir, port, api_key, model, max_model_len, tuple(extra_args))
     t0 = time.monotonic()
     with open(log_path, "wb") as log:
         log.write(("$ " + " ".join(cmd) + "\n").encode())
@@ -203,9 +217,10 @@ def start(python: Path = PYTHON, model_dir: Path = MODEL_DIR, api_key: str = SEE
     except BaseException:
         stop_group(process)
         raise
-    return RealVLLM(url=url, api_key=api_key, model=model, max_model_len=max_model_len, python=python,
-                    log_path=log_path, process=process, workdir=workdir,
-                    start_seconds=time.monotonic() - t0)
+    seconds = time.monotonic() - t0
+    return RealVLLM(url=url, api_key=api_key, model=model, max_model_len=max_model_len, model_dir=model_dir,
+                    extra_args=tuple(extra_args), python=python, log_path=log_path, process=process,
+                    workdir=workdir, start_seconds=seconds, rss_bytes_after_start=group_rss_bytes(process.pid))
 
 
 def group_rss_bytes(pgid: int) -> int:
