@@ -40,6 +40,7 @@ def test_seed_config_answers_with_one_extra_request_per_llm(version, context, ca
         seen = v1(server)
     assert [(r.status, r.max_tokens) for r in seen] == [(400, 4096)] + [(200, None)] * 4
     warnings = [r.getMessage() for r in caplog.records if "does not fit" in r.getMessage()]
+    assert {r.fix for r in caplog.records if "does not fit" in r.getMessage()} == {"max_tokens"}  # for the doctor
     assert warnings == [f"llm.max_token 4096 does not fit {DEFAULT_MODEL}'s context of {context} tokens; sending "
                         f"requests without max_tokens so the server uses the room left. Set llm.max_token below "
                         f"{context} to silence this."]
@@ -112,7 +113,8 @@ def test_a_long_prompt_under_a_small_max_token_is_resent_each_time_without_being
         assert [(r.status, r.max_tokens) for r in v1(server)] == [(400, 256), (200, None), (400, 256), (200, None),
                                                                  (200, 256)]
     assert max_tokens.known_contexts() == {}
-    assert len([r for r in caplog.records if "plus a prompt of" in r.getMessage()]) == 1
+    (record,) = [r for r in caplog.records if "plus a prompt of" in r.getMessage()]
+    assert record.fix == "max_tokens"
 
 
 @pytest.mark.parametrize("status,key,model", [(401, "wrong-key", DEFAULT_MODEL), (404, SEED_KEY, "llama2")])
