@@ -157,9 +157,8 @@ def _client_url(url: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the embedded vLLM-compatible server until Ctrl-C / SIGTERM."""
     from . import server as srv
-    from .demo import show_header
     from .doctor import is_loopback
-    from .masking import mask
+    from .masking import mask, show_authorization
     from .report import PROBLEM, WARNING, Report
     from .vllm_versions import for_version
 
@@ -203,7 +202,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     "max_tokens that does not fit max_model_len)")
         report.line("Requests are listed below as they come (keys masked). Ctrl-C stops the server.")
 
-    log = _RequestLog(report, lambda header: show_header(header, key or ""))
+    log = _RequestLog(report, show_authorization)
     try:
         srv.run(host=args.host, port=args.port, api_keys=[key] if key else [], model=model,
                 max_model_len=args.max_model_len, vllm_version=version,

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Optional
 
 from .gate import PLACEHOLDER as PLACEHOLDER_KEY
-from .masking import mask
+from .masking import show_authorization
 from .report import OK, PROBLEM
 
 PROMPT = "Say hello."  #: the doctor's question; MetaGPT adds its default system message before it, as aask does
@@ -82,16 +82,6 @@ class AskResult:
 
 def not_asked(why: str) -> AskResult:
     return AskResult(asked=False, error="not-asked", message=why)
-
-
-def show_authorization(header: Optional[str]) -> str:
-    """An Authorization header fit for printing: MetaGPT's public placeholder in full, any key masked."""
-    if header is None:
-        return "no Authorization header"
-    scheme, sep, credential = header.partition(" ")
-    if not sep:
-        return mask(header)
-    return f"{scheme} {credential if credential == PLACEHOLDER_KEY else mask(credential)}"
 
 
 class Recorder(logging.Handler):
