@@ -273,10 +273,11 @@ def explain(result: AskResult, off: Mapping[str, str], model: str = "") -> str:
     return said
 
 
-def ask_verdict(result: AskResult, off: Mapping[str, str], model: str = "", note: str = "") -> tuple[str, str]:
+def ask_verdict(result: AskResult, off: Mapping[str, str], model: str = "", note: str = "",
+                api_type: str = "open_llm") -> tuple[str, str]:
     """(level, message) of the ``ask`` check: ok only when an answer came back. Continuation lines list each
     request with its status, then what each fix said."""
-    what = ("asked as MetaGPT does (its open_llm provider from this config, system + user message, streamed"
+    what = (f"asked as MetaGPT does (its {api_type} provider from this config, system + user message, streamed"
             + (f"; {note})" if note else ")"))
     details = [f"  {exchange}" for exchange in result.exchanges]
     details += [f"  the {n.fix} fix acted: {n.message}" for n in result.fixes]

@@ -429,6 +429,8 @@ def test_api_type_openai_at_a_self_hosted_server_suggests_open_llm(runs):
     (warning,) = lines(run, "warning")
     assert "api_type openai pointed at 127.0.0.1" in warning and "open_llm" in warning
     assert "server answers with this key" in run.stdout
+    (ask,) = [line for line in lines(run, "ok") if line.startswith("ok      asked as MetaGPT does")]
+    assert "(its openai provider from this config" in ask and "an answer came back" in ask
     assert_clean(run)
 
 
