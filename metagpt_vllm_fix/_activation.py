@@ -19,7 +19,7 @@ from typing import Any, Optional
 import _metagpt_vllm_fix_boot as boot
 
 from . import gate, wrapping
-from .fixes import NAMES, all_fixes
+from .fixes import NAMES, all_fixes, wrapping_order
 
 log = logging.getLogger("metagpt_vllm_fix")
 _lock = threading.RLock()
@@ -84,7 +84,7 @@ def _apply_fixes(module: ModuleType, decision: gate.Decision) -> dict[str, tuple
         log.warning("%s names no fix: %s (the fixes are %s); ignoring those.", DISABLE,
                     ", ".join(w[:20] for w in unknown[:5]), ", ".join(NAMES))
     outcome: dict[str, tuple[str, str]] = {}
-    for fix in all_fixes():
+    for fix in wrapping_order():
         if fix.name in off:
             outcome[fix.name] = ("off", f"turned off by {DISABLE}; MetaGPT 0.7 as shipped: {fix.upstream}")
             continue
@@ -94,7 +94,7 @@ def _apply_fixes(module: ModuleType, decision: gate.Decision) -> dict[str, tuple
             continue
         fix.apply(module)
         outcome[fix.name] = ("active", fix.summary)
-    return outcome
+    return {fix.name: outcome[fix.name] for fix in all_fixes()}
 
 
 def module_loaded(module: ModuleType) -> None:
@@ -186,13 +186,13 @@ def _fix_statuses(module: Optional[ModuleType], hook: bool) -> tuple[FixStatus, 
     found = []
     for fix in all_fixes():
         if module is not None and fix.is_applied(module):
-            found.append(FixStatus(fix.name, "active", fix.summary))
+            found.append(FixStatus(fix.name, "active", fix.describe()))
         elif fix.name in _outcome:
             found.append(FixStatus(fix.name, *_outcome[fix.name]))
         elif fix.name in off:
             found.append(FixStatus(fix.name, "off", f"turned off by {DISABLE}"))
         elif module is None and hook:
-            found.append(FixStatus(fix.name, "pending", fix.summary))
+            found.append(FixStatus(fix.name, "pending", fix.describe()))
         else:
             found.append(FixStatus(fix.name, "inactive", f"not applied; MetaGPT 0.7 as shipped: {fix.upstream}"))
     return tuple(found)

@@ -1,4 +1,4 @@
-"""The ``metagpt-vllm-fix`` command: demo, doctor, serve, status.
+"""The ``metagpt-vllm-fix`` command: demo, doctor, serve, status, chat-template.
 
 Only argparse and the package itself are imported here; MetaGPT, httpx, aiohttp and rich are imported by the
 command that needs them, so ``status`` and ``--help`` stay fast.
@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import __version__
+
+TEMPLATE_KINDS = ("none", "llama-2-chat", "mistral-instruct", "gemma")  # server.TEMPLATE_KINDS (no aiohttp import)
+TEMPLATE_NAMES = ("llama-2", "chatml")  # chat_layout.TEMPLATE_NAMES
 
 if TYPE_CHECKING:
     from .report import Report
@@ -104,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reject-unknown-fields", action="store_true",
                        help="refuse request fields OpenAI's API does not define (stream_options ...), as some "
                             "OpenAI-compatible servers do; vLLM ignores them")
+    serve.add_argument("--chat-template", choices=TEMPLATE_KINDS, default="none", metavar="KIND",
+                       help="the served model's chat template: none (the seed's Llama-2-7b-hf as published: vLLM "
+                            "0.5.5+ refuses chat requests), llama-2-chat, mistral-instruct or gemma (both refuse "
+                            "MetaGPT's system message) (default: none)")
+
+    template = commands.add_parser(
+        "chat-template", help="print the path of a chat template file this package ships",
+        description="Print the absolute path of a shipped chat template, for vLLM's --chat-template: the "
+                    "server-side remedy for a model without one, e.g. "
+                    "vllm serve ... --chat-template \"$(metagpt-vllm-fix chat-template llama-2)\". llama-2 is the "
+                    "[INST]/<<SYS>> layout transformers <= 4.43 used for Llama-family tokenizers, chatml the one "
+                    "it used for the others.",
+        epilog="Exit codes: 0 printed, 2 unknown name.")
+    template.add_argument("name", choices=TEMPLATE_NAMES, metavar="NAME", help="llama-2 or chatml")
 
     status = commands.add_parser("status", help="one line: is the fix active here, and why",
                                  description="Print whether the plugin is active, and why, in one line.")
@@ -135,7 +152,7 @@ def cmd_status(as_json: bool) -> int:
     else:
         print(line)
         for fix in st.fixes:
-            print(f"  {fix.name:<11} {fix.state:<9} {fix.reason}")
+            print(f"  {fix.name:<13} {fix.state:<9} {fix.reason}")
     return 0
 
 
@@ -190,6 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         report.field("model", f"{model} (max_model_len {args.max_model_len}; answers echo the prompt)")
         report.field("rules", f"vLLM {generation.name} generation: {generation.context_rule}"
                      + ("; refuses unknown request fields" if args.reject_unknown_fields else ""))
+        report.field("chat template", _template_line(args.chat_template, generation.no_template_message is None))
         if not loopback:
             report.check(WARNING, f"listening on {args.host}, not loopback: anyone who can reach this machine can "
                                   "use this server, and keys travel in clear text over plain http.")
@@ -209,11 +227,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         srv.run(host=args.host, port=args.port, api_keys=[key] if key else [], model=model,
                 max_model_len=args.max_model_len, vllm_version=version,
-                reject_unknown_fields=args.reject_unknown_fields, ready=ready, recorder=log)
+                reject_unknown_fields=args.reject_unknown_fields, chat_template=args.chat_template, ready=ready,
+                recorder=log)
     except OSError as exc:
         report.check(PROBLEM, f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return 1
     report.line("stopped.")
+    return 0
+
+
+def _template_line(kind: str, answers_without: bool) -> str:
+    if kind == "none":
+        return ("none (chat requests are answered in transformers' old default layout, as vLLM 0.3.3 did)"
+                if answers_without else "none (every chat request gets 400, as from vLLM 0.5.5 on)")
+    if kind == "llama-2-chat":
+        return "llama-2-chat (one system message, then user/assistant alternating)"
+    return f"{kind} (refuses a system message with 400)"
+
+
+def cmd_chat_template(name: str) -> int:
+    from .chat_layout import template_path
+
+    print(template_path(name))
     return 0
 
 
@@ -233,6 +268,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return doctor.run(config=args.config, timeout=args.timeout, as_json=args.json)
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command == "chat-template":
+            return cmd_chat_template(args.name)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -2,12 +2,14 @@
 
 It answers deterministic echo text so tests and the demo can prove, over real HTTP, what MetaGPT's ``open_llm``
 provider sends and what vLLM answers. Everything that differs between vLLM generations -- the key check, error
-bodies, ``/version``, the ``max_tokens`` rule, streamed usage -- is read from :mod:`metagpt_vllm_fix.vllm_versions`;
-a conformance test holds the default generation to a real vLLM (docs/proof.md).
+bodies, ``/version``, the ``max_tokens`` rule, streamed usage, the refusal of a model without a chat template -- is
+read from :mod:`metagpt_vllm_fix.vllm_versions`; a conformance test holds the default generation to a real vLLM
+(docs/proof.md). The served model's chat template is chosen by kind (:data:`TEMPLATE_KINDS`).
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -24,12 +26,12 @@ from typing import Any, Callable, Optional
 
 from aiohttp import web
 
-from . import vllm_versions
+from . import chat_layout, vllm_versions
 from .masking import mask
 from .vllm_versions import DEFAULT_VERSION, Generation
 
 __all__ = [
-    "DEFAULT_MODEL", "DEFAULT_VERSION", "RecordedRequest", "VLLMServer",
+    "DEFAULT_MODEL", "DEFAULT_VERSION", "TEMPLATE_KINDS", "RecordedRequest", "VLLMServer",
     "api_key_from_env", "authorized", "build_app", "run", "serve",
 ]
 
@@ -39,6 +41,13 @@ DEFAULT_MODEL = "meta-llama/Llama-2-7b-hf"
 _BODY = "metagpt_vllm_fix.body"  # where a handler leaves the parsed request body for the recorder
 _LIMIT_NAME = "metagpt_vllm_fix.limit"  # max_tokens or max_completion_tokens, as the request named it
 _UNAUTHORIZED = b'{"error":"Unauthorized"}'  # starlette's compact JSONResponse rendering
+
+# The served model's chat template, by kind: "none" (no template: meta-llama/Llama-2-7b-hf as published, the
+# seed's model), "llama-2-chat" (Llama-2-7b-chat-hf's: one leading system message, then user/assistant
+# alternating), "mistral-instruct" (Mistral-7B-Instruct v0.1/v0.2: user/assistant alternating from the first
+# message, so no system message), "gemma" (no system role, then alternating).
+TEMPLATE_KINDS = ("none", "llama-2-chat", "mistral-instruct", "gemma")
+_ALTERNATE, _NO_SYSTEM = vllm_versions.SYSTEM_ROLE_MESSAGES
 
 
 @dataclass(frozen=True, repr=False)
@@ -51,6 +60,7 @@ class RecordedRequest:
     status: int
     fields: tuple[str, ...] = ()  #: top-level fields of the JSON body, when it was one
     max_tokens: Optional[int] = None  #: the body's max_tokens, when sent
+    body: Any = dataclasses.field(default=None, compare=False)  #: the parsed JSON body, when it was one
 
     def __repr__(self) -> str:  # masked, so a failing assert or a print never leaks a key
         auth = self.authorization
@@ -141,6 +151,20 @@ def _content_text(content: Any) -> str:
     return ""
 
 
+def _template_exception(kind: str, messages: list[dict[str, Any]]) -> Optional[str]:
+    """The exception text a chat template of ``kind`` raises for these messages (None: it renders them)."""
+    roles = [m.get("role") for m in messages]
+    if kind == "gemma" and roles[:1] == ["system"]:
+        return _NO_SYSTEM
+    if kind == "llama-2-chat" and roles[:1] == ["system"]:
+        roles = roles[1:]
+    if any((role == "user") != (index % 2 == 0) for index, role in enumerate(roles)):
+        return _ALTERNATE
+    if kind == "mistral-instruct" and any(role not in ("user", "assistant") for role in roles):
+        return "Only user and assistant roles are supported!"
+    return None
+
+
 def _answer(prompt: str, max_tokens: int) -> tuple[list[str], str]:
     """Deterministic reply split into word "tokens"; ``"".join`` gives the text back."""
     pieces = re.findall(r"\S+\s*", "echo: " + prompt)
@@ -163,8 +187,8 @@ class _Endpoints:
     """Request handlers; one instance per app holds the served model's settings."""
 
     def __init__(self, model: str, max_model_len: int, version: str, reject_unknown_fields: bool,
-                 done_delay: float = 0.0) -> None:
-        self.done_delay = done_delay
+                 done_delay: float = 0.0, chat_template: str = "llama-2-chat") -> None:
+        self.done_delay, self.chat_template = done_delay, chat_template
         self.model, self.max_model_len, self.version = model, max_model_len, version
         self.generation = _generation(version)
         self.reject_unknown_fields = reject_unknown_fields
@@ -266,14 +290,29 @@ class _Endpoints:
             raise refuse(gen.prompt_message, gen.prompt_param, completion=max_tokens)
         return max_tokens
 
+    def _chat_prompt_tokens(self, messages: list[dict[str, Any]], texts: list[str]) -> int:
+        """Apply the chat template (as far as it shows): its refusal as vLLM reports it, else the prompt's size."""
+        gen = self.generation
+        if self.chat_template == "none":
+            if gen.no_template_message is not None:
+                raise _APIError(gen.chat_error(gen.no_template_message), gen.bad_request_type)
+            # 0.3.3 with transformers <= 4.43: the tokenizer class's default layout (chat_layout has both)
+            return _words(chat_layout.LAYOUTS[chat_layout.auto_layout(self.model)](messages))
+        refused = _template_exception(self.chat_template, messages)
+        if refused is not None:
+            raise _APIError(gen.chat_error(refused, refused), gen.bad_request_type)
+        return sum(_words(t) for t in texts)
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body, stream, max_tokens = await self._parse(request, None, "messages")
         messages = body.get("messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise self._invalid("messages", "list_type", "Input should be a valid list", len(body))
         self._check_model(body)
+        if self.generation.checks_max_tokens_first and max_tokens is not None and max_tokens > self.max_model_len:
+            self._budget(0, max_tokens, request[_LIMIT_NAME])  # raises: 0.18+ checks this before the template
         texts = [_content_text(m.get("content")) for m in messages]
-        prompt_tokens = sum(_words(t) for t in texts)
+        prompt_tokens = self._chat_prompt_tokens(messages, texts)
         max_tokens = self._budget(prompt_tokens, max_tokens, request[_LIMIT_NAME])
         last_user = next((t for m, t in zip(reversed(messages), reversed(texts)) if m.get("role") == "user"), "")
         pieces, finish = _answer(last_user, max_tokens)
@@ -330,20 +369,28 @@ class _Endpoints:
         for i, (_, (pieces, fin)) in enumerate(answers):
             events += [{**head, "choices": [choice(i, piece, None)]} for piece in pieces]
             events.append({**head, "choices": [choice(i, "", fin)]})
-        if self.generation.usage_on_finish_chunk:
+        gen = self.generation
+        if gen.usage_on_finish_chunk:
             events[-1]["usage"] = usage
+        options = body.get("stream_options")
+        if gen.include_usage and isinstance(options, dict) and options.get("include_usage") is True:
+            events.append({**head, "choices": [], "usage": usage})  # as for chat: a last chunk with no choices
         return await _sse(request, events, self.done_delay)
 
 
 def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_model_len: int = 4096,
               vllm_version: str = DEFAULT_VERSION, reject_unknown_fields: bool = False, done_delay: float = 0.0,
+              chat_template: str = "llama-2-chat",
               recorder: Optional[list[RecordedRequest]] = None) -> web.Application:
     """The emulated server as an aiohttp app playing vLLM ``vllm_version``; every response goes to ``recorder``.
 
     Empty keys are ignored; with no key at all the server is open, as in vLLM. Before 0.11 vLLM takes exactly
     one key. ``reject_unknown_fields`` plays an OpenAI-compatible server that refuses fields it does not know
-    (vLLM itself ignores them).
+    (vLLM itself ignores them). ``chat_template`` is the served model's, by kind (:data:`TEMPLATE_KINDS`); the
+    default, Llama-2-chat's, answers MetaGPT's chat requests (``serve`` plays the seed's ``none``).
     """
+    if chat_template not in TEMPLATE_KINDS:
+        raise ValueError(f"chat_template: {chat_template!r} is not one of {', '.join(TEMPLATE_KINDS)}")
     generation = _generation(vllm_version)
     keys = [k for k in api_keys if k]
     if not generation.key_scheme_any_case and len(keys) > 1:
@@ -384,9 +431,9 @@ def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_m
             body = request.get(_BODY)
             recorder.append(RecordedRequest(request.method, request.path, request.headers.get("Authorization"),
                                             response.status, tuple(sorted(body)) if isinstance(body, dict) else (),
-                                            body.get("max_tokens") if isinstance(body, dict) else None))
+                                            body.get("max_tokens") if isinstance(body, dict) else None, body))
 
-    ep = _Endpoints(model, max_model_len, vllm_version, reject_unknown_fields, done_delay)
+    ep = _Endpoints(model, max_model_len, vllm_version, reject_unknown_fields, done_delay, chat_template)
     app = web.Application(middlewares=[authentication, api_errors])
     # aiohttp 3.8 parametrises aiosignal's Signal with the callback's type, aiosignal 1.4 with its arguments' types
     app.on_response_prepare.append(record)  # type: ignore[arg-type]
@@ -412,17 +459,23 @@ def _describe_keys(api_keys: Sequence[str], vllm_version: str) -> str:
 
 
 class VLLMServer:
-    """The emulator on a background thread with its own event loop (tests, demo)."""
+    """The emulator on a background thread with its own event loop (tests, demo).
+
+    ``chat_template`` defaults to ``"llama-2-chat"``, a model whose template takes MetaGPT's system + user
+    messages, so a test that is not about chat templates tests what it says; ``"none"`` is the seed's model as
+    published (and the ``serve`` command's default).
+    """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_keys: Sequence[str] = (),
                  model: str = DEFAULT_MODEL, max_model_len: int = 4096, vllm_version: str = DEFAULT_VERSION,
-                 reject_unknown_fields: bool = False, done_delay: float = 0.0) -> None:
+                 reject_unknown_fields: bool = False, done_delay: float = 0.0,
+                 chat_template: str = "llama-2-chat") -> None:
         self.host, self.port, self.model = host, port, model
-        self.max_model_len, self.vllm_version = max_model_len, vllm_version
+        self.max_model_len, self.vllm_version, self.chat_template = max_model_len, vllm_version, chat_template
         self._recorded: list[RecordedRequest] = []
         self._app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len, vllm_version=vllm_version,
                               reject_unknown_fields=reject_unknown_fields, done_delay=done_delay,
-                              recorder=self._recorded)  # validates arguments early
+                              chat_template=chat_template, recorder=self._recorded)  # validates arguments early
         self._banner = _describe_keys(api_keys, vllm_version)
         self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
@@ -502,14 +555,16 @@ class VLLMServer:
 
 async def serve(*, host: str = "127.0.0.1", port: int = 8000, api_keys: Sequence[str] = (),
                 model: str = DEFAULT_MODEL, max_model_len: int = 4096, vllm_version: str = DEFAULT_VERSION,
-                reject_unknown_fields: bool = False, ready: Optional[Callable[[str], None]] = None,
+                reject_unknown_fields: bool = False, chat_template: str = "none",
+                ready: Optional[Callable[[str], None]] = None,
                 recorder: Optional[list[RecordedRequest]] = None) -> None:
     """Serve until cancelled, then close the socket; ``ready(url)`` is called once listening.
 
     ``recorder`` receives every answered request (see :func:`build_app`); the ``serve`` command prints them.
+    ``chat_template`` defaults to ``"none"``: the seed's model as published has no chat template.
     """
     app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len, vllm_version=vllm_version,
-                    reject_unknown_fields=reject_unknown_fields, recorder=recorder)
+                    reject_unknown_fields=reject_unknown_fields, chat_template=chat_template, recorder=recorder)
     runner = web.AppRunner(app)
     await runner.setup()
     try:

@@ -19,8 +19,8 @@ from re import Pattern
 from typing import Any, Optional
 
 __all__ = [
-    "CURRENT", "DEFAULT_VERSION", "GENERATIONS", "Generation", "Refusal", "classify_refusal", "for_version",
-    "parse_version",
+    "CURRENT", "DEFAULT_VERSION", "GENERATIONS", "NO_TEMPLATE_MESSAGES", "SYSTEM_ROLE_MESSAGES", "Generation",
+    "Refusal", "classify_refusal", "for_version", "is_system_role_refusal", "is_template_missing", "parse_version",
 ]
 
 DEFAULT_VERSION = "0.32.0"  #: the release the emulator plays unless told otherwise (the one CI runs for real)
@@ -50,6 +50,11 @@ class Generation:
     usage_details: bool  #: non-streamed usage also has ``prompt_tokens_details`` / ``completion_tokens_details`` (null)
     request_checks: bool  #: FastAPI-validation bodies (type "Bad Request", param "body.<field>"), stream_options
     #: only with stream, max_tokens >= 1 with its parameter named (measured on 0.32.0)
+    no_template_message: Optional[str]  #: 400 for a chat request to a model without a chat template; None: it
+    #: answers in transformers' default layout for the tokenizer's class (0.3.3 with transformers <= 4.43)
+    chat_error_cause: bool  #: chat preprocessing errors read ``f"{e} {e.__cause__}"``: " None" after vLLM's own
+    #: refusal, a template's exception text twice (0.10.2 - 0.17; 0.5.5 and 0.18+ send ``str(e)``)
+    checks_max_tokens_first: bool  #: ``max_tokens > context`` is refused before the template is applied (0.18+)
     bad_request_type: str = "BadRequestError"
     not_found_type: str = "NotFoundError"
 
@@ -65,6 +70,10 @@ class Generation:
         if self.clamps_max_tokens:
             return max_tokens > context
         return prompt_tokens + max_tokens > context
+
+    def chat_error(self, text: str, cause: Optional[str] = None) -> str:
+        """The 400 message for an error preparing a chat prompt (vLLM's own refusal: no ``cause``)."""
+        return f"{text} {cause}" if self.chat_error_cause else text
 
     def error_body(self, status: int, message: str, err_type: str, param: Optional[str]) -> dict[str, Any]:
         """The JSON body of an error response, in this generation's shape."""
@@ -93,6 +102,22 @@ _V018_PROMPT = ("This model's maximum context length is {context} tokens. Howeve
                 "length of the input prompt. (parameter=input_tokens, value={prompt})")
 _UNKNOWN_MODEL = "The model `{model}` does not exist."
 
+# A chat request to a model whose tokenizer has no chat template (read from the wheels). vLLM's own words from
+# 0.5.5 on (chat_utils.py; renderers/hf.py in 0.18+); before that vLLM passed on transformers' exception, which
+# since transformers 4.44 (no class defaults any more) says the second, and in transformers 5 the third.
+_NO_TEMPLATE = ("As of transformers v4.44, default chat template is no longer allowed, so you must provide a chat "
+                "template if the tokenizer does not define one.")
+NO_TEMPLATE_MESSAGES = (
+    _NO_TEMPLATE,
+    "Cannot use apply_chat_template() because tokenizer.chat_template is not set and no template argument was passed!",
+    "Cannot use chat template functions because tokenizer.chat_template is not set and no template argument was "
+    "passed!",
+)
+# Chat templates that refuse a system message, in their own raise_exception() words, which vLLM returns as the 400's
+# message: Mistral-7B-Instruct v0.1/v0.2 (and Llama-2-chat's for a second system message), Gemma.
+SYSTEM_ROLE_MESSAGES = ("Conversation roles must alternate user/assistant/user/assistant/...",
+                        "System role not supported")
+
 GENERATIONS: tuple[Generation, ...] = (
     # MetaGPT 0.7's time. One check for everything: prompt + max_tokens <= context.
     Generation(since=(0, 3, 0), name="0.3", key_scheme_any_case=False, env_key_wins=True, nested_errors=False,
@@ -100,21 +125,24 @@ GENERATIONS: tuple[Generation, ...] = (
                include_usage=False, usage_on_finish_chunk=True,
                max_tokens_message=_V03_MAX_TOKENS, max_tokens_param=None,
                prompt_message=_V03_PROMPT, prompt_param=None, unknown_model_message=_UNKNOWN_MODEL,
-               unknown_model_param=None, usage_details=False, request_checks=False),
+               unknown_model_param=None, usage_details=False, request_checks=False,
+               no_template_message=None, chat_error_cause=False, checks_max_tokens_first=False),
     # Nested error bodies (0.10.2), /version, stream_options; the key check is still exact.
     Generation(since=(0, 10, 2), name="0.10.2", key_scheme_any_case=False, env_key_wins=True, nested_errors=True,
                version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True,
                include_usage=True, usage_on_finish_chunk=False,
                max_tokens_message=_V010_MAX_TOKENS, max_tokens_param="max_tokens",
                prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL,
-               unknown_model_param=None, usage_details=False, request_checks=False),
+               unknown_model_param=None, usage_details=False, request_checks=False,
+               no_template_message=_NO_TEMPLATE, chat_error_cause=True, checks_max_tokens_first=False),
     # Several keys, constant-time compare, case-insensitive scheme; --api-key wins over VLLM_API_KEY.
     Generation(since=(0, 11, 0), name="0.11", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
                version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True,
                include_usage=True, usage_on_finish_chunk=False,
                max_tokens_message=_V010_MAX_TOKENS, max_tokens_param="max_tokens",
                prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL,
-               unknown_model_param=None, usage_details=False, request_checks=False),
+               unknown_model_param=None, usage_details=False, request_checks=False,
+               no_template_message=_NO_TEMPLATE, chat_error_cause=True, checks_max_tokens_first=False),
     # max_tokens is clamped to the room left; only max_tokens > context is refused (measured on 0.32.0).
     Generation(since=(0, 18, 0), name="0.18+", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
                version_endpoint=True, clamps_max_tokens=True, checks_prompt_alone=True,
@@ -122,7 +150,8 @@ GENERATIONS: tuple[Generation, ...] = (
                max_tokens_message=_V018_MAX_TOKENS, max_tokens_param="max_tokens",
                prompt_message=_V018_PROMPT, prompt_param="input_tokens",
                unknown_model_message=_UNKNOWN_MODEL + " Valid aliases: {served}.", unknown_model_param="model",
-               usage_details=True, request_checks=True),
+               usage_details=True, request_checks=True,
+               no_template_message=_NO_TEMPLATE, chat_error_cause=False, checks_max_tokens_first=True),
 )
 CURRENT = GENERATIONS[-1]
 
@@ -189,8 +218,6 @@ def _patterns() -> tuple[tuple[str, Pattern[str]], ...]:
     return tuple((kind, _pattern(template)) for kind, template in found)
 
 
-
-
 def error_fields(body: Any) -> Mapping[str, Any]:
     """The ``message`` / ``param`` / ``type`` mapping of an error body in any generation's shape."""
     if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):
@@ -210,3 +237,13 @@ def classify_refusal(message: str) -> Optional[Refusal]:
                 kind = "prompt"  # 0.3's single check: the prompt alone already fills the context
             return Refusal(kind, context, prompt, completion)
     return None
+
+
+def is_template_missing(message: str) -> bool:
+    """Is this a refusal of a chat request because the model has no chat template (any vLLM, any transformers)?"""
+    return any(known in (message or "") for known in NO_TEMPLATE_MESSAGES)
+
+
+def is_system_role_refusal(message: str) -> bool:
+    """Is this a chat template's refusal of the system role (Mistral-Instruct's or Gemma's words)?"""
+    return any(known in (message or "") for known in SYSTEM_ROLE_MESSAGES)

@@ -283,8 +283,10 @@ def test_server_version_and_generation_are_in_the_json(runs):
     assert server["version_status"] == 200 and server["max_model_len"] == 4096
     (check,) = [c for c in document["checks"] if c["id"] == "max-token"]
     assert check["level"] == "ok"
-    assert [f["name"] for f in document["plugin"]["fixes"]] == ["api_key", "max_tokens", "usage"]
-    assert document["plugin"]["fixes_in_effect"] == {"api_key": True, "max_tokens": True, "usage": True}
+    assert [f["name"] for f in document["plugin"]["fixes"]] == ["api_key", "max_tokens", "usage", "chat_template",
+                                                                "system_role"]
+    assert document["plugin"]["fixes_in_effect"] == {"api_key": True, "max_tokens": True, "usage": True,
+                                                     "chat_template": True, "system_role": True}
 
 
 def test_max_token_leaving_little_room_is_ok_where_vllm_clamps(runs):

@@ -237,7 +237,8 @@ def test_a_fix_whose_gate_refuses_is_left_off_alone_and_the_others_apply(tmp_pat
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert (status["import_error"], status["code"], status["active"]) == (None, "supported", True)
-    assert status["fixes"] == {"api_key": "active", "max_tokens": "refused", "usage": "active"}
+    assert status["fixes"] == {"api_key": "active", "max_tokens": "refused", "usage": "active",
+                               "chat_template": "active", "system_role": "active"}
     (warning,) = lines_with(proc.stderr, "not applying the max_tokens fix")
     assert "no longer sends max_tokens as MetaGPT 0.7 does" in warning
 
@@ -250,7 +251,8 @@ def test_strict_mode_covers_every_fix(tmp_path):
     assert status["import_error"] == ("PatchRefused: metagpt-vllm-fix (METAGPT_VLLM_FIX=strict): max_tokens: "
                                       "OpenAILLM._cons_kwargs no longer sends max_tokens as MetaGPT 0.7 does")
     # nothing stays half-applied behind the refusal, and status says which fix refused
-    assert status["fixes"] == {"api_key": "inactive", "max_tokens": "refused", "usage": "inactive"}
+    assert status["fixes"] == {"api_key": "inactive", "max_tokens": "refused", "usage": "inactive",
+                               "chat_template": "inactive", "system_role": "inactive"}
 
 
 # --- broken or missing dist-info metadata (on a copy of the real MetaGPT 0.7.7) -------------------------------

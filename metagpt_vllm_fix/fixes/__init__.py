@@ -29,6 +29,10 @@ class Fix:
     def targets(self) -> Sequence[Target]:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """The status line of an active fix: its summary, plus what it decides at run time (if anything)."""
+        return self.summary
+
     def problem(self, module: ModuleType) -> Optional[str]:
         """Why this fix does not fit the imported module (its gate), or None when it does."""
         for class_name, attribute, _ in self.targets():
@@ -173,10 +177,21 @@ def mentions(function: Any, text: str) -> bool:
 
 
 def all_fixes() -> tuple[Fix, ...]:
-    """Every fix, in the order they are applied (imported here so that nothing loads before it is needed)."""
-    from . import api_key, max_tokens, usage
+    """Every fix, in the order of NAMES (how status lists them; imported here so nothing loads before it is needed)."""
+    from . import api_key, chat_template, max_tokens, system_role, usage
 
-    return (api_key.FIX, max_tokens.FIX, usage.FIX)
+    return (api_key.FIX, max_tokens.FIX, usage.FIX, chat_template.FIX, system_role.FIX)
 
 
-NAMES = ("api_key", "max_tokens", "usage")
+def wrapping_order() -> tuple[Fix, ...]:
+    """The order the fixes are applied in: on a client's ``create`` a later fix's wrapper sits outside an earlier one's.
+
+    ``chat_template`` and ``system_role`` go inside ``max_tokens`` and ``usage``: the request they send instead
+    (to ``/v1/completions``, or with the system message folded in) still gets usage's ``stream_options``, and its
+    ``max_tokens`` refusal reaches the max_tokens fix like the chat request's own.
+    """
+    by_name = {fix.name: fix for fix in all_fixes()}
+    return tuple(by_name[name] for name in ("api_key", "chat_template", "system_role", "max_tokens", "usage"))
+
+
+NAMES = ("api_key", "max_tokens", "usage", "chat_template", "system_role")

@@ -1,0 +1,215 @@
+"""The ``chat_template`` fix: a model served without a chat template answers MetaGPT through ``/v1/completions``.
+
+``meta-llama/Llama-2-7b-hf``, the seed's model, has no chat template. vLLM 0.3 answered its chat requests anyway,
+in transformers' default layout for the tokenizer's class (transformers <= 4.43); vLLM 0.5.5 and later, and any
+vLLM with transformers >= 4.44, refuse every chat request with 400 (the wordings are in ``vllm_versions``). On
+that refusal this fix lays the conversation out as transformers did (``chat_layout``) and asks the same server's
+``/v1/completions`` with the same client and the same parameters, then hands MetaGPT the chat objects it reads.
+Once a server has refused a model, that model's requests go to ``/v1/completions`` at once. A function-call
+request is not rerouted (a completion cannot call tools): it gets the server's error, and the log the remedy.
+
+It wraps ``create`` inside the ``max_tokens`` and ``usage`` fixes, so a rerouted request still carries usage's
+``stream_options`` and a ``max_tokens`` refusal of ``/v1/completions`` reaches the max_tokens fix as the refusal of
+the chat request it answers (both are openai exceptions).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from .. import chat_layout
+from . import RequestFix, error_message, server_of, status_code
+
+log = logging.getLogger("metagpt_vllm_fix")
+
+_Key = tuple[str, str]  # (server base URL, model)
+_rerouted: dict[_Key, str] = {}  # (server, model) -> layout, for the models a server refused for want of a template
+_warned: set[tuple[_Key, str]] = set()
+_lock = threading.Lock()
+
+# create() arguments that mean the same to /v1/completions; any other argument (tools, functions, response_format,
+# logprobs ...) has no completion counterpart, so such a request is left to the server's refusal.
+_CARRIED = frozenset({
+    "model", "max_tokens", "n", "temperature", "top_p", "stop", "stream", "presence_penalty", "frequency_penalty",
+    "logit_bias", "user", "seed", "timeout", "extra_headers", "extra_query", "extra_body",
+})
+_FUNCTION_CALLS = ("tools", "tool_choice", "functions", "function_call")
+
+
+def refuses_for_template(exc: BaseException) -> bool:
+    """A 400 saying the model has no chat template (any vLLM generation's words, or transformers')."""
+    if status_code(exc) != 400:
+        return False
+    from ..vllm_versions import is_template_missing  # only once a request has failed: patching stays cheap
+
+    return is_template_missing(error_message(exc))
+
+
+def remedy(layout: str) -> str:
+    """The server-side cure, in words (the shipped template that lays conversations out the same way)."""
+    return (f"start vLLM with --chat-template \"$(metagpt-vllm-fix chat-template {layout})\" (a template file this "
+            "package ships), or serve a model that has a chat template")
+
+
+def _reroutable(kwargs: dict[str, Any]) -> bool:
+    return isinstance(kwargs.get("messages"), list) and all(name in _CARRIED for name in kwargs if name != "messages")
+
+
+def _first(key: _Key, what: str) -> bool:
+    """True the first time ``what`` happens for this (server, model) in this process: one warning each."""
+    with _lock:
+        first = (key, what) not in _warned
+        _warned.add((key, what))
+    return first
+
+
+def _warn(key: _Key, layout: str, why: str, message: str) -> None:
+    if not _first(key, "rerouted"):
+        return
+    log.warning("chat_template: %s has no chat template for %s (%s); answering its chat requests through "
+                "/v1/completions, laid out in %s's layout as transformers <= 4.43 did by default (%s). Remedy: %s.",
+                key[0], key[1], message[:160], layout, why, remedy(layout), extra={"fix": "chat_template"})
+
+
+def _chunk(completion_chunk: Any, first: bool) -> Any:
+    """A ``/v1/completions`` stream chunk as the ``chat.completion.chunk`` MetaGPT reads (usage kept as it came)."""
+    from openai.types.chat.chat_completion_chunk import ChatCompletionChunk, Choice, ChoiceDelta
+
+    def delta(text: str) -> Any:
+        return ChoiceDelta.construct(role="assistant", content=text) if first else ChoiceDelta.construct(content=text)
+
+    choices = [Choice.construct(index=choice.index, finish_reason=choice.finish_reason, logprobs=None,
+                                delta=delta(choice.text))
+               for choice in (getattr(completion_chunk, "choices", None) or [])]
+    extra = {"usage": completion_chunk.usage} if getattr(completion_chunk, "usage", None) is not None else {}
+    return ChatCompletionChunk.construct(id=completion_chunk.id, object="chat.completion.chunk",
+                                         created=getattr(completion_chunk, "created", None) or int(time.time()),
+                                         model=completion_chunk.model, choices=choices, **extra)
+
+
+def _completion(completion: Any) -> Any:
+    """A ``/v1/completions`` answer as the ``chat.completion`` MetaGPT reads (message.content, usage ...)."""
+    from openai.types.chat.chat_completion import ChatCompletion, Choice
+    from openai.types.chat.chat_completion_message import ChatCompletionMessage
+
+    choices = [Choice.construct(index=choice.index, finish_reason=choice.finish_reason, logprobs=None,
+                                message=ChatCompletionMessage.construct(role="assistant", content=choice.text))
+               for choice in completion.choices]
+    return ChatCompletion.construct(id=completion.id, object="chat.completion", created=completion.created,
+                                    model=completion.model, choices=choices, usage=completion.usage)
+
+
+class ChatStream:
+    """A completions stream read as a chat stream: ``async for`` gives ``ChatCompletionChunk`` objects."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.response = getattr(stream, "response", None)  # what openai's AsyncStream offers besides iteration
+
+    def __aiter__(self) -> Any:
+        return self._chunks()
+
+    async def _chunks(self) -> Any:
+        first = True
+        async for chunk in self._stream:
+            converted = _chunk(chunk, first)
+            first = first and not converted.choices
+            yield converted
+
+    async def close(self) -> None:
+        close = getattr(self._stream, "close", None)
+        if close is not None:
+            await close()
+
+
+def _completions_of(instance: Any, wrapped: Callable[..., Any]) -> Any:
+    """The ``completions`` resource of the client this chat ``create`` belongs to (None if it has none)."""
+    owner = instance if instance is not None else getattr(wrapped, "__self__", None)
+    completions = getattr(getattr(owner, "_client", None), "completions", None)
+    return completions if callable(getattr(completions, "create", None)) else None
+
+
+async def _ask_completions(completions: Any, layout: str, kwargs: dict[str, Any]) -> Any:
+    carried = {name: value for name, value in kwargs.items() if name != "messages"}
+    prompt = chat_layout.completion_prompt(layout, kwargs["messages"])
+    answer = await completions.create(prompt=prompt, **carried)
+    return ChatStream(answer) if kwargs.get("stream") else _completion(answer)
+
+
+def known_layouts() -> dict[_Key, str]:
+    """What this process has learnt: (server, model) -> the layout its chat requests are answered in."""
+    with _lock:
+        return dict(_rerouted)
+
+
+async def answer_without_template(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                                  kwargs: dict[str, Any]) -> Any:
+    """wrapt wrapper of ``chat.completions.create``: after the no-template 400, ``/v1/completions`` answers."""
+    if args:  # openai's create() takes keywords only; anything else is not MetaGPT's call
+        return await wrapped(*args, **kwargs)
+    key = (server_of(wrapped, instance), str(kwargs.get("model")))
+    with _lock:
+        layout = _rerouted.get(key)
+    completions = _completions_of(instance, wrapped)
+    if layout is not None and completions is not None and _reroutable(kwargs):
+        return await _ask_completions(completions, layout, kwargs)
+    try:
+        return await wrapped(*args, **kwargs)
+    except Exception as exc:
+        if not refuses_for_template(exc) or completions is None:
+            raise
+        layout, why = chat_layout.choose(key[1])
+        if not _reroutable(kwargs):
+            if _first(key, "not rerouted"):
+                calls = [name for name in _FUNCTION_CALLS if name in kwargs] or \
+                    sorted(set(kwargs) - _CARRIED - {"messages"})
+                log.warning("chat_template: %s has no chat template for %s; a request with %s cannot be answered "
+                            "through /v1/completions, so it gets the server's 400. Remedy: %s.", key[0], key[1],
+                            ", ".join(calls), remedy(layout), extra={"fix": "chat_template"})
+            raise
+        with _lock:
+            _rerouted[key] = layout
+        _warn(key, layout, why, error_message(exc))
+    return await _ask_completions(completions, layout, kwargs)
+
+
+def forget() -> None:
+    """Drop what was learnt (``remove()`` calls it, so a re-applied fix starts afresh)."""
+    with _lock:
+        _rerouted.clear()
+        _warned.clear()
+
+
+def layout_status() -> str:
+    """The layout decision as status shows it (the model is not known before a request)."""
+    import os
+
+    chosen = os.environ.get(chat_layout.ENV, "").strip()
+    if chosen and chosen.lower() != "auto":
+        try:
+            return f"layout {chat_layout.layout_name(chosen)} ({chat_layout.ENV})"
+        except ValueError:
+            return f"layout by model name ({chat_layout.ENV}={chosen[:20]!r} is not llama-2, chatml or auto)"
+    return "layout by model name: Llama-2's for Llama-family names, ChatML otherwise"
+
+
+class ChatTemplateFix(RequestFix):
+    name = "chat_template"
+    summary = ("a model without a chat template answers through /v1/completions, laid out as transformers <= 4.43 "
+               "did")
+    upstream = ("every chat request to a model without a chat template gets 400 (vLLM 0.5.5+, or transformers "
+                ">= 4.44)")
+    call = staticmethod(answer_without_template)
+
+    def describe(self) -> str:
+        return f"{self.summary}; {layout_status()}"
+
+    def forget(self) -> None:
+        forget()
+
+
+FIX = ChatTemplateFix()
+

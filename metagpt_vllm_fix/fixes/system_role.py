@@ -1,0 +1,114 @@
+"""The ``system_role`` fix: a chat template that refuses the system role gets the system text in the first user turn.
+
+MetaGPT 0.7 starts every conversation with a system message. Mistral-7B-Instruct v0.1/v0.2's template refuses it
+("Conversation roles must alternate user/assistant/user/assistant/..."), Gemma's too ("System role not
+supported"); vLLM returns the template's words as a 400 (``vllm_versions``). On exactly that 400, for a request
+that has a system message, the same request goes once more with the system message(s) folded into the first user
+message, the way such models' own instructions are written. Once a server has refused it for a model, later
+requests to that model are folded at once. No other 400 is touched, and a request is never sent a third time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any, Callable
+
+from . import RequestFix, error_message, server_of, status_code
+
+log = logging.getLogger("metagpt_vllm_fix")
+
+_Key = tuple[str, str]  # (server base URL, model)
+_folding: set[_Key] = set()  # the models whose template refused a system message
+_lock = threading.Lock()
+
+
+def refuses_system_role(exc: BaseException) -> bool:
+    """A 400 in a chat template's words refusing the system role (Mistral-Instruct's, Gemma's)."""
+    if status_code(exc) != 400:
+        return False
+    from ..vllm_versions import is_system_role_refusal  # only once a request has failed: patching stays cheap
+
+    return is_system_role_refusal(error_message(exc))
+
+
+def _has_system(messages: Any) -> bool:
+    return isinstance(messages, list) and any(isinstance(m, Mapping) and m.get("role") == "system" for m in messages)
+
+
+def _text(content: Any) -> str:
+    return content if isinstance(content, str) else ""
+
+
+def fold_system(messages: list[Any]) -> list[Any]:
+    """The messages without system messages, their text (blank-line separated) opening the first user message.
+
+    With no user message, the system text becomes one. Nothing else changes; the caller's list is not modified.
+    """
+    system = [m for m in messages if isinstance(m, Mapping) and m.get("role") == "system"]
+    rest = [m for m in messages if not (isinstance(m, Mapping) and m.get("role") == "system")]
+    text = "\n\n".join(_text(m.get("content")) for m in system)
+    for index, message in enumerate(rest):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                merged: Any = f"{text}\n\n{content}" if content else text
+            elif isinstance(content, list):  # content parts (images): the system text goes first, as a text part
+                merged = [{"type": "text", "text": text}, *content]
+            else:
+                merged = text
+            return [*rest[:index], {**message, "content": merged}, *rest[index + 1:]]
+    return [{"role": "user", "content": text}, *rest]
+
+
+async def fold_refused_system(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+                              kwargs: dict[str, Any]) -> Any:
+    """wrapt wrapper of ``chat.completions.create``: after a system-role refusal, once more with it folded in."""
+    messages: Any = kwargs.get("messages")
+    if args or not _has_system(messages):
+        return await wrapped(*args, **kwargs)
+    key = (server_of(wrapped, instance), str(kwargs.get("model")))
+    with _lock:
+        known = key in _folding
+    if known:
+        return await wrapped(*args, **{**kwargs, "messages": fold_system(messages)})
+    try:
+        return await wrapped(*args, **kwargs)
+    except Exception as exc:
+        if not refuses_system_role(exc):
+            raise
+        with _lock:
+            first = key not in _folding
+            _folding.add(key)
+        if first:
+            log.warning("system_role: the chat template of %s on %s refuses the system role (%s); sending MetaGPT's "
+                        "system message as the start of the first user message from now on.", key[1], key[0],
+                        error_message(exc)[:120], extra={"fix": "system_role"})
+    return await wrapped(*args, **{**kwargs, "messages": fold_system(messages)})
+
+
+def known_folding() -> set[_Key]:
+    """What this process has learnt: the (server, model) pairs whose template refuses the system role."""
+    with _lock:
+        return set(_folding)
+
+
+def forget() -> None:
+    """Drop what was learnt (``remove()`` calls it, so a re-applied fix starts afresh)."""
+    with _lock:
+        _folding.clear()
+
+
+class SystemRoleFix(RequestFix):
+    name = "system_role"
+    summary = "a chat template that refuses the system role gets MetaGPT's system text in the first user message"
+    upstream = ("every request to a model whose template refuses the system role (Mistral-Instruct v0.1/v0.2, "
+                "Gemma) gets 400: MetaGPT always sends a system message first")
+    call = staticmethod(fold_refused_system)
+
+    def forget(self) -> None:
+        forget()
+
+
+FIX = SystemRoleFix()
