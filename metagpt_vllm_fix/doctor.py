@@ -793,6 +793,7 @@ class Doctor:
                 off[fix.name] = why
         self.add("ask", *doctor_ask.ask_verdict(result, off, llm.model or "", note, api_type))
 
+
     def _ask(self, llm: Any, api_type: str, scratch: Path, deadline: float) -> tuple[doctor_ask.AskResult, str]:
         """(result, note): the provider built as MetaGPT builds it, the fixes as this environment applies them."""
         if api_type not in ("open_llm", "openai"):

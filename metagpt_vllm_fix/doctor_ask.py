@@ -23,12 +23,15 @@ from typing import Any, Optional
 
 from .gate import PLACEHOLDER as PLACEHOLDER_KEY
 from .masking import show_authorization
-from .report import OK, PROBLEM
+from .report import OK, PROBLEM, WARNING
 
 PROMPT = "Say hello."  #: the doctor's question; MetaGPT adds its default system message before it, as aask does
 AASK_TIMEOUT = 3  #: aask's own ``timeout`` argument (MetaGPT sends ``max(llm.timeout, 3)``)
 SHOWN_CHARS = 40  #: of the first token
 LOGGER = "metagpt_vllm_fix"
+#: fixes that stand in for something the server should be set up to do (a chat template that takes MetaGPT's
+#: messages): an answer through them is a warning. The others' situations have their own rule-based line.
+SERVER_SIDE = ("chat_template", "system_role")
 
 
 @dataclasses.dataclass
@@ -238,6 +241,12 @@ def ask(llm: Any, seconds: float) -> AskResult:
 # --- what the answer means (pure) -----------------------------------------------------------------------------
 
 
+def _unprefixed(note: FixNote) -> str:
+    """A fix's message without its own ``name:`` prefix (the line already names the fix)."""
+    prefix = note.fix + ": "
+    return note.message[len(prefix):] if note.message.startswith(prefix) else note.message
+
+
 def _sentence(text: str) -> str:
     text = text.rstrip()
     return text if text.endswith(".") else text + "."
@@ -245,7 +254,7 @@ def _sentence(text: str) -> str:
 
 def explain(result: AskResult, off: Mapping[str, str], model: str = "") -> str:
     """Why MetaGPT's call got no answer, and the remedy; ``off`` maps each fix not in effect to why."""
-    from .vllm_versions import classify_refusal
+    from .vllm_versions import classify_refusal, is_system_role_refusal, is_template_missing
 
     message = result.message or ""
     if result.error == "timeout":
@@ -264,6 +273,18 @@ def explain(result: AskResult, off: Mapping[str, str], model: str = "") -> str:
         return f"{said} The server refuses the configured key: see the server line above."
     if status == 404:
         return f"{said} The server does not serve llm.model {model!r}: see the model line above."
+    if status == 400 and is_template_missing(message):
+        from .chat_layout import choose
+        from .fixes.chat_template import remedy
+
+        layout, _ = choose(model)
+        why = f" and the chat_template fix is off ({off['chat_template']})" if "chat_template" in off else ""
+        return f"{said} {model} has no chat template on this server{why}. Remedy: {remedy(layout)}."
+    if status == 400 and is_system_role_refusal(message):
+        why = f"; the system_role fix is off ({off['system_role']})" if "system_role" in off else ""
+        return (f"{said} {model}'s chat template refuses the system message MetaGPT 0.7 always sends first{why}. "
+                "Remedy: serve it with a chat template that accepts a system role, or let the system_role fix fold "
+                "the system message into the first user message.")
     refusal = classify_refusal(message) if status == 400 else None
     if refusal is not None and refusal.kind == "max_tokens":
         size = f" (e.g. {max(1, refusal.context // 4)})" if refusal.context else ""
@@ -280,7 +301,7 @@ def ask_verdict(result: AskResult, off: Mapping[str, str], model: str = "", note
     what = (f"asked as MetaGPT does (its {api_type} provider from this config, system + user message, streamed"
             + (f"; {note})" if note else ")"))
     details = [f"  {exchange}" for exchange in result.exchanges]
-    details += [f"  the {n.fix} fix acted: {n.message}" for n in result.fixes]
+    details += [f"  the {n.fix} fix acted: {_unprefixed(n)}" for n in result.fixes]
     if not result.exchanges:
         details.append("  (no HTTP request was sent)")
     tail = "\n" + "\n".join(details)
@@ -291,5 +312,11 @@ def ask_verdict(result: AskResult, off: Mapping[str, str], model: str = "", note
             got = "an answer came back (empty)"
         acted = result.fixes_acted
         by = f", through the {' and '.join(acted)} fix{'es' if len(acted) > 1 else ''}" if acted else ""
+        needs = [name for name in acted if name in SERVER_SIDE]
+        if needs:
+            return WARNING, (f"{what}: {got}{by}, in {result.seconds:g} s. Handled, at one refused request per "
+                             f"process; without the {' and '.join(needs)} fix every request gets 400. The fix's "
+                             f"line below says why and what to change on the server.{tail}")
         return OK, f"{what}: {got}{by}, in {result.seconds:g} s{tail}"
     return PROBLEM, f"{what}: no answer. {explain(result, off, model)}{tail}"
+

@@ -36,6 +36,10 @@ from metagpt_vllm_fix.report import OK, PROBLEM, WARNING
 from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
 from metagpt_vllm_fix.vllm_versions import for_version
 
+# The shared ``runs`` fixture starts about 40 doctor processes (each imports MetaGPT, 2-3 s on an idle core): its
+# first test may need more than the suite's 300 s when the machine is busy.
+pytestmark = pytest.mark.timeout(900)
+
 KEY = "token-doctor-0123456789"
 WRONG_KEY = "token-wrong-9876543210"
 CLI = [sys.executable, "-m", "metagpt_vllm_fix"]
@@ -92,8 +96,27 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
-    """One ``serve --api-key KEY`` (vLLM 0.32.0, max_model_len 4096) for the whole module; yields its base_url."""
-    proc, base_url, _ = start_serve(tmp_path_factory.mktemp("serve"), "--api-key", KEY)
+    """One ``serve --api-key KEY --chat-template llama-2-chat`` (vLLM 0.32.0, max_model_len 4096, a model with
+    Llama-2-chat's template) for the whole module; yields its base_url."""
+    proc, base_url, _ = start_serve(tmp_path_factory.mktemp("serve"), "--api-key", KEY, "--chat-template",
+                                    "llama-2-chat")
+    yield base_url
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def server_none(tmp_path_factory) -> Iterator[str]:
+    """``serve --api-key KEY``: vLLM 0.32.0 serving the seed's model as published, without a chat template."""
+    proc, base_url, _ = start_serve(tmp_path_factory.mktemp("serve-none"), "--api-key", KEY)
+    yield base_url
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def server_mistral(tmp_path_factory) -> Iterator[str]:
+    """``serve --api-key KEY --chat-template mistral-instruct``: a template that refuses the system role."""
+    proc, base_url, _ = start_serve(tmp_path_factory.mktemp("serve-mistral"), "--api-key", KEY, "--chat-template",
+                                    "mistral-instruct")
     yield base_url
     stop(proc)
 
@@ -189,11 +212,26 @@ SCENARIOS_033 = {
 }
 
 
+# The seed's server as published today: vLLM 0.32 serving a model without a chat template (serve's default), and a
+# model whose template refuses MetaGPT's system message.
+SCENARIOS_TEMPLATES = {
+    "none-seed": lambda url: (config_text(url), (), FIXES_ON),
+    "none-fix-off": lambda url: (config_text(url), (), {"METAGPT_VLLM_FIX_DISABLE": "chat_template"}),
+}
+SCENARIOS_MISTRAL = {
+    "mistral": lambda url: (config_text(url), (), FIXES_ON),
+    "mistral-fix-off": lambda url: (config_text(url), (), {"METAGPT_VLLM_FIX_DISABLE": "system_role"}),
+}
+
+
 @pytest.fixture(scope="module")
-def runs(server, server_033, tmp_path_factory) -> dict[str, Run]:
-    """Every scenario of SCENARIOS and SCENARIOS_033, run against its shared server (two at a time)."""
+def runs(server, server_033, server_none, server_mistral, tmp_path_factory) -> dict[str, Run]:
+    """Every scenario of SCENARIOS, SCENARIOS_033 and the template ones, run against its shared server (two at a
+    time)."""
     plan = {**{name: (make, server) for name, make in SCENARIOS.items()},
-            **{name: (make, server_033) for name, make in SCENARIOS_033.items()}}
+            **{name: (make, server_033) for name, make in SCENARIOS_033.items()},
+            **{name: (make, server_none) for name, make in SCENARIOS_TEMPLATES.items()},
+            **{name: (make, server_mistral) for name, make in SCENARIOS_MISTRAL.items()}}
 
     def one(name: str) -> Run:
         make, url = plan[name]
@@ -395,7 +433,8 @@ def test_a_disable_word_naming_no_fix_is_a_warning_in_the_fixes_line(runs):
     assert run.returncode == 0, run
     (warning,) = lines(run, "warning")
     assert warning.startswith("warning fixes: api_key active, max_tokens active, usage off (METAGPT_VLLM_FIX_DISABLE)")
-    assert "METAGPT_VLLM_FIX_DISABLE names no fix: max_token (the fixes are api_key, max_tokens, usage)" in warning
+    assert ("METAGPT_VLLM_FIX_DISABLE names no fix: max_token (the fixes are api_key, max_tokens, usage, "
+            "chat_template, system_role)") in warning
     assert run.stderr == ""
     assert_clean(run)
 
@@ -556,6 +595,52 @@ def test_a_chat_request_that_gets_no_answer_is_a_problem_within_the_timeout(tmp_
     assert ask_line(run)[1:] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> no answer"]
     assert run.seconds < 3 + 20, run
     assert_clean(run)
+
+
+def test_the_seed_server_without_a_chat_template_answers_through_the_chat_template_fix_exit_0(runs):
+    run = runs["none-seed"]
+    assert run.returncode == 0, run
+    assert "ok      server answers with this key" in run.stdout, "the model list cannot tell: only a chat request can"
+    first, *details = ask_line(run)
+    assert first.startswith("warning " + ASKED) and "an answer came back" in first, run
+    assert "through the chat_template fix" in first and "without the chat_template fix every request gets 400" in first
+    assert details[:2] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 400",
+                           f"POST /v1/completions (Bearer {mask(KEY)}, max_tokens 512) -> 200"]
+    assert details[2].startswith("the chat_template fix acted: ") and "has no chat template" in details[2]
+    assert "in llama-2's layout" in details[2] and '--chat-template "$(metagpt-vllm-fix chat-template llama-2)"' \
+        in details[2]
+    assert [line.split()[0] for line in lines(run, "warning")] == ["warning"]
+    assert "verdict: warning (exit 0)" in run.stdout
+    assert_clean(run)
+
+
+def test_the_chat_template_fix_switched_off_is_named_by_the_400_and_its_remedy_exit_1(runs):
+    run = runs["none-fix-off"]
+    assert run.returncode == 1, run
+    (ask,) = lines(run, "problem")
+    assert ASKED in ask and ("no answer. The server answered 400: As of transformers v4.44, default chat template is "
+                             "no longer allowed") in ask
+    assert "has no chat template on this server and the chat_template fix is off (turned off by " \
+           "METAGPT_VLLM_FIX_DISABLE)" in ask
+    assert 'Remedy: start vLLM with --chat-template "$(metagpt-vllm-fix chat-template llama-2)"' in ask
+    assert ask_line(run)[1:] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 400"]
+    assert_clean(run)
+
+
+def test_a_template_refusing_the_system_role_answers_through_the_system_role_fix_and_fails_without(runs):
+    on, off = runs["mistral"], runs["mistral-fix-off"]
+    assert on.returncode == 0, on
+    first, *details = ask_line(on)
+    assert first.startswith("warning ") and "through the system_role fix" in first, on
+    assert [d.rsplit(" -> ", 1)[1] for d in details[:2]] == ["400", "200"]
+    assert details[2].startswith("the system_role fix acted: the chat template of") and "refuses the system role" \
+        in details[2]
+    assert off.returncode == 1, off
+    (ask,) = lines(off, "problem")
+    assert "The server answered 400: Conversation roles must alternate user/assistant/user/assistant/..." in ask
+    assert "refuses the system message MetaGPT 0.7 always sends first; the system_role fix is off" in ask
+    assert_clean(on)
+    assert_clean(off)
 
 
 # --- JSON -----------------------------------------------------------------------------------------------------
@@ -802,16 +887,26 @@ def test_a_failed_ask_is_a_problem_that_names_what_came_back_and_why(result, off
 
 
 def test_an_answer_is_ok_and_names_every_fix_that_acted():
-    notes = [dr.doctor_ask.FixNote("chat_template", "laid out as Llama-2"), dr.doctor_ask.FixNote("max_tokens", "x"),
-             dr.doctor_ask.FixNote("max_tokens", "y")]
-    result = asked(("Bearer tok...789", 200), answered=True, first_token="Hi", fixes=notes, seconds=0.5)
+    notes = [dr.doctor_ask.FixNote("max_tokens", "x"), dr.doctor_ask.FixNote("max_tokens", "y")]
+    result = asked(("Bearer tok...789", 400), ("Bearer tok...789", 200), answered=True, first_token="Hi",
+                   fixes=notes, seconds=0.5)
     level, message = dr.doctor_ask.ask_verdict(result, {})
     first, *rest = message.splitlines()
     assert level == OK and first.endswith("an answer came back, first token 'Hi' (the stream closed after it), "
-                                          "through the chat_template and max_tokens fixes, in 0.5 s")
-    assert rest[1:] == ["  the chat_template fix acted: laid out as Llama-2", "  the max_tokens fix acted: x",
-                        "  the max_tokens fix acted: y"]
+                                          "through the max_tokens fix, in 0.5 s")
+    assert rest[2:] == ["  the max_tokens fix acted: x", "  the max_tokens fix acted: y"]
     assert dr.doctor_ask.ask_verdict(asked(), {})[1].endswith("(no HTTP request was sent)")
+
+
+def test_an_answer_only_through_a_fix_standing_in_for_the_servers_template_is_a_warning():
+    notes = [dr.doctor_ask.FixNote("chat_template", "chat_template: no template here; Remedy: R."),
+             dr.doctor_ask.FixNote("max_tokens", "m")]
+    result = asked(("Bearer tok...789", 400), answered=True, first_token="Hi", fixes=notes, seconds=0.5)
+    level, message = dr.doctor_ask.ask_verdict(result, {})
+    first, *rest = message.splitlines()
+    assert level == WARNING and "through the chat_template and max_tokens fixes, in 0.5 s. Handled" in first
+    assert "without the chat_template fix every request gets 400" in first
+    assert rest[1] == "  the chat_template fix acted: no template here; Remedy: R."
 
 
 def test_the_ask_sends_what_aask_sends_a_system_then_a_user_message_built_by_the_provider_itself():
