@@ -36,7 +36,9 @@ def per_call_us(run: Callable[[], Any], calls: int, rounds: int = 7) -> float:
 
 
 def wrappers_alone(calls: int) -> None:
+    from metagpt_vllm_fix.fixes.chat_template import answer_without_template
     from metagpt_vllm_fix.fixes.max_tokens import fit_max_tokens
+    from metagpt_vllm_fix.fixes.system_role import fold_refused_system
     from metagpt_vllm_fix.fixes.usage import ask_for_usage, use_server_usage
 
     async def create(**kwargs: Any) -> Any:
@@ -48,6 +50,9 @@ def wrappers_alone(calls: int) -> None:
     max_tokens = per_call_us(lambda: loop.run_until_complete(fit_max_tokens(create, None, (), kwargs)), calls)
     stream_kwargs = {**kwargs, "stream": True}
     usage = per_call_us(lambda: loop.run_until_complete(ask_for_usage(create, None, (), stream_kwargs)), calls)
+    template = per_call_us(lambda: loop.run_until_complete(answer_without_template(create, None, (), kwargs)), calls)
+    system_kwargs = {**kwargs, "messages": [{"role": "system", "content": "s"}, *kwargs["messages"]]}
+    system = per_call_us(lambda: loop.run_until_complete(fold_refused_system(create, None, (), system_kwargs)), calls)
     loop.close()
 
     class Config:
@@ -62,6 +67,8 @@ def wrappers_alone(calls: int) -> None:
     print(f"   async no-op create() run to completion        {baseline:8.2f} µs per call")
     print(f"   + max_tokens wrapper (request that fits)       {max_tokens - baseline:+8.2f} µs")
     print(f"   + usage wrapper (streamed request)             {usage - baseline:+8.2f} µs")
+    print(f"   + chat_template wrapper (request answered)     {template - baseline:+8.2f} µs")
+    print(f"   + system_role wrapper (request answered)       {system - baseline:+8.2f} µs")
     print(f"   + usage wrapper on _calc_usage (calc_usage off){calc - plain:+8.2f} µs")
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 __all__ = ["ENV", "LAYOUTS", "TEMPLATE_NAMES", "auto_layout", "chatml", "choose", "completion_prompt", "layout_name",
-           "llama_2", "template_path"]
+           "llama_2", "render", "template_path"]
 
 ENV = "METAGPT_VLLM_FIX_CHAT_LAYOUT"  #: llama-2 or chatml; unset (or "auto") decides by the model's name
 BOS, EOS = "<s>", "</s>"  #: Llama tokenizers' special tokens, which Llama-2's layout writes as text
@@ -117,13 +117,19 @@ def choose(model: str) -> tuple[str, str]:
     return "chatml", f"{name!r} is not a Llama-family name; transformers <= 4.43 used ChatML for those{note}"
 
 
-def completion_prompt(layout: str, messages: Sequence[Mapping[str, Any]]) -> str:
-    """The layout's text as a ``/v1/completions`` prompt reaching the model as the same tokens as the template.
+def render(layout: str, messages: Sequence[Mapping[str, Any]]) -> str:
+    """The conversation in a layout: exactly what ``templates/<layout>.jinja`` renders, ``<s>`` included."""
+    return LAYOUTS[layout](messages)
 
-    A chat template writes ``<s>`` as text and vLLM tokenizes chat prompts without adding special tokens;
-    ``/v1/completions`` adds the tokenizer's BOS itself. So Llama-2's leading ``<s>`` is left to the server.
+
+def completion_prompt(layout: str, messages: Sequence[Mapping[str, Any]]) -> str:
+    """The layout's text for a ``/v1/completions`` that adds the tokenizer's BOS itself (special tokens on).
+
+    vLLM tokenizes a chat template's output without adding special tokens, the template writing ``<s>`` as text;
+    asked with ``add_special_tokens: false``, ``/v1/completions`` does the same with :func:`render`'s text. A
+    server that adds special tokens regardless gets this text, whose leading ``<s>`` is left to the server.
     """
-    text = LAYOUTS[layout](messages)
+    text = render(layout, messages)
     return text[len(BOS):] if layout == "llama-2" and text.startswith(BOS) else text
 
 

@@ -207,7 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         report.field("model", f"{model} (max_model_len {args.max_model_len}; answers echo the prompt)")
         report.field("rules", f"vLLM {generation.name} generation: {generation.context_rule}"
                      + ("; refuses unknown request fields" if args.reject_unknown_fields else ""))
-        report.field("chat template", _template_line(args.chat_template, generation.no_template_message is None))
+        report.field("template", _template_line(args.chat_template, generation.no_template_message is None))
         if not loopback:
             report.check(WARNING, f"listening on {args.host}, not loopback: anyone who can reach this machine can "
                                   "use this server, and keys travel in clear text over plain http.")
@@ -221,6 +221,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     "    api_key: 'any-non-empty-text'   # MetaGPT requires one; this server checks none")
         report.line("  (llm.max_token may stay at MetaGPT's default 4096: the plugin's max_tokens fix leaves out a "
                     "max_tokens that does not fit max_model_len)")
+        if args.chat_template == "none" and generation.no_template_message is not None:
+            report.line("  (this model has no chat template: the plugin's chat_template fix answers MetaGPT through "
+                        "/v1/completions)")
+        elif args.chat_template in ("mistral-instruct", "gemma"):
+            report.line("  (this template refuses the system role: the plugin's system_role fix puts MetaGPT's system "
+                        "message into the first user message)")
         report.line("Requests are listed below as they come (keys masked). Ctrl-C stops the server.")
 
     log = _RequestLog(report, show_authorization)

@@ -119,7 +119,9 @@ SYSTEM_ROLE_MESSAGES = ("Conversation roles must alternate user/assistant/user/a
                         "System role not supported")
 
 GENERATIONS: tuple[Generation, ...] = (
-    # MetaGPT 0.7's time. One check for everything: prompt + max_tokens <= context.
+    # MetaGPT 0.7's time. One check for everything: prompt + max_tokens <= context. A model without a chat template
+    # is answered in transformers' default layout, as 0.3.3 did with transformers <= 4.43 (0.5.5 - 0.10.1 refuse it
+    # in _NO_TEMPLATE's words, flat bodies: recognised, not played; with transformers >= 4.44 any 0.3 refuses too).
     Generation(since=(0, 3, 0), name="0.3", key_scheme_any_case=False, env_key_wins=True, nested_errors=False,
                version_endpoint=False, clamps_max_tokens=False, checks_prompt_alone=False,
                include_usage=False, usage_on_finish_chunk=True,

@@ -206,3 +206,32 @@ def fresh_fixes(monkeypatch):
     metagpt_vllm_fix.remove()
     monkeypatch.delenv("METAGPT_VLLM_FIX_DISABLE", raising=False)
     metagpt_vllm_fix.apply()
+
+
+# Two aask calls of one LLM() (streamed, then not) in one fresh interpreter: what one process learns from the first
+# (a fix's one refusal) shows in the second. Prints a JSON list: each answer, or the error.
+ASK_TWICE_SCRIPT = """
+import asyncio, json
+from metagpt.llm import LLM
+
+async def main():
+    llm = LLM()
+    out = []
+    for stream in (True, False):
+        try:
+            out.append({{"answer": await llm.aask({prompt!r}, stream=stream)}})
+        except Exception as exc:
+            out.append({{"error": type(exc).__name__, "status": getattr(exc, "status_code", None),
+                         "message": str(exc)}})
+    print({mark!r} + json.dumps(out), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def ask_metagpt_twice(home: Path, prompt: str = "hello from the test", **env: str) -> tuple[list, str]:
+    """(results of a streamed and a plain ``aask`` in one fresh interpreter configured by ``home``, its stderr)."""
+    proc = run_python(ASK_TWICE_SCRIPT.format(prompt=prompt, mark=RESULT_MARK), home=home, **env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    assert lines, f"no result from the child (rc={proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return json.loads(lines[-1][len(RESULT_MARK):]), proc.stderr

@@ -65,6 +65,34 @@ def test_serve_as_current_vllm_prefers_the_api_key_option(tmp_path):
     assert f"{mask(KEY)} from --api-key, which wins over VLLM_API_KEY in vLLM 0.32.0" in out.read_text()
 
 
+SEED_CHAT = {"model": "meta-llama/Llama-2-7b-hf", "messages": [{"role": "system", "content": "You are helpful."},
+                                                                {"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("args, status, message, line", [
+    ((), 400, "As of transformers v4.44, default chat template is no longer allowed",
+     "template     none (every chat request gets 400, as from vLLM 0.5.5 on)"),
+    (("--vllm-version", "0.3.3"), 200, None,
+     "template     none (chat requests are answered in transformers' old default layout, as vLLM 0.3.3 did)"),
+    (("--chat-template", "mistral-instruct"), 400, "Conversation roles must alternate",
+     "template     mistral-instruct (refuses a system message with 400)"),
+])
+def test_serve_plays_the_seeds_model_without_a_chat_template_unless_told_otherwise(tmp_path, args, status, message,
+                                                                                  line):
+    proc, base_url, out = start_serve(tmp_path, *args)
+    chat = httpx.post(base_url + "/chat/completions", json=SEED_CHAT, timeout=5)
+    completion = httpx.post(base_url + "/completions", json={"model": SEED_CHAT["model"], "prompt": "hi"}, timeout=5)
+    code, stderr = stop(proc, signal.SIGTERM)
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert (chat.status_code, completion.status_code) == (status, 200)
+    if message:
+        assert message in chat.text
+    text = out.read_text()
+    assert line in text
+    assert ("the plugin's chat_template fix answers" in text) is (not args)
+    assert ("the plugin's system_role fix" in text) is ("mistral-instruct" in args)
+
+
 def test_serve_refuses_a_vllm_version_it_cannot_place(tmp_path):
     proc = subprocess.run([*CLI, "serve", "--vllm-version", "0.2.7"], capture_output=True, text=True,
                           env=clean_env(tmp_path), cwd=str(tmp_path), timeout=30)

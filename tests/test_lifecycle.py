@@ -88,6 +88,13 @@ def test_wheel_puts_the_boot_module_and_the_pth_at_the_root(dists):
     assert requires == ["packaging>=20", "wrapt>=1.15"]  # never metagpt: its lancedb==0.4.0 pin is unresolvable
 
 
+def test_wheel_carries_the_chat_templates_that_chat_template_prints(dists):
+    with zipfile.ZipFile(dists["wheel"]) as wheel:
+        for name in ("llama-2", "chatml"):
+            shipped = wheel.read(f"metagpt_vllm_fix/templates/{name}.jinja")
+            assert shipped == (REPO / "metagpt_vllm_fix" / "templates" / f"{name}.jinja").read_bytes()
+
+
 def test_sdist_holds_what_the_wheel_build_needs(dists):
     with tarfile.open(dists["sdist"]) as sdist:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}

@@ -326,3 +326,84 @@ def test_serve_runs_until_cancelled():
 
     port = asyncio.run(scenario())
     assert port_is_free(port)
+
+
+# --- the served model's chat template, by kind (every generation) ---------------------------------------------
+
+SEED_MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
+                 {"role": "user", "content": "hello from the test"}]
+
+
+def chat_status(kind, version, messages=SEED_MESSAGES, path="/v1/chat/completions", **extra):
+    with VLLMServer(vllm_version=version, chat_template=kind) as srv, httpx.Client(base_url=srv.url) as c:
+        body = {"model": DEFAULT_MODEL, "messages": messages, **extra} if "chat" in path else \
+            {"model": DEFAULT_MODEL, "prompt": "[INST] hi [/INST]", **extra}
+        response = c.post(path, json=body)
+    return response.status_code, response.json() if not extra.get("stream") else response.text
+
+
+@pytest.mark.parametrize("version, body", [
+    ("0.10.2", {"error": {"message": "As of transformers v4.44, default chat template is no longer allowed, so you "
+                                     "must provide a chat template if the tokenizer does not define one. None",
+                          "type": "BadRequestError", "param": None, "code": 400}}),
+    ("0.32.0", {"error": {"message": "As of transformers v4.44, default chat template is no longer allowed, so you "
+                                     "must provide a chat template if the tokenizer does not define one.",
+                          "type": "BadRequestError", "param": None, "code": 400}}),
+])
+def test_model_without_a_template_refuses_chat_in_its_generations_words_and_answers_completions(version, body):
+    assert chat_status("none", version) == (400, body)
+    assert chat_status("none", version, stream=True)[0] == 400  # before any streamed chunk
+    status, answer = chat_status("none", version, path="/v1/completions")
+    assert status == 200 and answer["choices"][0]["text"] == "echo: [INST] hi [/INST]"
+
+
+def test_model_without_a_template_answers_in_the_default_layout_on_0_3_3():
+    status, body = chat_status("none", V03)
+    assert status == 200 and body["choices"][0]["message"]["content"] == "echo: hello from the test"
+    # the prompt is what transformers <= 4.43 laid out for a Llama tokenizer: [INST] <<SYS>> ... (words counted)
+    assert body["usage"]["prompt_tokens"] == len("[INST] <<SYS>> You are a helpful assistant. <</SYS>> hello from "
+                                                 "the test [/INST]".split())
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("mistral-instruct", "Conversation roles must alternate user/assistant/user/assistant/..."),
+    ("gemma", "System role not supported"),
+])
+@pytest.mark.parametrize("version", [V03, "0.10.2", "0.32.0"])
+def test_templates_refusing_the_system_role_answer_400_in_the_templates_words(kind, message, version):
+    status, body = chat_status(kind, version)
+    fields = body.get("error", body)
+    assert status == 400 and (fields["type"], fields["param"]) == ("BadRequestError", None)
+    assert fields["message"] == (f"{message} {message}" if version == "0.10.2" else message)
+    assert ("object" in body) is (version == V03)  # flat bodies before 0.10.2
+    assert chat_status(kind, version, [{"role": "user", "content": "hi"}])[0] == 200
+
+
+@pytest.mark.parametrize("messages, status", [
+    (SEED_MESSAGES, 200),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}], 200),
+    ([*SEED_MESSAGES, {"role": "user", "content": "again"}], 400),  # roles must alternate
+    ([{"role": "system", "content": "a"}, *SEED_MESSAGES], 400),  # a second system message
+])
+def test_llama_2_chat_template_takes_one_system_message_then_alternating_turns(messages, status):
+    assert chat_status("llama-2-chat", "0.32.0", messages)[0] == status
+
+
+def test_0_32_refuses_max_tokens_above_the_context_before_applying_the_template():
+    with VLLMServer(max_model_len=512, chat_template="none") as srv, httpx.Client(base_url=srv.url) as c:
+        body = c.post("/v1/chat/completions", json={"model": DEFAULT_MODEL, "messages": SEED_MESSAGES,
+                                                    "max_tokens": 4096}).json()
+    assert body["error"]["message"].startswith("max_tokens=4096 cannot be greater than max_model_len=512.")
+
+
+def test_completions_stream_ends_with_a_usage_chunk_when_asked_for_it():
+    status, raw = chat_status("none", "0.32.0", path="/v1/completions", stream=True,
+                              stream_options={"include_usage": True})
+    events = [json.loads(e) for e in sse_events(raw)[:-1]]
+    assert status == 200 and events[-1]["choices"] == [] and events[-1]["usage"]["prompt_tokens"] == 3
+    assert all("usage" not in e for e in events[:-1])
+
+
+def test_an_unknown_template_kind_is_refused():
+    with pytest.raises(ValueError, match="chat_template: 'vicuna' is not one of none, llama-2-chat"):
+        VLLMServer(chat_template="vicuna")

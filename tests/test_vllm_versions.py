@@ -71,3 +71,43 @@ def test_error_bodies_are_flat_until_0_10_2_and_nested_after():
     assert flat == {"object": "error", "message": "m", "type": "NotFoundError", "param": None, "code": 404}
     assert nested == {"error": {"message": "m", "type": "NotFoundError", "param": None, "code": 404}}
     assert vv.error_fields(flat)["message"] == vv.error_fields(nested)["message"] == "m"
+
+
+@pytest.mark.parametrize("generation", vv.GENERATIONS, ids=lambda g: g.name)
+def test_every_generations_refusal_of_a_model_without_a_chat_template_is_recognised(generation):
+    if generation.no_template_message is None:  # 0.3.3 with transformers <= 4.43 answered in the default layout
+        assert generation.name == "0.3"
+        return
+    message = generation.chat_error(generation.no_template_message)
+    assert vv.is_template_missing(message) and not vv.is_system_role_refusal(message)
+    assert message.endswith(" None") is generation.chat_error_cause  # 0.10.2 - 0.17: f"{e} {e.__cause__}"
+
+
+@pytest.mark.parametrize("message", [
+    # vLLM 0.3.3 (or any vLLM before 0.5.5) with transformers 4.44 .. 4.5x, and with transformers 5, flat 400
+    "Cannot use apply_chat_template() because tokenizer.chat_template is not set and no template argument was passed! "
+    "For information about writing templates and setting the tokenizer.chat_template attribute, please see the "
+    "documentation at https://huggingface.co/docs/transformers/main/en/chat_templating",
+    "Cannot use chat template functions because tokenizer.chat_template is not set and no template argument was "
+    "passed! For information about writing templates and setting the tokenizer.chat_template attribute, please see "
+    "the documentation at https://huggingface.co/docs/transformers/main/en/chat_templating",
+])
+def test_transformers_own_refusal_passed_on_by_older_vllm_is_recognised(message):
+    assert vv.is_template_missing(message)
+
+
+@pytest.mark.parametrize("generation", vv.GENERATIONS, ids=lambda g: g.name)
+@pytest.mark.parametrize("text", vv.SYSTEM_ROLE_MESSAGES)
+def test_every_generations_report_of_a_template_refusing_the_system_role_is_recognised(generation, text):
+    message = generation.chat_error(text, text)
+    assert vv.is_system_role_refusal(message) and not vv.is_template_missing(message)
+    assert vv.classify_refusal(message) is None
+
+
+@pytest.mark.parametrize("message", [
+    "Chat template is passed with request, but --trust-request-chat-template is not set. Refused request with "
+    "untrusted chat template.",
+    "Only user and assistant roles are supported!", "The model `x` does not exist.", "",
+])
+def test_other_chat_refusals_are_neither(message):
+    assert not vv.is_template_missing(message) and not vv.is_system_role_refusal(message)

@@ -161,6 +161,11 @@ def error_message(exc: BaseException) -> str:
     return message if isinstance(message, str) else str(exc)
 
 
+def refuses_field(exc: BaseException, name: str) -> bool:
+    """A 400/422 that names the request field ``name``: a server that does not take that field."""
+    return status_code(exc) in (400, 422) and name in f"{error_message(exc)} {getattr(exc, 'body', '')}"
+
+
 def mentions(function: Any, text: str) -> bool:
     """True when ``text`` is among the function's constants (dict keys sit in a tuple there, so look inside)."""
     import inspect

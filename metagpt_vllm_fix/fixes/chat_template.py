@@ -16,18 +16,21 @@ the chat request it answers (both are openai exceptions).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Any, Callable
 
 from .. import chat_layout
-from . import RequestFix, error_message, server_of, status_code
+from . import RequestFix, error_message, refuses_field, server_of, status_code
 
 log = logging.getLogger("metagpt_vllm_fix")
 
 _Key = tuple[str, str]  # (server base URL, model)
 _rerouted: dict[_Key, str] = {}  # (server, model) -> layout, for the models a server refused for want of a template
 _warned: set[tuple[_Key, str]] = set()
+_plain_servers: set[str] = set()  # servers whose /v1/completions refused add_special_tokens
+TEXT_AS_TEMPLATE = {"add_special_tokens": False}  # vLLM: tokenize the prompt as a chat template's output
 _lock = threading.Lock()
 
 # create() arguments that mean the same to /v1/completions; any other argument (tools, functions, response_format,
@@ -70,7 +73,7 @@ def _warn(key: _Key, layout: str, why: str, message: str) -> None:
     if not _first(key, "rerouted"):
         return
     log.warning("chat_template: %s has no chat template for %s (%s); answering its chat requests through "
-                "/v1/completions, laid out in %s's layout as transformers <= 4.43 did by default (%s). Remedy: %s.",
+                "/v1/completions in the %s layout (%s). Remedy: %s.",
                 key[0], key[1], message[:160], layout, why, remedy(layout), extra={"fix": "chat_template"})
 
 
@@ -132,10 +135,29 @@ def _completions_of(instance: Any, wrapped: Callable[..., Any]) -> Any:
     return completions if callable(getattr(completions, "create", None)) else None
 
 
-async def _ask_completions(completions: Any, layout: str, kwargs: dict[str, Any]) -> Any:
+async def _ask_completions(completions: Any, server: str, layout: str, kwargs: dict[str, Any]) -> Any:
+    """The conversation as one prompt to ``/v1/completions``, answered as the chat objects MetaGPT reads.
+
+    The prompt is the template's text, sent with vLLM's ``add_special_tokens: false``: tokenized exactly as vLLM
+    tokenizes a chat template's output, ``<s>`` included. A server that refuses that field gets the text without
+    its leading ``<s>``, which its own BOS then replaces (once per server; token ids may then differ at a turn's
+    start, as tokenizers that prefix a space to the text's start do).
+    """
     carried = {name: value for name, value in kwargs.items() if name != "messages"}
-    prompt = chat_layout.completion_prompt(layout, kwargs["messages"])
-    answer = await completions.create(prompt=prompt, **carried)
+    messages, extra = kwargs["messages"], carried.get("extra_body")
+    with _lock:
+        plain = server in _plain_servers
+    if not plain and (extra is None or isinstance(extra, dict)):
+        try:
+            answer = await completions.create(prompt=chat_layout.render(layout, messages),
+                                              **{**carried, "extra_body": {**(extra or {}), **TEXT_AS_TEMPLATE}})
+            return ChatStream(answer) if kwargs.get("stream") else _completion(answer)
+        except Exception as exc:
+            if not refuses_field(exc, "add_special_tokens"):  # not vLLM's CompletionRequest
+                raise
+            with _lock:
+                _plain_servers.add(server)
+    answer = await completions.create(prompt=chat_layout.completion_prompt(layout, messages), **carried)
     return ChatStream(answer) if kwargs.get("stream") else _completion(answer)
 
 
@@ -155,7 +177,7 @@ async def answer_without_template(wrapped: Callable[..., Any], instance: Any, ar
         layout = _rerouted.get(key)
     completions = _completions_of(instance, wrapped)
     if layout is not None and completions is not None and _reroutable(kwargs):
-        return await _ask_completions(completions, layout, kwargs)
+        return await _ask_completions(completions, key[0], layout, kwargs)
     try:
         return await wrapped(*args, **kwargs)
     except Exception as exc:
@@ -173,7 +195,7 @@ async def answer_without_template(wrapped: Callable[..., Any], instance: Any, ar
         with _lock:
             _rerouted[key] = layout
         _warn(key, layout, why, error_message(exc))
-    return await _ask_completions(completions, layout, kwargs)
+    return await _ask_completions(completions, key[0], layout, kwargs)
 
 
 def forget() -> None:
@@ -181,12 +203,11 @@ def forget() -> None:
     with _lock:
         _rerouted.clear()
         _warned.clear()
+        _plain_servers.clear()
 
 
 def layout_status() -> str:
     """The layout decision as status shows it (the model is not known before a request)."""
-    import os
-
     chosen = os.environ.get(chat_layout.ENV, "").strip()
     if chosen and chosen.lower() != "auto":
         try:
@@ -205,7 +226,9 @@ class ChatTemplateFix(RequestFix):
     call = staticmethod(answer_without_template)
 
     def describe(self) -> str:
-        return f"{self.summary}; {layout_status()}"
+        learnt = "".join(f"; answering {model} at {server} in the {layout} layout"
+                         for (server, model), layout in sorted(known_layouts().items())[:3])
+        return f"{self.summary}; {layout_status()}{learnt}"
 
     def forget(self) -> None:
         forget()

@@ -107,6 +107,10 @@ class SystemRoleFix(RequestFix):
                 "Gemma) gets 400: MetaGPT always sends a system message first")
     call = staticmethod(fold_refused_system)
 
+    def describe(self) -> str:
+        learnt = "".join(f"; folding for {model} at {server}" for server, model in sorted(known_folding())[:3])
+        return self.summary + learnt
+
     def forget(self) -> None:
         forget()
 

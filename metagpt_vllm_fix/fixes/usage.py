@@ -21,7 +21,7 @@ from types import ModuleType
 from typing import Any, Callable, Optional
 
 from .. import token_count, wrapping
-from . import RequestFix, Target, error_message, server_of, status_code
+from . import RequestFix, Target, error_message, refuses_field, server_of
 
 log = logging.getLogger("metagpt_vllm_fix")
 
@@ -104,11 +104,6 @@ def _watched(stream: Any, messages: Any) -> Any:
     return _watcher_class()(stream, messages)
 
 
-def _refuses_field(exc: BaseException) -> bool:
-    """A 400/422 that names stream_options: the server does not take the extra field."""
-    return status_code(exc) in (400, 422) and "stream_options" in f"{error_message(exc)} {getattr(exc, 'body', '')}"
-
-
 async def ask_for_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                         kwargs: dict[str, Any]) -> Any:
     """wrapt wrapper of ``chat.completions.create``: streams ask for usage and are watched for it."""
@@ -122,7 +117,7 @@ async def ask_for_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[
     try:
         stream = await wrapped(*args, **{**kwargs, "extra_body": {**(extra or {}), "stream_options": STREAM_OPTIONS}})
     except Exception as exc:
-        if not _refuses_field(exc):
+        if not refuses_field(exc, "stream_options"):
             raise
         with _lock:
             first = server not in _refusers
