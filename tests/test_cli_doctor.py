@@ -607,7 +607,7 @@ def test_the_seed_server_without_a_chat_template_answers_through_the_chat_templa
     assert details[:2] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 400",
                            f"POST /v1/completions (Bearer {mask(KEY)}, max_tokens 512) -> 200"]
     assert details[2].startswith("the chat_template fix acted: ") and "has no chat template" in details[2]
-    assert "in llama-2's layout" in details[2] and '--chat-template "$(metagpt-vllm-fix chat-template llama-2)"' \
+    assert "/v1/completions" in details[2] and '--chat-template "$(metagpt-vllm-fix chat-template llama-2)"' \
         in details[2]
     assert [line.split()[0] for line in lines(run, "warning")] == ["warning"]
     assert "verdict: warning (exit 0)" in run.stdout
