@@ -78,15 +78,22 @@ def test_the_log_record_names_the_fix_once(caplog):
     assert line.endswith(f"; folding for {DEFAULT_MODEL} at {server.base_url}/")
 
 
-def test_a_request_the_fold_does_not_cure_is_sent_twice_at_most():
+@pytest.mark.parametrize("kind", ["mistral-instruct", "llama-2-chat"])
+def test_a_request_the_fold_does_not_cure_is_sent_twice_at_most_and_teaches_nothing(kind):
     # two user messages in a row: the template refuses the folded request too, and that refusal is the answer
     messages = [SYSTEM, {"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
-    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, chat_template="mistral-instruct") as server:
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, chat_template=kind) as server:
         llm = open_llm_instance(server.base_url)
         with pytest.raises(openai.BadRequestError, match="Conversation roles must alternate"):
             run(llm.acompletion_text(messages, stream=False))
+        assert system_role.known_folding() == set()
+        run(llm.aask(PROMPT, stream=False))
         seen = v1(server)
-    assert seen == [(CHAT, 400), (CHAT, 400)]
+    if kind == "llama-2-chat":  # its template takes a system message: MetaGPT's next request goes unchanged
+        assert seen == [(CHAT, 400), (CHAT, 400), (CHAT, 200)]
+        assert server.requests[-1].body["messages"][0] == SYSTEM
+    else:
+        assert seen == [(CHAT, 400), (CHAT, 400), (CHAT, 400), (CHAT, 200)]
 
 
 def test_other_refusals_are_not_retried(tmp_path):

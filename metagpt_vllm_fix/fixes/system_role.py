@@ -4,8 +4,9 @@ MetaGPT 0.7 starts every conversation with a system message. Mistral-7B-Instruct
 ("Conversation roles must alternate user/assistant/user/assistant/..."), Gemma's too ("System role not
 supported"); vLLM returns the template's words as a 400 (``vllm_versions``). On exactly that 400, for a request
 that has a system message, the same request goes once more with the system message(s) folded into the first user
-message, the way such models' own instructions are written. Once a server has refused it for a model, later
-requests to that model are folded at once. No other 400 is touched, and a request is never sent a third time.
+message, the way such models' own instructions are written. Once the folded request got past the template, later
+requests to that server and model are folded at once. No other 400 is touched, and a request is never sent a
+third time.
 """
 
 from __future__ import annotations
@@ -78,14 +79,28 @@ async def fold_refused_system(wrapped: Callable[..., Any], instance: Any, args: 
     except Exception as exc:
         if not refuses_system_role(exc):
             raise
-        with _lock:
-            first = key not in _folding
-            _folding.add(key)
-        if first:
-            log.warning("system_role: the chat template of %s on %s refuses the system role (%s); sending MetaGPT's "
-                        "system message as the start of the first user message from now on.", key[1], key[0],
-                        error_message(exc)[:120], extra={"fix": "system_role"})
-    return await wrapped(*args, **{**kwargs, "messages": fold_system(messages)})
+        refusal = error_message(exc)
+    try:
+        answer = await wrapped(*args, **{**kwargs, "messages": fold_system(messages)})
+    except Exception as exc:
+        # Refused in the same words again: the roles were the trouble, not the system message (Llama-2-chat's
+        # template says the same of two user turns in a row). Nothing is learnt, and that refusal is the answer.
+        # Anything else (a max_tokens 400 ...) means the folded request got past the template.
+        if not refuses_system_role(exc):
+            _learn(key, refusal)
+        raise
+    _learn(key, refusal)
+    return answer
+
+
+def _learn(key: _Key, refusal: str) -> None:
+    with _lock:
+        first = key not in _folding
+        _folding.add(key)
+    if first:
+        log.warning("system_role: the chat template of %s on %s refuses the system role (%s); sending MetaGPT's "
+                    "system message as the start of the first user message from now on.", key[1], key[0],
+                    refusal[:120], extra={"fix": "system_role"})
 
 
 def known_folding() -> set[_Key]:
