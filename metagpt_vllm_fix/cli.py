@@ -67,21 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     demo = commands.add_parser(
-        "demo", help="show the bug and the fix against a local vLLM-compatible server",
-        description="Start a vLLM-compatible server with a random --api-key on 127.0.0.1 and ask it twice through "
-                    "MetaGPT 0.7's open_llm provider: as shipped (401, 'Bearer sk-xxx') and patched (200).",
-        epilog="Exit codes: 0 the fix works (upstream got 401, patched got 200), 1 anything else.")
+        "demo", help="show the bug and the fix against local vLLM-compatible servers",
+        description="Start two vLLM-compatible servers with a random --api-key on 127.0.0.1, one as vLLM 0.3.3 "
+                    "(MetaGPT 0.7's time), one as vLLM 0.32 serving the seed's model without a chat template, and ask "
+                    "each three times through MetaGPT 0.7's open_llm provider with the seed's config: as shipped "
+                    "(401, 'Bearer sk-xxx'), with the api_key fix alone (400) and with every fix (an answer).",
+        epilog="Exit codes: 0 each server went 401, 400, answer as described, 1 anything else.")
     demo.add_argument("--api-key", metavar="KEY",
                       help="use KEY as the server's key instead of a random one (it is never printed in full)")
 
     doctor = commands.add_parser(
         "doctor", help="check MetaGPT's config, the plugin and the server",
         description="Read the configuration the way MetaGPT 0.7 does (METAGPT_ROOT/config/config2.yaml, then "
-                    "~/.metagpt/config2.yaml), then probe the server with the configured key.",
+                    "~/.metagpt/config2.yaml), probe the server with the configured key, then ask it once the way "
+                    "MetaGPT asks (its open_llm provider, system + user message, streamed, up to the first token).",
         epilog="Exit codes: 0 ok (warnings allowed), 1 a problem was found, 2 usage or configuration error.")
     doctor.add_argument("--config", metavar="PATH", help="check exactly this config2.yaml")
     doctor.add_argument("--timeout", metavar="S", type=_positive_float, default=5.0,
-                        help="bound for all network checks together (default: 5)")
+                        help="bound for all network checks together, the ask included (default: 5)")
     doctor.add_argument("--json", action="store_true", help="print one JSON object (fields in docs/cli.md)")
 
     serve = commands.add_parser(
@@ -174,9 +177,8 @@ def _client_url(url: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the embedded vLLM-compatible server until Ctrl-C / SIGTERM."""
     from . import server as srv
-    from .demo import show_header
     from .doctor import is_loopback
-    from .masking import mask
+    from .masking import mask, show_authorization
     from .report import PROBLEM, WARNING, Report
     from .vllm_versions import for_version
 
@@ -227,7 +229,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                         "message into the first user message)")
         report.line("Requests are listed below as they come (keys masked). Ctrl-C stops the server.")
 
-    log = _RequestLog(report, lambda header: show_header(header, key or ""))
+    log = _RequestLog(report, show_authorization)
     try:
         srv.run(host=args.host, port=args.port, api_keys=[key] if key else [], model=model,
                 max_model_len=args.max_model_len, vllm_version=version,

@@ -1,10 +1,12 @@
-"""``metagpt-vllm-fix demo``: the seed's config2.yaml, verbatim, against a vLLM of MetaGPT 0.7's time.
+"""``metagpt-vllm-fix demo``: the seed's config2.yaml, verbatim, against vLLM of MetaGPT 0.7's time and of today.
 
-A server playing vLLM 0.3.3 (Llama-2's 4096-token context, a random ``--api-key``) runs on loopback. MetaGPT 0.7
-loads the seed's config with its own loader -- no ``max_token`` line, so MetaGPT asks for 4096, and
-``calc_usage`` on -- and asks three times through its ``open_llm`` provider, streamed as ``aask`` does by
-default: as upstream ships it (401), with the ``api_key`` fix alone (400: prompt + 4096 > 4096), and with every
-fix (an answer, counted with the server's own usage). The server records what it saw each time.
+Two servers run on loopback, each with a random ``--api-key`` and the seed's model, meta-llama/Llama-2-7b-hf (4096
+tokens of context): one plays vLLM 0.3.3 (MetaGPT 0.7's time), the other vLLM 0.32 started with the seed's command as
+published (the base model has no chat template). MetaGPT 0.7 loads the seed's config with its own loader -- no
+``max_token`` line, so MetaGPT asks for 4096, and ``calc_usage`` on -- and asks each server three times through its
+``open_llm`` provider, streamed as ``aask`` does by default: as upstream ships it (401: "sk-xxx"), with the
+``api_key`` fix alone (400: on 0.3.3 prompt + 4096 > 4096, on 0.32 no chat template), and with every fix (an
+answer). The servers record what they saw each time.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .gate import PLACEHOLDER as PLACEHOLDER_KEY  # what MetaGPT 0.7 sends instead of the key
-from .masking import mask
+from .masking import mask, show_authorization
 from .report import OK, PROBLEM, Report
 
 PROMPT = "Say hello to the vLLM server."
 CALL_TIMEOUT = 20.0  # seconds per call: MetaGPT retries connection errors for minutes, the demo must not hang
-VLLM_VERSION = "0.3.3"  # the vLLM of MetaGPT 0.7's time, which refuses prompt + max_tokens > context
 CONTEXT = 4096  # Llama-2-7b's
+SEED_COMMAND = "python -m vllm.entrypoints.openai.api_server --model meta-llama/Llama-2-7b-hf --api-key KEY"
 
 # The seed's config, exactly as the write-up has it (the key is this run's).
 SEED_CONFIG = """\
@@ -39,10 +41,32 @@ llm:
 """
 
 
+@dataclass(frozen=True)
+class Scene:
+    """One server, and the status codes it answers MetaGPT's three calls with (as shipped, key fix alone, every fix)."""
+
+    title: str
+    vllm_version: str
+    server: dict[str, Any]  #: VLLMServer's other arguments
+    expect: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+    why_key_only_fails: str
+
+
+SCENES = (
+    Scene("MetaGPT 0.7's time: vLLM 0.3.3", "0.3.3", {},
+          ((401,), (400,), (400, 200)), f"max_tokens {CONTEXT} does not fit the context"),
+    Scene("Today: vLLM 0.32.0, started with the seed's command as published (the base model has no chat template)",
+          "0.32.0", {"chat_template": "none"}, ((401,), (400,), (400, 200)), "the model has no chat template"),
+)
+STEPS = ("MetaGPT as shipped (plugin removed)", "With the api_key fix alone ({disable})",
+         "With metagpt-vllm-fix (every fix)")
+
+
 @dataclass
 class Attempt:
     """One ``aask`` through MetaGPT's open_llm provider, and what the server saw."""
 
+    paths: list[str] = field(default_factory=list)
     headers: list[Optional[str]] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     max_tokens: list[Optional[int]] = field(default_factory=list)
@@ -69,18 +93,6 @@ def _yaml_scalar(text: str) -> str:
     except yaml.YAMLError:
         plain = None
     return text if isinstance(plain, dict) and plain.get("k") == text else json.dumps(text)
-
-
-def show_header(header: Optional[str], key: str) -> str:
-    """An Authorization header fit for printing: MetaGPT's public placeholder in full, any key masked."""
-    if header is None:
-        return "(no Authorization header)"
-    scheme, sep, credential = header.partition(" ")
-    if not sep:
-        return mask(header)
-    if credential == PLACEHOLDER_KEY:
-        return f"{scheme} {PLACEHOLDER_KEY}"
-    return f"{scheme} {mask(credential)}"
 
 
 async def _ask(llm_config: Any, server: Any) -> Attempt:
@@ -128,10 +140,18 @@ async def _ask_once(llm_config: Any, server: Any, attempt: Attempt) -> Attempt:
     except Exception as exc:  # noqa: BLE001 - reported, scrubbed of the key by the report
         attempt.error = f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
     seen = [r for r in server.requests if r.path.startswith("/v1")]
+    attempt.paths = [r.path for r in seen]
     attempt.headers = [r.authorization for r in seen]
     attempt.statuses = [r.status for r in seen]
     attempt.max_tokens = [r.max_tokens for r in seen]
     return attempt
+
+
+def key_fix_alone() -> str:
+    """``METAGPT_VLLM_FIX_DISABLE``'s value that leaves the api_key fix alone on."""
+    from .fixes import NAMES
+
+    return ",".join(name for name in NAMES if name != "api_key")
 
 
 async def _story(llm_config: Any, server: Any) -> tuple[Attempt, Attempt, Attempt]:
@@ -143,7 +163,7 @@ async def _story(llm_config: Any, server: Any) -> tuple[Attempt, Attempt, Attemp
     remove()
     try:
         upstream = await _ask(llm_config, server)
-        os.environ[DISABLE] = "max_tokens,usage"
+        os.environ[DISABLE] = key_fix_alone()
         apply()
         key_only = await _ask(llm_config, server)
     finally:
@@ -156,50 +176,74 @@ async def _story(llm_config: Any, server: Any) -> tuple[Attempt, Attempt, Attemp
     return upstream, key_only, await _ask(llm_config, server)
 
 
-def _describe(report: Report, attempt: Attempt, key: str) -> None:
-    for header, status, max_tokens in zip(attempt.headers, attempt.statuses, attempt.max_tokens):
+def _describe(report: Report, attempt: Attempt) -> None:
+    for path, header, status, max_tokens in zip(attempt.paths, attempt.headers, attempt.statuses,
+                                                attempt.max_tokens):
         note = ("   <- MetaGPT's hard-coded placeholder, not the configured key"
                 if header == f"Bearer {PLACEHOLDER_KEY}" else "")
         asked = f"max_tokens {max_tokens}" if max_tokens is not None else "no max_tokens"
-        report.field("server saw", f"Authorization: {show_header(header, key)}, {asked} -> {status}{note}",
-                     indent="   ")
+        report.field("server saw", f"{path}, Authorization: {show_authorization(header)}, {asked} -> {status}{note}",
+                     indent="     ")
     if not attempt.headers:
-        report.field("server saw", "no request", indent="   ")
+        report.field("server saw", "no request", indent="     ")
     if attempt.ok:
-        report.field("result", f"MetaGPT returned {attempt.answer!r}", indent="   ")
-        if attempt.usage:
-            report.field("usage", f"{attempt.usage[0]} prompt + {attempt.usage[1]} completion tokens, the "
-                                  "server's own count", indent="   ")
+        usage = (f" ({attempt.usage[0]} prompt + {attempt.usage[1]} completion tokens, the server's own count)"
+                 if attempt.usage and all(attempt.usage) else "")
+        report.field("result", f"MetaGPT returned {attempt.answer!r}{usage}", indent="     ")
     else:
         code = f"{attempt.status} " if attempt.status else ""
         said = f": {attempt.message}" if attempt.message else ""
-        report.field("result", f"{code}{attempt.error}{said}", indent="   ")
+        report.field("result", f"{code}{attempt.error}{said}", indent="     ")
     for message in attempt.said:
-        report.field("plugin said", message, indent="   ")
+        report.field("plugin said", message, indent="     ")
 
 
-def _differences(upstream: Attempt, key_only: Attempt, fixed: Attempt, key: str) -> list[str]:
-    """Everything that differs from the story: 401 for 'sk-xxx', then 400 for max_tokens, then an answer."""
+def _differences(scene: Scene, attempts: tuple[Attempt, Attempt, Attempt], key: str) -> list[str]:
+    """Everything that differs from the scene: 401 for 'sk-xxx', then a 400, then an answer."""
     found = []
     placeholder, configured = f"Bearer {PLACEHOLDER_KEY}", f"Bearer {key}"
-    if upstream.ok or upstream.status != 401 or upstream.headers != [placeholder]:
-        found.append(f"MetaGPT as shipped should get exactly one 401 for '{placeholder}'; it got "
-                     f"{upstream.statuses} with {[show_header(h, key) for h in upstream.headers]}")
-    if key_only.ok or key_only.status != 400 or key_only.headers != [configured]:
-        found.append(f"with the api_key fix alone the configured key should get one 400 (max_tokens "
-                     f"{CONTEXT} does not fit); it got {key_only.statuses}: {key_only.error}")
-    if not fixed.ok:
-        found.append(f"with every fix the call failed: {fixed.status or ''} {fixed.error}".replace("  ", " "))
-    if fixed.headers != [configured, configured] or fixed.statuses != [400, 200] or fixed.max_tokens[1:] != [None]:
-        found.append(f"with every fix the server should see the key twice: 400 for max_tokens {CONTEXT}, then 200 "
-                     f"without max_tokens; it saw {list(zip(fixed.statuses, fixed.max_tokens))}")
+    for number, (step, attempt, statuses) in enumerate(zip(STEPS, attempts, scene.expect), 1):
+        what = f"{scene.vllm_version}, step {number} ({step.split(' (')[0].lower()})"
+        sent = placeholder if number == 1 else configured
+        if tuple(attempt.statuses) != statuses or any(h != sent for h in attempt.headers):
+            found.append(f"{what}: the server should answer {list(statuses)} to {show_authorization(sent)}; it "
+                         f"answered {attempt.statuses} to {[show_authorization(h) for h in attempt.headers]}")
+        if attempt.ok != (number == 3):
+            found.append(f"{what}: " + (f"MetaGPT should fail; it returned {attempt.answer!r}" if attempt.ok else
+                                        f"MetaGPT should answer; it failed: {attempt.status or ''} {attempt.error}"))
+    fixed = attempts[2]
     if fixed.ok and not (fixed.usage and all(fixed.usage)):
-        found.append(f"with every fix MetaGPT should record the server's token counts; it recorded {fixed.usage}")
+        found.append(f"{scene.vllm_version}: with every fix MetaGPT should record the server's token counts; it "
+                     f"recorded {fixed.usage}")
     return found
 
 
+def _play(scene: Scene, key: str, scratch: Path, report: Report) -> list[str]:
+    """One scene: its server, the seed's config pointed at it, three calls; returns what differed."""
+    from metagpt.config2 import Config
+
+    from .server import DEFAULT_MODEL, VLLMServer
+
+    with VLLMServer(api_keys=[key], model=DEFAULT_MODEL, max_model_len=CONTEXT, vllm_version=scene.vllm_version,
+                    **scene.server) as server:
+        config_path = scratch / scene.vllm_version / "config2.yaml"
+        config_path.parent.mkdir(parents=True)
+        config_path.write_text(SEED_CONFIG.format(base_url=server.base_url, model=DEFAULT_MODEL,
+                                                  api_key=_yaml_scalar(key)), encoding="utf-8")
+        llm_config = Config.from_yaml_file(config_path).llm
+        report.line(f"{scene.title}")
+        report.field("server", f"{server.base_url}  answers as vLLM {scene.vllm_version}, model {DEFAULT_MODEL} "
+                               f"(context {CONTEXT}), --api-key {mask(key)}")
+        attempts = asyncio.run(_story(llm_config, server))
+    for number, (step, attempt) in enumerate(zip(STEPS, attempts), 1):
+        report.line(f"  {number}. {step.format(disable='METAGPT_VLLM_FIX_DISABLE=' + key_fix_alone())}")
+        _describe(report, attempt)
+    report.line()
+    return _differences(scene, attempts, key)
+
+
 def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
-    """The ``demo`` command; returns 0 when the story is exactly 401, then 400, then an answer, else 1."""
+    """The ``demo`` command; returns 0 when each scene is exactly 401, then 400, then an answer, else 1."""
     from .gate import installed_version
 
     report = report or Report()
@@ -215,57 +259,38 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
     captured: list[str] = []
     try:
         from .doctor import import_metagpt, quiet_loguru
-        from .server import DEFAULT_MODEL, VLLMServer
 
-        with VLLMServer(api_keys=[key], model=DEFAULT_MODEL, max_model_len=CONTEXT,
-                        vllm_version=VLLM_VERSION) as server:
-            report.title(f"metagpt-vllm-fix demo: MetaGPT {version.metagpt_version}'s open_llm provider, the seed's "
-                         "config2.yaml as written, a vLLM of MetaGPT 0.7's time")
-            report.field("server", f"{server.base_url}  answers as vLLM {VLLM_VERSION}, model {DEFAULT_MODEL} "
-                                   f"(context {CONTEXT}), --api-key {mask(key)} "
-                                   f"({'given' if api_key else 'random, this run only'})")
-            config_path = scratch / "config" / "config2.yaml"
-            config_path.parent.mkdir(parents=True)
-            config_path.write_text(SEED_CONFIG.format(base_url=server.base_url, model=DEFAULT_MODEL,
-                                                      api_key=_yaml_scalar(key)), encoding="utf-8")
-            try:
-                import_metagpt(scratch, ["metagpt.config2", "metagpt.llm", "metagpt.logs"])
-                from loguru import logger
-                from metagpt.config2 import Config
-                from metagpt.logs import set_llm_stream_logfunc
-
-                llm_config = Config.from_yaml_file(config_path).llm
-            except Exception as exc:  # noqa: BLE001 - a broken MetaGPT install: say so in one line
-                report.check(PROBLEM, f"MetaGPT {version.metagpt_version} cannot be imported or load the demo's "
-                                      f"config2.yaml: {type(exc).__name__}: {exc}")
-                return 1
-            imported = time.monotonic()
-            logger.add(lambda message: captured.append(str(message).rstrip()), level="WARNING",
-                       format="{level}: {message}")
-            streamed: list[str] = []
-            set_llm_stream_logfunc(streamed.append)  # the streamed answer is shown once, below
-            report.field("config", f"the seed's, verbatim: api_type open_llm, this server, api_key {mask(key)}; no "
-                                   f"max_token line (MetaGPT asks for {llm_config.max_token}), calc_usage "
-                                   f"{str(llm_config.calc_usage).lower()}")
-            report.field("asks", "MetaGPT's own Config.from_yaml_file(...).llm -> LLM(llm_config).aask(...), "
-                                 "streamed, three times")
-            report.line()
-
-            upstream, key_only, fixed = asyncio.run(_story(llm_config, server))
-            report.line("1. MetaGPT as shipped (plugin removed)")
-            _describe(report, upstream, key)
-            report.line("2. With the api_key fix alone (METAGPT_VLLM_FIX_DISABLE=max_tokens,usage)")
-            _describe(report, key_only, key)
-            report.line("3. With metagpt-vllm-fix (every fix)")
-            _describe(report, fixed, key)
-            report.line()
-
-        differences = _differences(upstream, key_only, fixed, key)
+        (scratch / "config").mkdir()
+        (scratch / "config" / "config2.yaml").write_text(SEED_CONFIG.format(
+            base_url="http://127.0.0.1:9/v1", model="m", api_key="placeholder-for-the-import"), encoding="utf-8")
+        try:
+            import_metagpt(scratch, ["metagpt.config2", "metagpt.llm", "metagpt.logs"])
+            from loguru import logger
+            from metagpt.logs import set_llm_stream_logfunc
+        except Exception as exc:  # noqa: BLE001 - a broken MetaGPT install: say so in one line
+            report.check(PROBLEM, f"MetaGPT {version.metagpt_version} cannot be imported: {type(exc).__name__}: "
+                                  f"{exc}")
+            return 1
+        imported = time.monotonic()
+        logger.add(lambda message: captured.append(str(message).rstrip()), level="WARNING",
+                   format="{level}: {message}")
+        streamed: list[str] = []
+        set_llm_stream_logfunc(streamed.append)  # the streamed answer is shown once, in the result line
+        report.title(f"metagpt-vllm-fix demo: MetaGPT {version.metagpt_version}'s open_llm provider and the seed's "
+                     "config2.yaml as written, against vLLM of MetaGPT 0.7's time and of today")
+        report.field("config", f"the seed's, verbatim: api_type open_llm, api_key {mask(key)} "
+                               f"({'given' if api_key else 'random, this run only'}); no max_token line (MetaGPT asks "
+                               f"for {CONTEXT}), calc_usage true")
+        report.field("asks", "MetaGPT's own Config.from_yaml_file(...).llm -> LLM(llm_config).aask(...), streamed, "
+                             "three times per server")
+        report.field("seed's vLLM", SEED_COMMAND.replace("KEY", mask(key)))
+        report.line()
+        differences = [d for scene in SCENES for d in _play(scene, key, scratch, report)]
         elapsed = time.monotonic() - imported
         if not differences:
-            report.check(OK, f"The seed's config works as written: the key is sent, max_tokens fits, usage comes "
-                             f"from the server. ({elapsed:.1f} s after MetaGPT's import, "
-                             f"{time.monotonic() - started:.1f} s in all)")
+            report.check(OK, f"The seed's config works as written, on vLLM 0.3.3 and on vLLM 0.32: the key is sent, "
+                             f"max_tokens fits, a model without a chat template answers, usage comes from the server. "
+                             f"({elapsed:.1f} s after MetaGPT's import, {time.monotonic() - started:.1f} s in all)")
             return 0
         report.check(PROBLEM, "The demo did not go as expected:\n" + "\n".join(f"- {d}" for d in differences))
         for line in captured[-10:]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
-from . import __version__, gate
+from . import __version__, doctor_ask, gate
 from ._activation import DISABLE, FixStatus, Status
 from ._activation import disabled as disabled_fixes
 from ._activation import status as plugin_status
@@ -551,6 +551,7 @@ class Doctor:
         self.status: Optional[Status] = None
         self.api_type: Optional[str] = None
         self.server: Optional[ServerGeneration] = None  #: the rules the server plays by, once it has answered
+        self.ask_info: dict[str, Any] = doctor_ask.not_asked("no configuration to ask with").as_json()
 
     def add(self, check_id: str, level: str, message: str) -> None:
         self.checks.append(Check(check_id, level, message))
@@ -601,6 +602,7 @@ class Doctor:
         tiktoken_probe = self._start_tiktoken_probe(llm, api_type)
         deadline = time.monotonic() + self.timeout
         self._server_checks(llm, api_type, deadline)
+        self._ask_check(llm, api_type, scratch, deadline)
         self._tiktoken_check(tiktoken_probe, deadline)
 
     def _provider_key(self, version: gate.Decision, llm: Any, api_type: str,
@@ -783,6 +785,53 @@ class Doctor:
             self.add("max-token", *max_token_verdict(self.server.generation, llm.max_token, max_len, on, why_off,
                                                      self.server.assumed))
 
+    def _ask_check(self, llm: Any, api_type: str, scratch: Path, deadline: float) -> None:
+        """MetaGPT's own request, as MetaGPT runs in this environment do (doctor_ask): ok only for an answer."""
+        result, note = self._ask(llm, api_type, scratch, deadline)
+        self.ask_info = result.as_json()
+        if not result.asked:
+            return
+        off = {}
+        for fix in self.status.fixes if self.status is not None else ():
+            on, why = self.fix_on(fix.name)
+            if not on:
+                off[fix.name] = why
+        self.add("ask", *doctor_ask.ask_verdict(result, off, llm.model or "", note, api_type))
+
+
+    def _ask(self, llm: Any, api_type: str, scratch: Path, deadline: float) -> tuple[doctor_ask.AskResult, str]:
+        """(result, note): the provider built as MetaGPT builds it, the fixes as this environment applies them."""
+        if api_type not in ("open_llm", "openai"):
+            return doctor_ask.not_asked(f"api_type {api_type} is not an OpenAI-compatible provider"), ""
+        if not self.server_info.get("reachable"):
+            return doctor_ask.not_asked("the server did not answer the model list"), ""
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in llm.api_key.strip()):
+            return doctor_ask.not_asked("llm.api_key cannot travel in an HTTP header"), ""
+        seconds = deadline - time.monotonic()
+        if seconds < 0.1:
+            return doctor_ask.not_asked("--timeout was used up by the checks before"), ""
+        st = self.status
+        plain = api_type == "open_llm" and st is not None and st.code in ("supported", "removed") and not st.automatic
+        note = "no fix, as the `metagpt` command here: automatic activation is off" if plain else ""
+        from . import apply, remove
+
+        try:
+            with quiet_plugin_log():
+                import_metagpt(scratch, ["metagpt.provider"])
+                if plain:
+                    remove()
+                from metagpt.provider.llm_provider_registry import create_llm_instance
+
+                try:
+                    provider = create_llm_instance(llm)
+                except Exception as exc:  # noqa: BLE001  (the provider check reports it)
+                    return doctor_ask.not_asked(f"the provider cannot be built: {type(exc).__name__}"), note
+            return doctor_ask.ask(provider, seconds), note
+        finally:
+            if plain:
+                with quiet_plugin_log():
+                    apply()
+
     def _start_tiktoken_probe(self, llm: Any, api_type: str) -> Optional[dict[str, Any]]:
         """When MetaGPT would need to download tiktoken's encoding, test (in the background) if it could."""
         if not llm.calc_usage or api_type not in ("open_llm", "openai"):
@@ -843,6 +892,7 @@ class Doctor:
             "plugin": plugin,
             "config": self.config_info,
             "server": self.server_info,
+            "ask": self.ask_info,
             "checks": [dataclasses.asdict(c) for c in self.checks],
         }
         scrubbed: dict[str, Any] = scrub_obj(payload, self.secrets)

@@ -19,3 +19,15 @@ def mask(secret: Optional[str]) -> str:
         return "***"
     shown = text[:3] + "..." + text[-3:]
     return "".join(ch if ch.isprintable() else "?" for ch in shown)
+
+
+def show_authorization(header: Optional[str]) -> str:
+    """An ``Authorization`` header fit for printing: MetaGPT's public placeholder ``sk-xxx`` in full, a key masked."""
+    if header is None:
+        return "(no Authorization header)"
+    scheme, sep, credential = header.partition(" ")
+    from .gate import PLACEHOLDER  # what MetaGPT 0.7's open_llm sends instead of the key: public, shown in full
+
+    if not sep:
+        return mask(header)
+    return f"{scheme} {credential if credential == PLACEHOLDER else mask(credential)}"

@@ -1,4 +1,4 @@
-"""``metagpt-vllm-fix demo`` as users run it: a fresh process, MetaGPT 0.7 for real, a server on 127.0.0.1."""
+"""``metagpt-vllm-fix demo`` as users run it: a fresh process, MetaGPT 0.7 for real, servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ CLI = [sys.executable, "-m", "metagpt_vllm_fix"]
 KEY = "demo-key-for-the-test-0123456789"
 NOISE = ("Package root set to", "PROJECT_ROOT set", "usage calculation failed", "FutureWarning", "Traceback",
          "Warning: model not found")
+TODAY = "Today: vLLM 0.32.0, started with the seed's command as published (the base model has no chat template)"
 
 
 def run_demo(tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -23,22 +24,49 @@ def run_demo(tmp_path, *args: str) -> subprocess.CompletedProcess:
                           cwd=str(tmp_path), timeout=120)
 
 
-def test_demo_tells_the_401_then_400_then_answer_story_with_the_seed_config(tmp_path):
+def steps(scene: str) -> tuple[str, str, str]:
+    """A scene's three calls: as shipped, with the api_key fix alone, with every fix."""
+    upstream, rest = scene.split("1. MetaGPT as shipped (plugin removed)")[1].split("2. With the api_key fix alone")
+    key_only, fixed = rest.split("3. With metagpt-vllm-fix (every fix)")
+    return upstream, key_only, fixed
+
+
+def test_demo_tells_the_401_then_400_then_answer_story_on_vllm_033_with_the_seed_config(tmp_path):
     proc = run_demo(tmp_path, "--api-key", KEY)
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
-    upstream, rest = out.split("1. MetaGPT as shipped (plugin removed)")[1].split("2. With the api_key fix alone")
-    key_only, fixed = rest.split("3. With metagpt-vllm-fix (every fix)")
-    assert "answers as vLLM 0.3.3" in out and "no max_token line (MetaGPT asks for 4096), calc_usage true" in out
-    assert "Authorization: Bearer sk-xxx, max_tokens 4096 -> 401" in upstream
+    then, today = out.split("MetaGPT 0.7's time: vLLM 0.3.3")[1].split(TODAY)
+    upstream, key_only, fixed = steps(then)
+    assert "answers as vLLM 0.3.3" in then and "no max_token line (MetaGPT asks for 4096), calc_usage true" in out
+    assert "/v1/chat/completions, Authorization: Bearer sk-xxx, max_tokens 4096 -> 401" in upstream
     assert "401 openai.AuthenticationError" in upstream
+    assert "(METAGPT_VLLM_FIX_DISABLE=max_tokens,usage" in key_only
     assert f"Authorization: Bearer {mask(KEY)}, max_tokens 4096 -> 400" in key_only
     assert "This model's maximum context length is 4096 tokens" in key_only
     assert fixed.count(f"Authorization: Bearer {mask(KEY)}") == 2
     assert "max_tokens 4096 -> 400" in fixed and "no max_tokens -> 200" in fixed
     assert "MetaGPT returned 'echo: " in fixed and "the server's own count" in fixed
     assert "Set llm.max_token below 4096 to avoid it" in fixed
-    assert "ok      The seed's config works as written" in out
+    assert "ok      The seed's config works as written, on vLLM 0.3.3 and on vLLM 0.32" in out
+
+
+def test_demo_shows_the_seed_server_of_today_401_then_no_chat_template_400_then_an_answer(tmp_path):
+    proc = run_demo(tmp_path, "--api-key", KEY)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert f"python -m vllm.entrypoints.openai.api_server --model meta-llama/Llama-2-7b-hf --api-key {mask(KEY)}" \
+        in out
+    today = out.split(TODAY)[1]
+    upstream, key_only, fixed = steps(today)
+    assert "answers as vLLM 0.32.0" in today
+    assert "/v1/chat/completions, Authorization: Bearer sk-xxx, max_tokens 4096 -> 401" in upstream
+    assert f"/v1/chat/completions, Authorization: Bearer {mask(KEY)}, max_tokens 4096 -> 400" in key_only
+    assert "400 openai.BadRequestError: As of transformers v4.44, default chat template is no longer allowed" \
+        in key_only
+    assert f"/v1/chat/completions, Authorization: Bearer {mask(KEY)}, max_tokens 4096 -> 400" in fixed
+    assert re.search(rf"/v1/completions, Authorization: Bearer {re.escape(mask(KEY))}, [^\n]*-> 200", fixed), fixed
+    assert "MetaGPT returned '" in fixed and "the server's own count" in fixed
+    assert "--chat-template" in fixed, "the chat_template fix's warning names the server-side remedy"
 
 
 def test_demo_never_prints_the_key_and_stays_quiet(tmp_path):
@@ -54,7 +82,7 @@ def test_demo_never_prints_the_key_and_stays_quiet(tmp_path):
 def test_demo_random_key_is_shown_masked_only(tmp_path):
     proc = run_demo(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (masked,) = set(re.findall(r"--api-key (\S+) \(random", proc.stdout))
+    (masked,) = set(re.findall(r"api_key (\S+) \(random", proc.stdout))
     assert re.fullmatch(r"[\w-]{3}\.\.\.[\w-]{3}", masked)
     # secrets.token_urlsafe(24) is 32 characters of [A-Za-z0-9_-]; nothing that long may appear
     long_words = set(re.findall(r"[A-Za-z0-9_-]{24,}", proc.stdout + proc.stderr))

@@ -9,16 +9,19 @@ functions of doctor.py, tested directly at the end.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional
 
@@ -30,8 +33,12 @@ from metagpt_vllm_fix import doctor as dr
 from metagpt_vllm_fix._activation import FixStatus, Status
 from metagpt_vllm_fix.masking import mask
 from metagpt_vllm_fix.report import OK, PROBLEM, WARNING
-from metagpt_vllm_fix.server import DEFAULT_MODEL
+from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
 from metagpt_vllm_fix.vllm_versions import for_version
+
+# The shared ``runs`` fixture starts about 40 doctor processes (each imports MetaGPT, 2-3 s on an idle core): its
+# first test may need more than the suite's 300 s when the machine is busy.
+pytestmark = pytest.mark.timeout(900)
 
 KEY = "token-doctor-0123456789"
 WRONG_KEY = "token-wrong-9876543210"
@@ -89,8 +96,27 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGINT) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[str]:
-    """One ``serve --api-key KEY`` (vLLM 0.32.0, max_model_len 4096) for the whole module; yields its base_url."""
-    proc, base_url, _ = start_serve(tmp_path_factory.mktemp("serve"), "--api-key", KEY)
+    """One ``serve --api-key KEY --chat-template llama-2-chat`` (vLLM 0.32.0, max_model_len 4096, a model with
+    Llama-2-chat's template) for the whole module; yields its base_url."""
+    proc, base_url, _ = start_serve(tmp_path_factory.mktemp("serve"), "--api-key", KEY, "--chat-template",
+                                    "llama-2-chat")
+    yield base_url
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def server_none(tmp_path_factory) -> Iterator[str]:
+    """``serve --api-key KEY``: vLLM 0.32.0 serving the seed's model as published, without a chat template."""
+    proc, base_url, _ = start_serve(tmp_path_factory.mktemp("serve-none"), "--api-key", KEY)
+    yield base_url
+    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def server_mistral(tmp_path_factory) -> Iterator[str]:
+    """``serve --api-key KEY --chat-template mistral-instruct``: a template that refuses the system role."""
+    proc, base_url, _ = start_serve(tmp_path_factory.mktemp("serve-mistral"), "--api-key", KEY, "--chat-template",
+                                    "mistral-instruct")
     yield base_url
     stop(proc)
 
@@ -155,6 +181,7 @@ SCENARIOS = {
     "max-token-above-context": lambda url: (config_text(url, max_token=5000), (), FIXES_ON),
     "max-token-above-context-fix-off": lambda url: (config_text(url, max_token=5000), (),
                                                     {"METAGPT_VLLM_FIX_DISABLE": "max_tokens"}),
+    "api-key-fix-off": lambda url: (config_text(url), (), {"METAGPT_VLLM_FIX_DISABLE": "api_key"}),
     "disable-names-no-fix": lambda url: (config_text(url), (), {"METAGPT_VLLM_FIX_DISABLE": "usage,max-token"}),
     "yaml-error": lambda url: (f"llm:\n  api_type: open_llm\n  base_url: {url}\n   model: x\n  api_key: {KEY}\n", ()),
     "yaml-error-json": lambda url: (f"llm:\n  api_type: open_llm\n  base_url: {url}\n   model: x\n"
@@ -185,11 +212,26 @@ SCENARIOS_033 = {
 }
 
 
+# The seed's server as published today: vLLM 0.32 serving a model without a chat template (serve's default), and a
+# model whose template refuses MetaGPT's system message.
+SCENARIOS_TEMPLATES = {
+    "none-seed": lambda url: (config_text(url), (), FIXES_ON),
+    "none-fix-off": lambda url: (config_text(url), (), {"METAGPT_VLLM_FIX_DISABLE": "chat_template"}),
+}
+SCENARIOS_MISTRAL = {
+    "mistral": lambda url: (config_text(url), (), FIXES_ON),
+    "mistral-fix-off": lambda url: (config_text(url), (), {"METAGPT_VLLM_FIX_DISABLE": "system_role"}),
+}
+
+
 @pytest.fixture(scope="module")
-def runs(server, server_033, tmp_path_factory) -> dict[str, Run]:
-    """Every scenario of SCENARIOS and SCENARIOS_033, run against its shared server (two at a time)."""
+def runs(server, server_033, server_none, server_mistral, tmp_path_factory) -> dict[str, Run]:
+    """Every scenario of SCENARIOS, SCENARIOS_033 and the template ones, run against its shared server (two at a
+    time)."""
     plan = {**{name: (make, server) for name, make in SCENARIOS.items()},
-            **{name: (make, server_033) for name, make in SCENARIOS_033.items()}}
+            **{name: (make, server_033) for name, make in SCENARIOS_033.items()},
+            **{name: (make, server_none) for name, make in SCENARIOS_TEMPLATES.items()},
+            **{name: (make, server_mistral) for name, make in SCENARIOS_MISTRAL.items()}}
 
     def one(name: str) -> Run:
         make, url = plan[name]
@@ -200,6 +242,17 @@ def runs(server, server_033, tmp_path_factory) -> dict[str, Run]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = {name: pool.submit(one, name) for name in plan}
     return {name: future.result() for name, future in futures.items()}
+
+
+ASKED = "asked as MetaGPT does (its open_llm provider from this config, system + user message, streamed"
+
+
+def ask_line(run: Run) -> list[str]:
+    """The ``ask`` check: its first line (with its mark) and the continuation lines under it."""
+    out = run.stdout.splitlines()
+    (start,) = [i for i, line in enumerate(out) if ASKED in line]
+    rest = [line.strip() for line in itertools.takewhile(lambda line: line.startswith("  "), out[start + 1:])]
+    return [out[start], *rest]
 
 
 def assert_clean(run: Run) -> None:
@@ -218,6 +271,9 @@ def test_right_key_and_served_model_is_ok_exit_0(runs):
     assert f"with the plugin loaded, sends api_key {mask(KEY)} (the configured one)" in run.stdout
     assert "ok      server: vLLM 0.32.0, generation 0.18+: max_tokens <= max_model_len" in run.stdout
     assert "ok      fixes: api_key active, max_tokens active, usage active" in run.stdout
+    first, *requests = ask_line(run)
+    assert first.startswith("ok      " + ASKED) and "an answer came back, first token 'echo: '" in first
+    assert requests == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 200"]
     assert run.stdout.rstrip().endswith("verdict: ok (exit 0): all good")
     assert run.stderr == ""
     assert_clean(run)
@@ -226,7 +282,8 @@ def test_right_key_and_served_model_is_ok_exit_0(runs):
 def test_wrong_key_is_a_problem_explaining_401_both_key_sources_and_health(runs):
     run = runs["wrong-key"]
     assert run.returncode == 1, run
-    (problem,) = lines(run, "problem")
+    problem, ask = lines(run, "problem")
+    assert ASKED in ask and "no answer. The server answered 401: Unauthorized. The server refuses" in ask
     assert "401 Unauthorized" in problem and mask(WRONG_KEY) in problem
     assert "--api-key" in problem and "VLLM_API_KEY" in problem
     assert "/health answers 200 without a key" in problem
@@ -236,7 +293,8 @@ def test_wrong_key_is_a_problem_explaining_401_both_key_sources_and_health(runs)
 def test_model_not_served_is_a_problem_with_the_served_model_name_hint(runs):
     run = runs["model-not-served"]
     assert run.returncode == 1, run
-    (problem,) = lines(run, "problem")
+    problem, ask = lines(run, "problem")
+    assert "The server answered 404: The model `mistral-7b-instruct` does not exist." in ask
     assert "'mistral-7b-instruct' is not served" in problem and DEFAULT_MODEL in problem
     assert "--served-model-name mistral-7b-instruct" in problem
     assert_clean(run)
@@ -284,6 +342,11 @@ def test_max_token_above_max_model_len_is_a_handled_warning_while_the_max_tokens
     assert "llm.max_token 5000 > the server's max_model_len 4096" in warning and "every request gets 400" in warning
     assert "handled: the max_tokens fix resends without max_tokens" in warning
     assert "Set llm.max_token to e.g. 1024" in warning
+    first, *details = ask_line(run)
+    assert first.startswith("ok      ") and "an answer came back" in first and "through the max_tokens fix" in first
+    assert details[:2] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 5000) -> 400",
+                           f"POST /v1/chat/completions (Bearer {mask(KEY)}, no max_tokens) -> 200"]
+    assert details[2].startswith("the max_tokens fix acted: llm.max_token 5000 does not fit"), details
     assert "verdict: warning (exit 0)" in run.stdout
     assert_clean(run)
 
@@ -291,7 +354,10 @@ def test_max_token_above_max_model_len_is_a_handled_warning_while_the_max_tokens
 def test_max_token_above_max_model_len_is_a_problem_when_the_max_tokens_fix_is_disabled(runs):
     run = runs["max-token-above-context-fix-off"]
     assert run.returncode == 1, run
-    (problem,) = lines(run, "problem")
+    problem, ask = lines(run, "problem")
+    assert ("no answer. The server answered 400: max_tokens=5000 cannot be greater than max_model_len=4096. "
+            "Please request fewer output tokens.") in ask
+    assert "the max_tokens fix is off (turned off by METAGPT_VLLM_FIX_DISABLE). Set a smaller llm.max_token" in ask
     assert "llm.max_token 5000 > the server's max_model_len 4096" in problem
     assert "the max_tokens fix is off: turned off by METAGPT_VLLM_FIX_DISABLE" in problem
     assert "Set llm.max_token to e.g. 1024" in problem
@@ -318,6 +384,9 @@ def test_seed_config_on_vllm_033_is_a_handled_warning_naming_the_value_to_set(ru
     assert "handled: the max_tokens fix resends without max_tokens" in warning
     assert "one extra request each time" in warning
     assert "Set llm.max_token to e.g. 1024" in warning
+    first, *details = ask_line(run)
+    assert first.startswith("ok      ") and "through the max_tokens fix" in first, run
+    assert [d.rsplit(" -> ", 1)[1] for d in details[:2]] == ["400", "200"], details
     assert "verdict: warning (exit 0)" in run.stdout
     assert run.stderr == ""
     assert_clean(run)
@@ -326,7 +395,10 @@ def test_seed_config_on_vllm_033_is_a_handled_warning_naming_the_value_to_set(ru
 def test_seed_config_on_vllm_033_is_a_problem_with_the_max_tokens_fix_disabled(runs):
     run = runs["033-seed-fix-off"]
     assert run.returncode == 1, run
-    (problem,) = lines(run, "problem")
+    problem, ask = lines(run, "problem")
+    assert "no answer. The server answered 400: This model's maximum context length is 4096 tokens." in ask
+    assert "Set a smaller llm.max_token (e.g. 1024)" in ask
+    assert ask_line(run)[1:] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 4096) -> 400"]
     assert "llm.max_token 4096 >= the server's max_model_len 4096" in problem and "every request gets 400" in problem
     assert "the max_tokens fix is off: turned off by METAGPT_VLLM_FIX_DISABLE" in problem
     assert "Set llm.max_token to e.g. 1024" in problem
@@ -343,6 +415,7 @@ def test_little_room_for_the_prompt_on_vllm_033_is_handled_with_the_fix_and_a_pr
     assert off.returncode == 1, off
     (problem,) = lines(off, "problem")
     assert "leaves only 196 of max_model_len 4096" in problem and "Set llm.max_token to e.g. 1024" in problem
+    assert ask_line(off)[0].startswith("ok      "), "the doctor's short prompt fits: only longer ones get 400"
     assert_clean(on)
     assert_clean(off)
 
@@ -384,8 +457,11 @@ def test_malformed_config_is_a_config_error_exit_2(runs, name, message):
 def test_automatic_activation_off_is_a_problem_for_open_llm(runs):
     run = runs["automatic-off"]
     assert run.returncode == 1, run
-    (problem,) = lines(run, "problem")
+    problem, ask = lines(run, "problem")
     assert "automatic activation is off (METAGPT_VLLM_FIX=0)" in problem and "'sk-xxx'" in problem
+    assert "no fix, as the `metagpt` command here: automatic activation is off): no answer" in ask
+    assert "MetaGPT sent its hard-coded 'sk-xxx', not llm.api_key" in ask
+    assert ask_line(run)[1:] == ["POST /v1/chat/completions (Bearer sk-xxx, max_tokens 512) -> 401"]
     assert_clean(run)
 
 
@@ -395,6 +471,8 @@ def test_api_type_openai_at_a_self_hosted_server_suggests_open_llm(runs):
     (warning,) = lines(run, "warning")
     assert "api_type openai pointed at 127.0.0.1" in warning and "open_llm" in warning
     assert "server answers with this key" in run.stdout
+    (ask,) = [line for line in lines(run, "ok") if line.startswith("ok      asked as MetaGPT does")]
+    assert "(its openai provider from this config" in ask and "an answer came back" in ask
     assert_clean(run)
 
 
@@ -434,13 +512,145 @@ def test_empty_tiktoken_cache_is_explained_when_the_usage_fix_is_off(runs):
         assert check["level"] == "ok"
 
 
+# --- the live ask: MetaGPT's own request, the fixes as this environment has them ------------------------------
+
+
+def test_the_api_key_fix_switched_off_is_named_by_the_401_that_comes_back(runs):
+    run = runs["api-key-fix-off"]
+    assert run.returncode == 1, run
+    assert "ok      server answers with this key" in run.stdout, "the model list is asked with the configured key"
+    provider, ask = lines(run, "problem")
+    assert "still sends 'sk-xxx'" in provider
+    assert "no answer. The server answered 401: Unauthorized. MetaGPT sent its hard-coded 'sk-xxx', not " \
+           "llm.api_key: the api_key fix is not in effect (turned off by METAGPT_VLLM_FIX_DISABLE)." in ask
+    assert ask_line(run)[1:] == ["POST /v1/chat/completions (Bearer sk-xxx, max_tokens 512) -> 401"]
+    assert_clean(run)
+
+
+def test_json_ask_names_each_request_and_the_fix_that_acted(runs):
+    ask = json.loads(runs["033-seed-json"].stdout)["ask"]
+    assert ask["answered"] and ask["first_token"] == "echo: " and ask["fixes_acted"] == ["max_tokens"]
+    assert [(r["path"], r["max_tokens"], r["status"]) for r in ask["requests"]] == [
+        ("/v1/chat/completions", 4096, 400), ("/v1/chat/completions", None, 200)]
+    (note,) = ask["fix_messages"]
+    assert note["fix"] == "max_tokens" and "does not fit meta-llama/Llama-2-7b-hf's context of 4096" in note["message"]
+    off = json.loads(runs["ok-json"].stdout)
+    assert [c["id"] for c in off["checks"]].index("ask") > [c["id"] for c in off["checks"]].index("max-token")
+
+
+def test_ask_stops_reading_after_the_first_token_of_a_stream_the_server_keeps_open(tmp_path):
+    with VLLMServer(api_keys=[KEY], done_delay=60) as server:  # the stream's end comes a minute after its text
+        run = doctor(tmp_path, config_text(server.base_url), "--timeout", "5", "--json")
+    assert run.returncode == 0, run
+    ask = json.loads(run.stdout)["ask"]
+    assert ask["answered"] and ask["first_token"] == "echo: " and ask["seconds"] < 5, ask
+    assert run.seconds < 30, run
+
+
+class SilentChat:
+    """Answers the model list like vLLM 0.3 (no /version) and accepts chat requests without ever answering."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                body = json.dumps({"object": "list", "data": [{"id": DEFAULT_MODEL, "object": "model",
+                                                                "max_model_len": 4096}]}).encode()
+                self.send_response(200 if self.path == "/v1/models" else 404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner.release.wait(60)
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.http.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
+
+    def __enter__(self) -> SilentChat:
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.http.shutdown()
+        self.http.server_close()
+
+
+def test_a_chat_request_that_gets_no_answer_is_a_problem_within_the_timeout(tmp_path):
+    with SilentChat() as server:
+        run = doctor(tmp_path, config_text(server.base_url), "--timeout", "3")
+    assert run.returncode == 1, run
+    ok_models = [line for line in lines(run, "ok") if "server answers with this key" in line]
+    assert ok_models, run
+    (ask,) = lines(run, "problem")
+    assert ASKED in ask and "no answer. no answer within" in ask and "try a larger --timeout" in ask
+    assert ask_line(run)[1:] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> no answer"]
+    assert run.seconds < 3 + 20, run
+    assert_clean(run)
+
+
+def test_the_seed_server_without_a_chat_template_answers_through_the_chat_template_fix_exit_0(runs):
+    run = runs["none-seed"]
+    assert run.returncode == 0, run
+    assert "ok      server answers with this key" in run.stdout, "the model list cannot tell: only a chat request can"
+    first, *details = ask_line(run)
+    assert first.startswith("warning " + ASKED) and "an answer came back" in first, run
+    assert "through the chat_template fix" in first and "without the chat_template fix every request gets 400" in first
+    assert details[:2] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 400",
+                           f"POST /v1/completions (Bearer {mask(KEY)}, max_tokens 512) -> 200"]
+    assert details[2].startswith("the chat_template fix acted: ") and "has no chat template" in details[2]
+    assert "/v1/completions" in details[2] and '--chat-template "$(metagpt-vllm-fix chat-template llama-2)"' \
+        in details[2]
+    assert [line.split()[0] for line in lines(run, "warning")] == ["warning"]
+    assert "verdict: warning (exit 0)" in run.stdout
+    assert_clean(run)
+
+
+def test_the_chat_template_fix_switched_off_is_named_by_the_400_and_its_remedy_exit_1(runs):
+    run = runs["none-fix-off"]
+    assert run.returncode == 1, run
+    (ask,) = lines(run, "problem")
+    assert ASKED in ask and ("no answer. The server answered 400: As of transformers v4.44, default chat template is "
+                             "no longer allowed") in ask
+    assert "has no chat template on this server and the chat_template fix is off (turned off by " \
+           "METAGPT_VLLM_FIX_DISABLE)" in ask
+    assert 'Remedy: start vLLM with --chat-template "$(metagpt-vllm-fix chat-template llama-2)"' in ask
+    assert ask_line(run)[1:] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 400"]
+    assert_clean(run)
+
+
+def test_a_template_refusing_the_system_role_answers_through_the_system_role_fix_and_fails_without(runs):
+    on, off = runs["mistral"], runs["mistral-fix-off"]
+    assert on.returncode == 0, on
+    first, *details = ask_line(on)
+    assert first.startswith("warning ") and "through the system_role fix" in first, on
+    assert [d.rsplit(" -> ", 1)[1] for d in details[:2]] == ["400", "200"]
+    assert details[2].startswith("the system_role fix acted: the chat template of") and "refuses the system role" \
+        in details[2]
+    assert off.returncode == 1, off
+    (ask,) = lines(off, "problem")
+    assert "The server answered 400: Conversation roles must alternate user/assistant/user/assistant/..." in ask
+    assert "refuses the system message MetaGPT 0.7 always sends first; the system_role fix is off" in ask
+    assert_clean(on)
+    assert_clean(off)
+
+
 # --- JSON -----------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name, verdict, code, failing", [
     ("ok-json", "ok", 0, None),
-    ("wrong-key-json", "problem", 1, "server"),
-    ("yaml-error-json", "error", 2, "config"),
+    ("wrong-key-json", "problem", 1, ["server", "ask"]),
+    ("yaml-error-json", "error", 2, ["config"]),
 ])
 def test_json_carries_the_same_verdict_and_never_the_key(runs, name, verdict, code, failing):
     run = runs[name]
@@ -450,7 +660,7 @@ def test_json_carries_the_same_verdict_and_never_the_key(runs, name, verdict, co
     assert document["metagpt_version"] == "0.7.7"
     assert document["plugin"]["code"] == "supported"
     problems = [c["id"] for c in document["checks"] if c["level"] == "problem"]
-    assert problems == ([failing] if failing else [])
+    assert problems == (failing or [])
     assert all(c["level"] in ("ok", "warning", "problem") for c in document["checks"])
     for text in strings(document):
         assert KEY not in text and WRONG_KEY not in text, text
@@ -460,6 +670,14 @@ def test_json_carries_the_same_verdict_and_never_the_key(runs, name, verdict, co
     if verdict == "ok":
         assert document["server"]["models"] == [DEFAULT_MODEL]
         assert document["server"]["max_model_len"] == 4096
+    ask = document["ask"]
+    assert ask["asked"] == (code != 2) and ask["answered"] == (verdict == "ok")
+    if code == 1:
+        assert (ask["error"], ask["status"], ask["message"]) == ("status", 401, "Unauthorized")
+        assert ask["requests"] == [{"method": "POST", "path": "/v1/chat/completions", "max_tokens": 512,
+                                    "authorization": f"Bearer {mask(WRONG_KEY)}", "status": 401}]
+    if verdict == "ok":
+        assert ask["first_token"] == "echo: " and ask["fixes_acted"] == [] and ask["error"] is None
 
 
 # --- the default paths ----------------------------------------------------------------------------------------
@@ -650,3 +868,69 @@ def test_key_a_header_cannot_carry_is_a_problem_naming_what_is_sent_instead(tmp_
     assert checks.get("provider", {}).get("level") != PROBLEM  # the provider builds; no second, misleading problem
     for part in ("X-Injected", "t\u00f8ken", "secret"):
         assert part not in run.output
+
+
+def asked(*exchanges: tuple[str, int], **fields) -> dr.doctor_ask.AskResult:
+    """An AskResult as the live check builds it, with (authorization, status) exchanges."""
+    made = [dr.doctor_ask.Exchange("POST", "/v1/chat/completions", auth, 512, status) for auth, status in exchanges]
+    return dr.doctor_ask.AskResult(asked=True, exchanges=made, **fields)
+
+
+@pytest.mark.parametrize("result, off, words", [
+    (asked(("Bearer sk-xxx", 401), error="status", status=401, message="Unauthorized"),
+     {"api_key": "turned off by METAGPT_VLLM_FIX_DISABLE"},
+     "401: Unauthorized. MetaGPT sent its hard-coded 'sk-xxx', not llm.api_key: the api_key fix is not in effect "
+     "(turned off by METAGPT_VLLM_FIX_DISABLE)."),
+    (asked(("Bearer tok...789", 401), error="status", status=401, message="Unauthorized"), {},
+     "401: Unauthorized. The server refuses the configured key: see the server line above."),
+    (asked(("Bearer tok...789", 404), error="status", status=404, message="The model `x` does not exist."), {},
+     "404: The model `x` does not exist. The server does not serve llm.model 'm'"),
+    (asked(("Bearer tok...789", 400), error="status", status=400,
+           message="max_tokens=5000 cannot be greater than max_model_len=4096. Please request fewer output tokens. "
+                   "(parameter=max_tokens, value=5000)"),
+     {"max_tokens": "turned off by METAGPT_VLLM_FIX_DISABLE"},
+     "which does not fit the context: the max_tokens fix is off (turned off by METAGPT_VLLM_FIX_DISABLE). "
+     "Set a smaller llm.max_token (e.g. 1024)."),
+    (asked(("Bearer tok...789", 400), error="status", status=400,
+           message="Conversation roles must alternate user/assistant/user/assistant/..."), {},
+     "400: Conversation roles must alternate user/assistant/user/assistant/..."),
+    (asked(("Bearer tok...789", None), error="timeout", message="no answer within 2 s"), {},
+     "no answer within 2 s: a model on CPU, or a busy server, may need longer for its first token"),
+])
+def test_a_failed_ask_is_a_problem_that_names_what_came_back_and_why(result, off, words):
+    level, message = dr.doctor_ask.ask_verdict(result, off, "m")
+    assert level == PROBLEM and ": no answer. " in message and words in message, message
+    assert message.splitlines()[1:] == [f"  {e}" for e in result.exchanges]
+
+
+def test_an_answer_is_ok_and_names_every_fix_that_acted():
+    notes = [dr.doctor_ask.FixNote("max_tokens", "x"), dr.doctor_ask.FixNote("max_tokens", "y")]
+    result = asked(("Bearer tok...789", 400), ("Bearer tok...789", 200), answered=True, first_token="Hi",
+                   fixes=notes, seconds=0.5)
+    level, message = dr.doctor_ask.ask_verdict(result, {})
+    first, *rest = message.splitlines()
+    assert level == OK and first.endswith("an answer came back, first token 'Hi' (the stream closed after it), "
+                                          "through the max_tokens fix, in 0.5 s")
+    assert rest[2:] == ["  the max_tokens fix acted: x", "  the max_tokens fix acted: y"]
+    assert dr.doctor_ask.ask_verdict(asked(), {})[1].endswith("(no HTTP request was sent)")
+
+
+def test_an_answer_only_through_a_fix_standing_in_for_the_servers_template_is_a_warning():
+    notes = [dr.doctor_ask.FixNote("chat_template", "chat_template: no template here; Remedy: R."),
+             dr.doctor_ask.FixNote("max_tokens", "m")]
+    result = asked(("Bearer tok...789", 400), answered=True, first_token="Hi", fixes=notes, seconds=0.5)
+    level, message = dr.doctor_ask.ask_verdict(result, {})
+    first, *rest = message.splitlines()
+    assert level == WARNING and "through the chat_template and max_tokens fixes, in 0.5 s. Handled" in first
+    assert "without the chat_template fix every request gets 400" in first
+    assert rest[1] == "  the chat_template fix acted: no template here; Remedy: R."
+
+
+def test_the_ask_sends_what_aask_sends_a_system_then_a_user_message_built_by_the_provider_itself():
+    from metagpt.configs.llm_config import LLMConfig
+    from metagpt.provider.llm_provider_registry import create_llm_instance
+
+    llm = create_llm_instance(LLMConfig(api_type="open_llm", base_url="http://127.0.0.1:9/v1", api_key="k", model="m"))
+    system, user = dr.doctor_ask.messages_of(llm)
+    assert system == llm._default_system_msg() and system["role"] == "system" and system["content"]
+    assert user == {"role": "user", "content": dr.doctor_ask.PROMPT}

@@ -40,6 +40,7 @@ def test_seed_config_answers_each_request_after_one_refusal_with_one_warning(ver
         seen = v1(server)
     assert [(r.status, r.max_tokens) for r in seen] == [(400, 4096), (200, None)] * 4
     warnings = [r.getMessage() for r in caplog.records if "does not fit" in r.getMessage()]
+    assert {r.fix for r in caplog.records if "does not fit" in r.getMessage()} == {"max_tokens"}  # for the doctor
     assert warnings == [f"llm.max_token 4096 does not fit {DEFAULT_MODEL}'s context of {context} tokens; each "
                         f"request is sent again without max_tokens so the server uses the room left (one extra "
                         f"request each time). Set llm.max_token below {context} to avoid it."]
@@ -120,7 +121,8 @@ def test_a_long_prompt_under_a_small_max_token_is_resent_each_time_without_being
         assert [(r.status, r.max_tokens) for r in v1(server)] == [(400, 256), (200, None), (400, 256), (200, None),
                                                                  (200, 256)]
     assert max_tokens.known_contexts() == {}
-    assert len([r for r in caplog.records if "plus a prompt of" in r.getMessage()]) == 1
+    (record,) = [r for r in caplog.records if "plus a prompt of" in r.getMessage()]
+    assert record.fix == "max_tokens"
 
 
 @pytest.mark.parametrize("status,key,model", [(401, "wrong-key", DEFAULT_MODEL), (404, SEED_KEY, "llama2")])

@@ -62,7 +62,7 @@ def clean_key(key: Any) -> Any:
         return None
     if clean != key:
         log.warning("llm.api_key (%s) has whitespace around it; sending it trimmed. Check your config2.yaml.",
-                    mask(clean))
+                    mask(clean), extra={"fix": "api_key"})
     return clean
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("metagpt_vllm_fix")
 
+FIX_NAME = "max_tokens"  # every record this fix logs carries extra={"fix": FIX_NAME}: the doctor says which fix acted
 _Key = tuple[str, str]  # (server base URL, model)
 _contexts: dict[_Key, int] = {}  # the context each server last said when refusing max_tokens: reported, not trusted
 _warned: set[tuple[_Key, str]] = set()
@@ -50,7 +51,7 @@ def _warn_once(key: _Key, kind: str, message: str) -> None:
         if (key, kind) in _warned:
             return
         _warned.add((key, kind))
-    log.warning(message)
+    log.warning(message, extra={"fix": FIX_NAME})
 
 
 def _remember(key: _Key, requested: int, refusal: Refusal) -> None:
@@ -106,7 +107,7 @@ def forget() -> None:
 
 
 class MaxTokensFix(RequestFix):
-    name = "max_tokens"
+    name = FIX_NAME
     summary = "a max_tokens that does not fit the server's context is left out, so the server uses the room left"
     upstream = "every request asks for max_tokens = llm.max_token (4096): 400 when it does not fit the context"
     call = staticmethod(fit_max_tokens)

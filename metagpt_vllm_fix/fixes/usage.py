@@ -26,6 +26,7 @@ from . import RequestFix, Target, error_message, refuses_field, server_of
 
 log = logging.getLogger("metagpt_vllm_fix")
 
+FIX_NAME = "usage"  # every record this fix logs carries extra={"fix": FIX_NAME}: the doctor says which fix acted
 STREAM_OPTIONS = {"include_usage": True}
 _KEEP = 256  # streams whose usage waits for _calc_usage at once; a bound, not a cache
 
@@ -126,7 +127,7 @@ async def ask_for_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[
             _refusers.add(server)
         if first:
             log.warning("usage: %s refused stream_options (%s); asking it without them from now on.", server,
-                        error_message(exc)[:120])
+                        error_message(exc)[:120], extra={"fix": FIX_NAME})
     return _watched(stream, kwargs.get("messages"))
 
 
@@ -158,7 +159,7 @@ def forget() -> None:
 
 
 class UsageFix(RequestFix):
-    name = "usage"
+    name = FIX_NAME
     summary = "streamed answers are counted with the server's own usage; no stdout print, no tiktoken download wait"
     upstream = ("every streamed answer prints 'Warning: model not found' and counts with tiktoken, which "
                 "downloads with no timeout (offline: an ERROR each call)")
