@@ -173,10 +173,14 @@ def mentions(function: Any, text: str) -> bool:
 
 
 def all_fixes() -> tuple[Fix, ...]:
-    """Every fix, in the order they are applied (imported here so that nothing loads before it is needed)."""
-    from . import api_key, max_tokens, usage
+    """Every fix, in the order they are applied (imported here so that nothing loads before it is needed).
 
-    return (api_key.FIX, max_tokens.FIX, usage.FIX)
+    ``fail_fast`` comes last: its ``create`` wrapper is then the outermost and sees only the errors every other
+    fix left unhandled.
+    """
+    from . import api_key, fail_fast, max_tokens, usage
+
+    return (api_key.FIX, max_tokens.FIX, usage.FIX, fail_fast.FIX)
 
 
-NAMES = ("api_key", "max_tokens", "usage")
+NAMES = ("api_key", "max_tokens", "usage", "fail_fast")
