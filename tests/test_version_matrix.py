@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SEED_KEY, ask_metagpt, clean_env, imported_at_startup, venv_python, write_config
+from loopback_proxy import LoopbackProxy
 from metagpt_vllm_fix.server import VLLMServer
 
 #: Every MetaGPT 0.7.x on the index. 0.7.5 was never published (the index goes 0.7.4 -> 0.7.6).
@@ -134,6 +135,86 @@ def test_every_07_release_fails_the_seed_config_and_the_plugin_makes_it_answer(v
     assert seen == [(f"Bearer {SEED_KEY}", 400, 4096), (f"Bearer {SEED_KEY}", 200, None)]
     assert "Warning: model not found" not in patched["stdout"]
     assert "usage calculation failed" not in patched["stderr"]
+
+
+# --- MetaGPT 0.7.7 with httpx 0.28 (CONTEXT §12: any package that needs a current httpx brings it in) -----------
+
+HTTPX_028 = "0.28.1"
+HTTPX_PRELUDE = f"""
+import httpx as _hx
+print({IDENTITY_MARK!r} + json.dumps({{"file": _hx.__file__, "version": _hx.__version__}}), file=sys.stderr)
+"""
+PROXIES_ERROR = "TypeError"  # AsyncClient.__init__() got an unexpected keyword argument 'proxies'
+
+
+@pytest.fixture(scope="session")
+def httpx_028(tmp_path_factory) -> Path:
+    """A directory holding httpx 0.28.1 alone, put first on the child's path (the venv keeps its 0.27)."""
+    target = tmp_path_factory.mktemp("httpx-028")
+    proc = _pip("install", "-q", "--no-deps", "--no-compile", "--target", str(target), f"httpx=={HTTPX_028}")
+    if proc.returncode != 0:
+        pytest.fail(f"pip could not install httpx=={HTTPX_028} (is PyPI reachable?):\n{proc.stderr[-2000:]}")
+    return target
+
+
+def ask_with_httpx_028(home: Path, target: Path, stream: bool, **env: str) -> dict:
+    cache = home.parent / "empty-tiktoken-cache"
+    cache.mkdir(exist_ok=True)
+    result = ask_metagpt(home, stream=stream, prelude=HTTPX_PRELUDE, PYTHONPATH=str(target),
+                         TIKTOKEN_CACHE_DIR=str(cache), **env)
+    identity = _identity(result["stderr"])
+    assert Path(identity["file"]).resolve().is_relative_to(target.resolve()), identity
+    assert identity["version"] == HTTPX_028
+    return result
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
+@pytest.mark.parametrize("proxied", [False, True], ids=["direct", "llm.proxy"])
+def test_httpx_028_seed_config_answers_with_the_plugin_and_fails_at_llm_without_it(stream, proxied, httpx_028,
+                                                                                    seed_era_server, tmp_path):
+    home = tmp_path / "home"
+    with LoopbackProxy() as proxy:
+        write_config(home, seed_era_server.base_url, extra=f"  proxy: '{proxy.url}'\n" if proxied else "")
+        seed_era_server.clear_requests()
+        shipped = ask_with_httpx_028(home, httpx_028, stream, METAGPT_VLLM_FIX="0")
+        assert (shipped["ok"], shipped.get("error")) == (False, PROXIES_ERROR), shipped
+        assert seed_era_server.requests == []  # it never got as far as a request
+
+        fixed = ask_with_httpx_028(home, httpx_028, stream)
+    assert fixed["ok"] is True, fixed
+    assert "hello from the test" in fixed["answer"]
+    assert [(r.authorization, r.status) for r in seed_era_server.requests] == [(f"Bearer {SEED_KEY}", 400),
+                                                                               (f"Bearer {SEED_KEY}", 200)]
+    through_proxy = [(method, url) for method, url, _ in proxy.seen]
+    assert through_proxy == ([("POST", f"{seed_era_server.base_url}/chat/completions")] * 2 if proxied else [])
+
+
+# What each fix turned off by name gives on httpx 0.28 (streamed, the seed's config, a vLLM of MetaGPT 0.7's time).
+HTTPX_028_EACH_OFF = {
+    "api_key": (False, "AuthenticationError"),
+    "max_tokens": (False, "BadRequestError"),
+    "usage": (True, None),  # answers; counted by tiktoken, which prints and fails offline
+    "httpx": (False, PROXIES_ERROR),
+    "fail_fast": (True, None),
+}
+
+
+def test_httpx_028_table_names_every_fix():
+    from metagpt_vllm_fix.fixes import NAMES
+
+    assert sorted(HTTPX_028_EACH_OFF) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("fix", sorted(HTTPX_028_EACH_OFF))
+def test_httpx_028_each_fix_off_by_name_gives_its_upstream_behaviour(fix, httpx_028, seed_era_server, tmp_path):
+    home = tmp_path / "home"
+    write_config(home, seed_era_server.base_url)
+    result = ask_with_httpx_028(home, httpx_028, True, METAGPT_VLLM_FIX_DISABLE=fix)
+    assert (result["ok"], result.get("error")) == HTTPX_028_EACH_OFF[fix], result
+    if fix == "usage":
+        assert "Warning: model not found" in result["stdout"]
+    else:
+        assert "Warning: model not found" not in result["stdout"]
 
 
 # --- Python matrix, the cheap part (the MetaGPT environments are scripts/python-matrix's job) -------------------

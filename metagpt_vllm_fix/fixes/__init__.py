@@ -39,6 +39,10 @@ class Fix:
                 return f"{class_name} has no method {attribute}"
         return None
 
+    def idle(self, module: ModuleType) -> Optional[str]:
+        """Why this fix has nothing to do in this environment (it is then not applied), or None."""
+        return None
+
     def _owners(self, module: ModuleType) -> Sequence[tuple[Any, str, wrapping.Wrapper]]:
         return [(getattr(module, c, None), a, w) for c, a, w in self.targets()]
 
@@ -175,12 +179,12 @@ def mentions(function: Any, text: str) -> bool:
 def all_fixes() -> tuple[Fix, ...]:
     """Every fix, in the order they are applied (imported here so that nothing loads before it is needed).
 
-    ``fail_fast`` comes last: its ``create`` wrapper is then the outermost and sees only the errors every other
-    fix left unhandled.
+    ``httpx`` comes after ``api_key`` (it keeps the proxy client that fix adds). ``fail_fast`` comes last: its
+    ``create`` wrapper is then the outermost and sees only the errors every other fix left unhandled.
     """
-    from . import api_key, fail_fast, max_tokens, usage
+    from . import api_key, fail_fast, httpx_client, max_tokens, usage
 
-    return (api_key.FIX, max_tokens.FIX, usage.FIX, fail_fast.FIX)
+    return (api_key.FIX, max_tokens.FIX, usage.FIX, httpx_client.FIX, fail_fast.FIX)
 
 
-NAMES = ("api_key", "max_tokens", "usage", "fail_fast")
+NAMES = ("api_key", "max_tokens", "usage", "httpx", "fail_fast")
