@@ -50,8 +50,8 @@ def default_client(base_url: Any) -> Any:
     from openai._base_client import AsyncHttpxClientWrapper
     from openai._constants import DEFAULT_LIMITS, DEFAULT_TIMEOUT
 
-    extra = {"base_url": base_url} if isinstance(base_url, str) else {}
-    return AsyncHttpxClientWrapper(timeout=DEFAULT_TIMEOUT, limits=DEFAULT_LIMITS, **extra)
+    return AsyncHttpxClientWrapper(base_url=base_url if isinstance(base_url, str) else "", timeout=DEFAULT_TIMEOUT,
+                                   limits=DEFAULT_LIMITS)
 
 
 def give_client(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
