@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .fixes import NAMES
 from .gate import PLACEHOLDER as PLACEHOLDER_KEY  # what MetaGPT 0.7 sends instead of the key
 from .masking import mask
 from .report import OK, PROBLEM, Report
@@ -134,6 +135,10 @@ async def _ask_once(llm_config: Any, server: Any, attempt: Attempt) -> Attempt:
     return attempt
 
 
+# Step 2 keeps the httpx fix too (idle on httpx < 0.28; without it there is no client at all on 0.28).
+KEY_ONLY_DISABLE = ",".join(name for name in NAMES if name not in ("api_key", "httpx"))
+
+
 async def _story(llm_config: Any, server: Any) -> tuple[Attempt, Attempt, Attempt]:
     """Upstream (plugin removed), the api_key fix alone, every fix; one event loop for the three calls."""
     from . import apply, remove
@@ -143,7 +148,7 @@ async def _story(llm_config: Any, server: Any) -> tuple[Attempt, Attempt, Attemp
     remove()
     try:
         upstream = await _ask(llm_config, server)
-        os.environ[DISABLE] = "max_tokens,usage"
+        os.environ[DISABLE] = KEY_ONLY_DISABLE
         apply()
         key_only = await _ask(llm_config, server)
     finally:
@@ -254,7 +259,7 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
             upstream, key_only, fixed = asyncio.run(_story(llm_config, server))
             report.line("1. MetaGPT as shipped (plugin removed)")
             _describe(report, upstream, key)
-            report.line("2. With the api_key fix alone (METAGPT_VLLM_FIX_DISABLE=max_tokens,usage)")
+            report.line(f"2. With the api_key fix alone (METAGPT_VLLM_FIX_DISABLE={KEY_ONLY_DISABLE})")
             _describe(report, key_only, key)
             report.line("3. With metagpt-vllm-fix (every fix)")
             _describe(report, fixed, key)

@@ -108,9 +108,10 @@ def test_status_prints_one_line_about_this_process_and_automatic_activation(tmp_
     assert proc.returncode == 0
     line, *fixes = proc.stdout.splitlines()
     assert line.startswith("pending: will patch when metagpt.provider.open_llm_api is imported (MetaGPT 0.7.7; "
-                           "fixes api_key, max_tokens, usage).")
+                           "fixes api_key, max_tokens, usage, httpx, fail_fast).")
     assert automatic in line
-    assert [f.split()[:2] for f in fixes] == [["api_key", "pending"], ["max_tokens", "pending"], ["usage", "pending"]]
+    assert [f.split()[:2] for f in fixes] == [["api_key", "pending"], ["max_tokens", "pending"], ["usage", "pending"],
+                                              ["httpx", "pending"], ["fail_fast", "pending"]]
 
 
 def test_status_names_each_fix_and_the_ones_disabled_by_name(tmp_path):
@@ -120,8 +121,8 @@ def test_status_names_each_fix_and_the_ones_disabled_by_name(tmp_path):
     assert proc.returncode == 0, proc.stderr
     document = json.loads(proc.stdout)
     assert [(f["name"], f["state"]) for f in document["fixes"]] == [
-        ("api_key", "pending"), ("max_tokens", "off"), ("usage", "off")]
-    assert "fixes api_key)" in document["line"]
+        ("api_key", "pending"), ("max_tokens", "off"), ("usage", "off"), ("httpx", "pending"), ("fail_fast", "pending")]
+    assert "fixes api_key, httpx, fail_fast)" in document["line"]
 
 
 def test_status_warns_once_about_a_name_that_is_no_fix(tmp_path):
@@ -130,7 +131,8 @@ def test_status_warns_once_about_a_name_that_is_no_fix(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
                           env=clean_env(tmp_path, METAGPT_VLLM_FIX_DISABLE="usage,tiktoken"), timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "[('api_key', 'active'), ('max_tokens', 'active'), ('usage', 'off')]" in proc.stdout
+    assert ("[('api_key', 'active'), ('max_tokens', 'active'), ('usage', 'off'), ('httpx', 'idle'), "
+            "('fail_fast', 'active')]") in proc.stdout
     assert proc.stderr.count("METAGPT_VLLM_FIX_DISABLE names no fix: tiktoken") == 1
 
 
