@@ -217,6 +217,29 @@ def test_httpx_028_each_fix_off_by_name_gives_its_upstream_behaviour(fix, httpx_
         assert "Warning: model not found" not in result["stdout"]
 
 
+def doctor_checks(home: Path, config: str, **env: str) -> dict:
+    path = home / "config2.yaml"
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text(config)
+    proc = subprocess.run([sys.executable, "-m", "metagpt_vllm_fix", "doctor", "--config", str(path), "--json"],
+                          capture_output=True, text=True, env=clean_env(home, **env), cwd=str(home), timeout=300)
+    document = json.loads(proc.stdout)
+    return {check["id"]: (check["level"], check["message"]) for check in document["checks"]}
+
+
+@pytest.mark.parametrize("disable,level", [("", "ok"), ("httpx", "problem")])
+def test_doctor_names_httpx_028_and_whether_the_httpx_fix_covers_it(disable, level, httpx_028, seed_era_server,
+                                                                    tmp_path):
+    config = (f"llm:\n  api_type: open_llm\n  base_url: '{seed_era_server.base_url}'\n  model: "
+              f"'meta-llama/Llama-2-7b-hf'\n  api_key: {SEED_KEY}\n  max_token: 512\n")
+    checks = doctor_checks(tmp_path / "home", config, PYTHONPATH=str(httpx_028), METAGPT_VLLM_FIX_DISABLE=disable)
+    found, message = checks["httpx"]
+    assert found == level, message
+    assert message.startswith(f"httpx {HTTPX_028} no longer takes proxies=, which openai 1.6.0")
+    old = doctor_checks(tmp_path / "home-027", config, METAGPT_VLLM_FIX_DISABLE=disable)
+    assert "httpx" not in old  # an httpx that still takes proxies= does not matter: no line
+
+
 # --- Python matrix, the cheap part (the MetaGPT environments are scripts/python-matrix's job) -------------------
 
 PYENV = Path("/root/.pyenv/versions")
