@@ -68,7 +68,10 @@ def cause_of(exc: Optional[BaseException]) -> Optional[Cause]:
         if isinstance(cause, Cause):
             return cause
         attempt = getattr(exc, "last_attempt", None)
-        exc = attempt.exception() if attempt is not None and getattr(attempt, "failed", False) else None
+        try:
+            exc = attempt.exception() if attempt is not None and getattr(attempt, "failed", False) else None
+        except Exception:  # noqa: BLE001  (a cancelled attempt: no mark to find)
+            return None
     return None
 
 
@@ -165,6 +168,14 @@ async def _served_models(instance: Any, wrapped: Any, message: str) -> Optional[
 
 
 async def _cause(exc: BaseException, status: int, wrapped: Any, instance: Any, kwargs: dict[str, Any]) -> Cause:
+    """The sentence for the log; never raises (the server's own error is what the caller gets, whatever happens)."""
+    try:
+        return await _explain(exc, status, wrapped, instance, kwargs)
+    except Exception:  # noqa: BLE001
+        return Cause(status, f"the server answered {status}: {str(exc)[:300]}")
+
+
+async def _explain(exc: BaseException, status: int, wrapped: Any, instance: Any, kwargs: dict[str, Any]) -> Cause:
     owner = instance if instance is not None else getattr(wrapped, "__self__", None)
     key = mask(getattr(getattr(owner, "_client", None), "api_key", None))
     model, message = str(kwargs.get("model")), error_message(exc)[:300]
