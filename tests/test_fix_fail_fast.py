@@ -299,3 +299,12 @@ def test_fail_fast_is_applied_after_every_other_request_fix():
     order = [fix.name for fix in all_fixes()]
     requests = [fix.name for fix in all_fixes() if isinstance(fix, RequestFix)]
     assert order[-1] == requests[-1] == "fail_fast"
+
+
+@pytest.mark.parametrize("version", ["0.3.3", "0.10.2", "0.32.0"])
+def test_the_served_names_are_read_from_the_404s_that_list_them(version):
+    from metagpt_vllm_fix.vllm_versions import for_version, served_models
+
+    message = for_version(version).unknown_model_message.format(model="x", served="org/m-1.5b, other.v2")
+    expected = ["org/m-1.5b", "other.v2"] if "{served}" in for_version(version).unknown_model_message else None
+    assert served_models(message) == expected

@@ -20,7 +20,6 @@ does. ``remove()`` puts every loop's own ``stop`` back.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 import threading
 from collections.abc import Sequence
@@ -143,14 +142,13 @@ def armed_loops() -> list[str]:
         return [name for _, _, name in _armed]
 
 
-_ALIASES = re.compile(r"Valid aliases: (.+?)\.?$")
-
-
 async def _served_models(instance: Any, wrapped: Any, message: str) -> Optional[list[str]]:
     """The models the server serves: from vLLM 0.18+'s 404 message, else one short GET /v1/models (cached)."""
-    found = _ALIASES.search(message.strip())
-    if found:
-        return [name.strip() for name in found.group(1).split(",") if name.strip()]
+    from ..vllm_versions import served_models
+
+    found = served_models(message)
+    if found is not None:
+        return found
     server = server_of(wrapped, instance)
     if server in _served:
         return _served[server]
