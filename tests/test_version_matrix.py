@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SEED_KEY, ask_metagpt, clean_env, imported_at_startup, venv_python, write_config
+from conftest import REPO, SEED_KEY, ask_metagpt, clean_env, imported_at_startup, run_python, venv_python, write_config
 from loopback_proxy import LoopbackProxy
 from metagpt_vllm_fix.server import VLLMServer
 
@@ -215,6 +215,31 @@ def test_httpx_028_each_fix_off_by_name_gives_its_upstream_behaviour(fix, httpx_
         assert "Warning: model not found" in result["stdout"]
     else:
         assert "Warning: model not found" not in result["stdout"]
+
+
+HTTPX_REMOVE_PROBE = """
+import json, metagpt.provider.open_llm_api as m
+import metagpt_vllm_fix
+from metagpt_vllm_fix.fixes import httpx_client
+own = lambda: {name: type(vars(m.OpenLLM).get(name)).__name__ for name in ("_get_proxy_params", "_make_client_kwargs")}
+applied = own()
+metagpt_vllm_fix.remove()
+removed = own()
+original = vars(m.OpenLLM)["_make_client_kwargs"]
+metagpt_vllm_fix.apply()
+metagpt_vllm_fix.remove()
+print(json.dumps({"applied": applied, "removed": removed, "same": vars(m.OpenLLM)["_make_client_kwargs"] is original,
+                  "state": {f.name: f.state for f in metagpt_vllm_fix.status().fixes}}))
+"""
+
+
+def test_httpx_028_remove_restores_openllms_own_attributes(httpx_028, tmp_path):
+    proc = run_python(HTTPX_REMOVE_PROBE, cwd=tmp_path, PYTHONPATH=str(httpx_028))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["applied"] == {"_get_proxy_params": "FunctionWrapper", "_make_client_kwargs": "FunctionWrapper"}
+    assert result["removed"] == {"_get_proxy_params": "NoneType", "_make_client_kwargs": "function"}  # inherited again
+    assert result["same"] is True
 
 
 def doctor_checks(home: Path, config: str, **env: str) -> dict:
