@@ -308,3 +308,14 @@ def test_the_served_names_are_read_from_the_404s_that_list_them(version):
     message = for_version(version).unknown_model_message.format(model="x", served="org/m-1.5b, other.v2")
     expected = ["org/m-1.5b", "other.v2"] if "{served}" in for_version(version).unknown_model_message else None
     assert served_models(message) == expected
+
+
+def test_with_the_api_key_fix_off_the_cause_names_metagpts_placeholder(key_server, caplog, monkeypatch):
+    metagpt_vllm_fix.remove()
+    monkeypatch.setenv("METAGPT_VLLM_FIX_DISABLE", "api_key")
+    metagpt_vllm_fix.apply()
+    with caplog.at_level(logging.ERROR, logger="metagpt_vllm_fix"), pytest.raises(tenacity.RetryError):
+        node_ask(open_llm_instance(key_server.base_url))
+    assert chats(key_server) == [401]
+    ((message, _),) = causes(caplog)
+    assert message.startswith("the server refused api_key sk-xxx, MetaGPT 0.7's hard-coded placeholder (401)")

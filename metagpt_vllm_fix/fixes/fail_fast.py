@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Optional
 
+from ..gate import PLACEHOLDER
 from ..masking import mask
 from . import RequestFix, error_message, server_of, status_code
 
@@ -175,8 +176,12 @@ async def _cause(exc: BaseException, status: int, wrapped: Any, instance: Any, k
 
 async def _explain(exc: BaseException, status: int, wrapped: Any, instance: Any, kwargs: dict[str, Any]) -> Cause:
     owner = instance if instance is not None else getattr(wrapped, "__self__", None)
-    key = mask(getattr(getattr(owner, "_client", None), "api_key", None))
+    raw_key = getattr(getattr(owner, "_client", None), "api_key", None)
+    key = mask(raw_key)
     model, message = str(kwargs.get("model")), error_message(exc)[:300]
+    if status == 401 and raw_key == PLACEHOLDER:
+        return Cause(status, f"the server refused api_key {PLACEHOLDER}, MetaGPT 0.7's hard-coded placeholder (401); "
+                             "the api_key fix sends llm.api_key instead")
     if status == 401:
         return Cause(status, f"the server refused api_key {key} (401); check llm.api_key in your config2.yaml")
     if status == 403:
