@@ -37,7 +37,8 @@ class PatchRefused(RuntimeError):
 
 @dataclass(frozen=True)
 class FixStatus:
-    """One fix in this interpreter: ``active``, ``pending``, ``off`` (disabled by name), ``refused`` or ``inactive``."""
+    """One fix in this interpreter: ``active``, ``pending``, ``off`` (disabled by name), ``refused``, ``idle``
+    (nothing to do in this environment) or ``inactive``."""
 
     name: str
     state: str
@@ -91,6 +92,10 @@ def _apply_fixes(module: ModuleType, decision: gate.Decision) -> dict[str, tuple
         problem = fix.problem(module)
         if problem:
             outcome[fix.name] = ("refused", problem)
+            continue
+        idle = fix.idle(module)
+        if idle:
+            outcome[fix.name] = ("idle", idle)
             continue
         fix.apply(module)
         outcome[fix.name] = ("active", fix.summary)

@@ -148,10 +148,13 @@ async def _ask_once(llm_config: Any, server: Any, attempt: Attempt) -> Attempt:
 
 
 def key_fix_alone() -> str:
-    """``METAGPT_VLLM_FIX_DISABLE``'s value that leaves the api_key fix alone on."""
+    """``METAGPT_VLLM_FIX_DISABLE``'s value that leaves the api_key fix alone on.
+
+    The httpx fix stays too: idle on httpx < 0.28, and on 0.28 without it there is no client at all.
+    """
     from .fixes import NAMES
 
-    return ",".join(name for name in NAMES if name != "api_key")
+    return ",".join(name for name in NAMES if name not in ("api_key", "httpx"))
 
 
 async def _story(llm_config: Any, server: Any) -> tuple[Attempt, Attempt, Attempt]:

@@ -450,6 +450,15 @@ def fixes_verdict(fixes: Sequence[FixStatus], automatic: bool, unknown: Sequence
     return level, message
 
 
+def httpx_verdict(version: str, fix_on: bool, why_not: str = "") -> tuple[str, str]:
+    """The ``httpx`` line, for an httpx that no longer takes ``proxies=`` (0.28+)."""
+    what = f"httpx {version} no longer takes proxies=, which openai 1.6.0 (MetaGPT 0.7's pin) passes"
+    if fix_on:
+        return OK, f"{what}; the httpx fix builds open_llm's HTTP client for it"
+    return PROBLEM, (f"{what}: LLM() raises TypeError: AsyncClient.__init__() got an unexpected keyword argument "
+                     f"'proxies' (the httpx fix is not in effect: {why_not}). Let the fix act, or install httpx<0.28.")
+
+
 def suggested_max_token(max_len: int) -> int:
     """A ``llm.max_token`` that leaves three quarters of the context for the prompt."""
     return max(1, max_len // 4)
@@ -653,6 +662,11 @@ class Doctor:
                                        f"{switch}{strict})")
         if st.code in ("supported", "removed"):
             self.add("fixes", *fixes_verdict(st.fixes, st.automatic, disabled_fixes()[1]))
+        if open_llm:
+            from .fixes.httpx_client import httpx_version, takes_proxies
+
+            if not takes_proxies():  # only then does the installed httpx matter
+                self.add("httpx", *httpx_verdict(httpx_version(), *self.fix_on("httpx")))
 
     def fix_on(self, name: str) -> tuple[bool, str]:
         """(on, why not) for the named fix, as the plugin checks found it."""

@@ -240,6 +240,18 @@ def _patterns() -> tuple[tuple[str, Pattern[str]], ...]:
     return tuple((kind, _pattern(template)) for kind, template in found)
 
 
+
+
+def served_models(message: str) -> Optional[list[str]]:
+    """The served names a 404 for an unknown model lists (vLLM 0.18+: "Valid aliases: ..."), else None."""
+    for generation in reversed(GENERATIONS):
+        if "{served}" in generation.unknown_model_message:
+            match = re.search(_pattern(generation.unknown_model_message).pattern + "$", (message or "").strip())
+            if match:
+                return [name.strip() for name in match.group("served").split(",") if name.strip()]
+    return None
+
+
 def error_fields(body: Any) -> Mapping[str, Any]:
     """The ``message`` / ``param`` / ``type`` mapping of an error body in any generation's shape."""
     if isinstance(body, Mapping) and isinstance(body.get("error"), Mapping):

@@ -322,9 +322,10 @@ def test_server_version_and_generation_are_in_the_json(runs):
     (check,) = [c for c in document["checks"] if c["id"] == "max-token"]
     assert check["level"] == "ok"
     assert [f["name"] for f in document["plugin"]["fixes"]] == ["api_key", "max_tokens", "usage", "chat_template",
-                                                                "system_role"]
+                                                                "system_role", "httpx", "fail_fast"]
     assert document["plugin"]["fixes_in_effect"] == {"api_key": True, "max_tokens": True, "usage": True,
-                                                     "chat_template": True, "system_role": True}
+                                                     "chat_template": True, "system_role": True,
+                                                     "httpx": False, "fail_fast": True}  # httpx 0.27: idle
 
 
 def test_max_token_leaving_little_room_is_ok_where_vllm_clamps(runs):
@@ -433,9 +434,9 @@ def test_a_disable_word_naming_no_fix_is_a_warning_in_the_fixes_line(runs):
     assert run.returncode == 0, run
     (warning,) = lines(run, "warning")
     assert warning.startswith("warning fixes: api_key active, max_tokens active, usage off (METAGPT_VLLM_FIX_DISABLE), "
-                              "chat_template active, system_role active")
+                              "chat_template active, system_role active, httpx idle")
     assert ("METAGPT_VLLM_FIX_DISABLE names no fix: max_token (the fixes are api_key, max_tokens, usage, "
-            "chat_template, system_role)") in warning
+            "chat_template, system_role, httpx, fail_fast)") in warning
     assert run.stderr == ""
     assert_clean(run)
 

@@ -131,6 +131,8 @@ def test_broken_wrapt_strict_error_names_the_plugin_and_the_switch(tmp_path, bro
 # --- a 0.7-versioned metagpt whose OpenLLM has another shape --------------------------------------------------
 
 PARENT = """
+import tenacity
+
 class OpenAILLM:
     def __init__(self, config=None):
         self.config = config
@@ -144,6 +146,9 @@ class OpenAILLM:
         return {"messages": messages, "max_tokens": 4096, **extra_kwargs}
     async def _achat_completion_stream(self, messages, timeout=3):
         yield ""
+    @tenacity.retry(stop=tenacity.stop_after_attempt(6))
+    async def acompletion_text(self, messages, stream=False, timeout=3):
+        return ""
 """
 UPSTREAM_OPENLLM = """
 class OpenLLM(OpenAILLM):
@@ -238,7 +243,8 @@ def test_a_fix_whose_gate_refuses_is_left_off_alone_and_the_others_apply(tmp_pat
     status = json.loads(proc.stdout)
     assert (status["import_error"], status["code"], status["active"]) == (None, "supported", True)
     assert status["fixes"] == {"api_key": "active", "max_tokens": "refused", "usage": "active",
-                               "chat_template": "active", "system_role": "active"}
+                               "chat_template": "active", "system_role": "active", "httpx": "idle",
+                               "fail_fast": "active"}
     (warning,) = lines_with(proc.stderr, "not applying the max_tokens fix")
     assert "no longer sends max_tokens as MetaGPT 0.7 does" in warning
 
@@ -252,7 +258,8 @@ def test_strict_mode_covers_every_fix(tmp_path):
                                       "OpenAILLM._cons_kwargs no longer sends max_tokens as MetaGPT 0.7 does")
     # nothing stays half-applied behind the refusal, and status says which fix refused
     assert status["fixes"] == {"api_key": "inactive", "max_tokens": "refused", "usage": "inactive",
-                               "chat_template": "inactive", "system_role": "inactive"}
+                               "chat_template": "inactive", "system_role": "inactive", "httpx": "inactive",
+                               "fail_fast": "inactive"}
 
 
 # --- broken or missing dist-info metadata (on a copy of the real MetaGPT 0.7.7) -------------------------------

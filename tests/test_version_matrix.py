@@ -22,7 +22,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SEED_KEY, ask_metagpt, clean_env, imported_at_startup, install_into, new_venv, write_config
+from conftest import (
+    REPO,
+    SEED_KEY,
+    ask_metagpt,
+    clean_env,
+    imported_at_startup,
+    install_into,
+    new_venv,
+    run_python,
+    write_config,
+)
+from loopback_proxy import LoopbackProxy
 from metagpt_vllm_fix.server import VLLMServer
 
 #: Every MetaGPT 0.7.x on the index. 0.7.5 was never published (the index goes 0.7.4 -> 0.7.6).
@@ -134,6 +145,136 @@ def test_every_07_release_fails_the_seed_config_and_the_plugin_makes_it_answer(v
     assert seen == [(f"Bearer {SEED_KEY}", 400, 4096), (f"Bearer {SEED_KEY}", 200, None)]
     assert "Warning: model not found" not in patched["stdout"]
     assert "usage calculation failed" not in patched["stderr"]
+
+
+# --- MetaGPT 0.7.7 with httpx 0.28 (CONTEXT §12: any package that needs a current httpx brings it in) -----------
+
+HTTPX_028 = "0.28.1"
+HTTPX_PRELUDE = f"""
+import httpx as _hx
+print({IDENTITY_MARK!r} + json.dumps({{"file": _hx.__file__, "version": _hx.__version__}}), file=sys.stderr)
+"""
+PROXIES_ERROR = "TypeError"  # AsyncClient.__init__() got an unexpected keyword argument 'proxies'
+
+
+@pytest.fixture(scope="session")
+def httpx_028(tmp_path_factory) -> Path:
+    """A directory holding httpx 0.28.1 alone, put first on the child's path (the venv keeps its 0.27)."""
+    target = tmp_path_factory.mktemp("httpx-028")
+    proc = _pip("install", "-q", "--no-deps", "--no-compile", "--target", str(target), f"httpx=={HTTPX_028}")
+    if proc.returncode != 0:
+        pytest.fail(f"pip could not install httpx=={HTTPX_028} (is PyPI reachable?):\n{proc.stderr[-2000:]}")
+    return target
+
+
+def ask_with_httpx_028(home: Path, target: Path, stream: bool, **env: str) -> dict:
+    cache = home.parent / "empty-tiktoken-cache"
+    cache.mkdir(exist_ok=True)
+    result = ask_metagpt(home, stream=stream, prelude=HTTPX_PRELUDE, PYTHONPATH=str(target),
+                         TIKTOKEN_CACHE_DIR=str(cache), **env)
+    identity = _identity(result["stderr"])
+    assert Path(identity["file"]).resolve().is_relative_to(target.resolve()), identity
+    assert identity["version"] == HTTPX_028
+    return result
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
+@pytest.mark.parametrize("proxied", [False, True], ids=["direct", "llm.proxy"])
+def test_httpx_028_seed_config_answers_with_the_plugin_and_fails_at_llm_without_it(stream, proxied, httpx_028,
+                                                                                    seed_era_server, tmp_path):
+    home = tmp_path / "home"
+    with LoopbackProxy() as proxy:
+        write_config(home, seed_era_server.base_url, extra=f"  proxy: '{proxy.url}'\n" if proxied else "")
+        seed_era_server.clear_requests()
+        shipped = ask_with_httpx_028(home, httpx_028, stream, METAGPT_VLLM_FIX="0")
+        assert (shipped["ok"], shipped.get("error")) == (False, PROXIES_ERROR), shipped
+        assert seed_era_server.requests == []  # it never got as far as a request
+
+        fixed = ask_with_httpx_028(home, httpx_028, stream)
+    assert fixed["ok"] is True, fixed
+    assert "hello from the test" in fixed["answer"]
+    assert [(r.authorization, r.status) for r in seed_era_server.requests] == [(f"Bearer {SEED_KEY}", 400),
+                                                                               (f"Bearer {SEED_KEY}", 200)]
+    through_proxy = [(method, url) for method, url, _ in proxy.seen]
+    assert through_proxy == ([("POST", f"{seed_era_server.base_url}/chat/completions")] * 2 if proxied else [])
+
+
+# What each fix turned off by name gives on httpx 0.28 (streamed, the seed's config, a vLLM of MetaGPT 0.7's time).
+HTTPX_028_EACH_OFF = {
+    "api_key": (False, "AuthenticationError"),
+    "max_tokens": (False, "BadRequestError"),
+    "usage": (True, None),  # answers; counted by tiktoken, which prints and fails offline
+    "chat_template": (True, None),  # this server's model has a chat template (or 0.3.3's default layout answers)
+    "system_role": (True, None),
+    "httpx": (False, PROXIES_ERROR),
+    "fail_fast": (True, None),
+}
+
+
+def test_httpx_028_table_names_every_fix():
+    from metagpt_vllm_fix.fixes import NAMES
+
+    assert sorted(HTTPX_028_EACH_OFF) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("fix", sorted(HTTPX_028_EACH_OFF))
+def test_httpx_028_each_fix_off_by_name_gives_its_upstream_behaviour(fix, httpx_028, seed_era_server, tmp_path):
+    home = tmp_path / "home"
+    write_config(home, seed_era_server.base_url)
+    result = ask_with_httpx_028(home, httpx_028, True, METAGPT_VLLM_FIX_DISABLE=fix)
+    assert (result["ok"], result.get("error")) == HTTPX_028_EACH_OFF[fix], result
+    if fix == "usage":
+        assert "Warning: model not found" in result["stdout"]
+    else:
+        assert "Warning: model not found" not in result["stdout"]
+
+
+HTTPX_REMOVE_PROBE = """
+import json, metagpt.provider.open_llm_api as m
+import metagpt_vllm_fix
+from metagpt_vllm_fix.fixes import httpx_client
+own = lambda: {name: type(vars(m.OpenLLM).get(name)).__name__ for name in ("_get_proxy_params", "_make_client_kwargs")}
+applied = own()
+metagpt_vllm_fix.remove()
+removed = own()
+original = vars(m.OpenLLM)["_make_client_kwargs"]
+metagpt_vllm_fix.apply()
+metagpt_vllm_fix.remove()
+print(json.dumps({"applied": applied, "removed": removed, "same": vars(m.OpenLLM)["_make_client_kwargs"] is original,
+                  "state": {f.name: f.state for f in metagpt_vllm_fix.status().fixes}}))
+"""
+
+
+def test_httpx_028_remove_restores_openllms_own_attributes(httpx_028, tmp_path):
+    proc = run_python(HTTPX_REMOVE_PROBE, cwd=tmp_path, PYTHONPATH=str(httpx_028))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["applied"] == {"_get_proxy_params": "FunctionWrapper", "_make_client_kwargs": "FunctionWrapper"}
+    assert result["removed"] == {"_get_proxy_params": "NoneType", "_make_client_kwargs": "function"}  # inherited again
+    assert result["same"] is True
+
+
+def doctor_checks(home: Path, config: str, **env: str) -> dict:
+    path = home / "config2.yaml"
+    home.mkdir(parents=True, exist_ok=True)
+    path.write_text(config)
+    proc = subprocess.run([sys.executable, "-m", "metagpt_vllm_fix", "doctor", "--config", str(path), "--json"],
+                          capture_output=True, text=True, env=clean_env(home, **env), cwd=str(home), timeout=300)
+    document = json.loads(proc.stdout)
+    return {check["id"]: (check["level"], check["message"]) for check in document["checks"]}
+
+
+@pytest.mark.parametrize("disable,level", [("", "ok"), ("httpx", "problem")])
+def test_doctor_names_httpx_028_and_whether_the_httpx_fix_covers_it(disable, level, httpx_028, seed_era_server,
+                                                                    tmp_path):
+    config = (f"llm:\n  api_type: open_llm\n  base_url: '{seed_era_server.base_url}'\n  model: "
+              f"'meta-llama/Llama-2-7b-hf'\n  api_key: {SEED_KEY}\n  max_token: 512\n")
+    checks = doctor_checks(tmp_path / "home", config, PYTHONPATH=str(httpx_028), METAGPT_VLLM_FIX_DISABLE=disable)
+    found, message = checks["httpx"]
+    assert found == level, message
+    assert message.startswith(f"httpx {HTTPX_028} no longer takes proxies=, which openai 1.6.0")
+    old = doctor_checks(tmp_path / "home-027", config, METAGPT_VLLM_FIX_DISABLE=disable)
+    assert "httpx" not in old  # an httpx that still takes proxies= does not matter: no line
 
 
 # --- Python matrix, the cheap part (the MetaGPT environments are scripts/python-matrix's job) -------------------

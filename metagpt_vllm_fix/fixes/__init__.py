@@ -48,6 +48,10 @@ class Fix:
                 return f"{class_name} has no method {attribute}"
         return None
 
+    def idle(self, module: ModuleType) -> Optional[str]:
+        """Why this fix has nothing to do in this environment (it is then not applied), or None."""
+        return None
+
     def _owners(self, module: ModuleType) -> Sequence[tuple[Any, str, wrapping.Wrapper]]:
         return [(getattr(module, c, None), a, w) for c, a, w in self.targets()]
 
@@ -216,20 +220,24 @@ def mentions(function: Any, text: str) -> bool:
 
 def all_fixes() -> tuple[Fix, ...]:
     """Every fix, in the order of NAMES (how status lists them; imported here so nothing loads before it is needed)."""
-    from . import api_key, chat_template, max_tokens, system_role, usage
+    from . import api_key, chat_template, fail_fast, httpx_client, max_tokens, system_role, usage
 
-    return (api_key.FIX, max_tokens.FIX, usage.FIX, chat_template.FIX, system_role.FIX)
+    return (api_key.FIX, max_tokens.FIX, usage.FIX, chat_template.FIX, system_role.FIX, httpx_client.FIX,
+            fail_fast.FIX)
 
 
 def wrapping_order() -> tuple[Fix, ...]:
     """The order the fixes are applied in: on a client's ``create`` a later fix's wrapper sits outside an earlier one's.
 
-    ``chat_template`` and ``system_role`` go inside ``max_tokens`` and ``usage``: the request they send instead
-    (to ``/v1/completions``, or with the system message folded in) still gets usage's ``stream_options``, and its
-    ``max_tokens`` refusal reaches the max_tokens fix like the chat request's own.
+    ``httpx`` comes after ``api_key`` (it keeps the proxy client that fix adds). ``chat_template`` and
+    ``system_role`` go inside ``max_tokens`` and ``usage``: the request they send instead (to ``/v1/completions``,
+    or with the system message folded in) still gets usage's ``stream_options``, and its ``max_tokens`` refusal
+    reaches the max_tokens fix like the chat request's own. ``fail_fast`` comes last: its wrapper is then the
+    outermost and sees only the errors every other fix left unhandled.
     """
     by_name = {fix.name: fix for fix in all_fixes()}
-    return tuple(by_name[name] for name in ("api_key", "chat_template", "system_role", "max_tokens", "usage"))
+    return tuple(by_name[name] for name in ("api_key", "httpx", "chat_template", "system_role", "max_tokens", "usage",
+                                            "fail_fast"))
 
 
-NAMES = ("api_key", "max_tokens", "usage", "chat_template", "system_role")
+NAMES = ("api_key", "max_tokens", "usage", "chat_template", "system_role", "httpx", "fail_fast")
