@@ -34,6 +34,7 @@ from . import __version__, gate
 from ._activation import DISABLE, FixStatus, Status
 from ._activation import disabled as disabled_fixes
 from ._activation import status as plugin_status
+from .fixes.api_key import unsendable as unsendable_key
 from .gate import PLACEHOLDER as PLACEHOLDER_KEY  # what MetaGPT 0.7 sends instead of the key
 from .masking import mask
 from .report import OK, PROBLEM, WARNING, Report, scrub_obj, worst
@@ -471,7 +472,7 @@ def max_token_verdict(generation: Generation, max_token: int, max_len: int, fix_
                 f"asks for max_tokens = llm.max_token, so every request gets 400 {rule}")
         if fix_on:
             return WARNING, (f"{what}; handled: the max_tokens fix resends without max_tokens so the server uses "
-                             f"the room left (one extra request per LLM). Set llm.max_token to e.g. {value} to "
+                             f"the room left (one extra request each time). Set llm.max_token to e.g. {value} to "
                              "avoid it.")
         return PROBLEM, (f"{what} (the max_tokens fix is off: {fix_off or 'not applied'}). Set llm.max_token to "
                          f"e.g. {value}, or start vLLM with a larger --max-model-len.")
@@ -678,9 +679,11 @@ class Doctor:
             self.add("api-key-whitespace", WARNING,
                      "llm.api_key has whitespace around it: the plugin sends it trimmed (and logs a warning); "
                      "without the plugin, or with another api_type, it would not match. Remove it from config2.yaml.")
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in key.strip()):
-            self.add("api-key-control", PROBLEM, "llm.api_key contains a line break or control character, which an "
-                                                 "HTTP Authorization header cannot carry: fix the key.")
+        if unsendable_key(key):
+            self.add("api-key-control", PROBLEM, "llm.api_key contains a line break, control or non-ASCII character, "
+                                                 "which an HTTP Authorization header cannot carry: the plugin sends "
+                                                 "MetaGPT's placeholder 'sk-xxx' instead (a vLLM started with "
+                                                 "--api-key answers 401). Fix the key.")
         parts = urlsplit(llm.base_url)
         host = parts.hostname or ""
         if parts.scheme == "http" and host and not is_loopback(host):
@@ -696,6 +699,8 @@ class Doctor:
                                        "the request. Set it to the served model's name.")
 
     def _provider_check(self, llm: Any, sent: str) -> None:
+        if unsendable_key(llm.api_key):
+            return  # api-key-control says why 'sk-xxx' is sent
         if sent == llm.api_key.strip():
             self.add("provider", OK, f"MetaGPT's open_llm provider, built here from this config with the plugin "
                                      f"loaded, sends api_key {mask(sent)} (the configured one)")

@@ -5,6 +5,8 @@ with no timeout: offline that fails on every call, and behind a network that dro
 encoding is loaded once per process on a background thread; a request path waits for it at most
 ``WAIT_SECONDS`` once, and after a failure or a timeout never again (an estimate of 4 characters per token
 stands in). The arithmetic is upstream's for "open-llm-model" (no per-message overhead, 3 for the reply).
+Text that looks like a special token (``<|endoftext|>``, common in code about LLMs) is counted as ordinary text:
+tiktoken's default would raise, and a count must never fail an answer that arrived.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ ENCODING = "cl100k_base"
 CHARS_PER_TOKEN = 4
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"encoding": None, "error": None, "thread": None, "announced": False}
+_state: dict[str, Any] = {"encoding": None, "error": None, "thread": None, "announced": False, "failed": False}
 
 
 def _load() -> None:
@@ -63,12 +65,34 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def _tiktoken_measure(enc: Any) -> Callable[[str], int]:
+    """tiktoken's count of a text, special-token text included as plain text; the estimate if tiktoken fails."""
+
+    def measure(text: str) -> int:
+        try:
+            return len(enc.encode(text, disallowed_special=()))
+        except Exception as exc:  # noqa: BLE001 - a count is never worth an exception on the request path
+            with _lock:
+                first = not _state["failed"]
+                _state["failed"] = True
+            if first:
+                log.warning("usage: tiktoken could not count a text (%s: %s); estimating it (%d characters per "
+                            "token) instead.", type(exc).__name__, str(exc)[:120], CHARS_PER_TOKEN)
+            return _estimate(text)
+
+    return measure
+
+
+def _values(message: Any) -> list[Any]:
+    return list(message.values()) if isinstance(message, dict) else [message]
+
+
 def count(messages: list[dict[str, Any]], answer: str, model: str = "") -> tuple[int, int, str]:
-    """(prompt tokens, completion tokens, how they were counted) without printing and without waiting long."""
+    """(prompt tokens, completion tokens, how they were counted) without printing, waiting long or raising."""
     enc = encoding()
-    measure: Callable[[str], int] = (lambda text: len(enc.encode(text))) if enc is not None else _estimate
+    measure: Callable[[str], int] = _tiktoken_measure(enc) if enc is not None else _estimate
     how = f"tiktoken {ENCODING}" if enc is not None else f"an estimate ({CHARS_PER_TOKEN} characters per token)"
-    prompt = sum(measure(_text(value)) for message in messages for value in message.values()) + 3
+    prompt = sum(measure(_text(value)) for message in messages for value in _values(message)) + 3
     completion = measure(answer)
     with _lock:
         announce = not _state["announced"]
@@ -83,4 +107,4 @@ def count(messages: list[dict[str, Any]], answer: str, model: str = "") -> tuple
 def reset() -> None:
     """Forget the loaded encoding and any failure (for tests; a running load thread finishes on its own)."""
     with _lock:
-        _state.update(encoding=None, error=None, thread=None, announced=False)
+        _state.update(encoding=None, error=None, thread=None, announced=False, failed=False)

@@ -128,10 +128,19 @@ def test_key_with_surrounding_whitespace_is_trimmed_and_never_logged(open_llm, c
     assert not any(secret in message for message in ours)
 
 
-def test_key_with_line_break_inside_is_refused_without_echo(open_llm):
+def test_key_a_header_cannot_carry_leaves_metagpts_request_with_one_warning_and_no_echo(open_llm, caplog):
     secret = "token-abc\r\nX-Injected: 1"
+    with caplog.at_level(logging.DEBUG, logger="metagpt_vllm_fix"):
+        clients = [make_llm(api_key=secret).aclient for _ in range(2)]
+    assert [c.api_key for c in clients] == ["sk-xxx", "sk-xxx"]  # MetaGPT 0.7's own request
+    ours = [r.getMessage() for r in caplog.records if r.name == "metagpt_vllm_fix" and "cannot carry" in r.getMessage()]
+    assert len(ours) == 1 and "sk-xxx" in ours[0] and "config2.yaml" in ours[0] and "tok...: 1" in ours[0], ours
+    assert not any("X-Injected" in m or "token-abc" in m for m in (r.getMessage() for r in caplog.records))
+
+
+def test_key_a_header_cannot_carry_is_refused_in_strict_mode(open_llm, monkeypatch):
+    monkeypatch.setenv("METAGPT_VLLM_FIX", "strict")
     with pytest.raises(metagpt_vllm_fix.InvalidApiKey) as caught:
-        make_llm(api_key=secret)
+        make_llm(api_key="t\u00f8ken-abc123-secret")
     message = str(caught.value)
-    assert "line break" in message and "config2.yaml" in message
-    assert "X-Injected" not in message and "token-abc" not in message
+    assert "non-ASCII" in message and "config2.yaml" in message and "secret" not in message

@@ -37,7 +37,7 @@ def test_demo_tells_the_401_then_400_then_answer_story_with_the_seed_config(tmp_
     assert fixed.count(f"Authorization: Bearer {mask(KEY)}") == 2
     assert "max_tokens 4096 -> 400" in fixed and "no max_tokens -> 200" in fixed
     assert "MetaGPT returned 'echo: " in fixed and "the server's own count" in fixed
-    assert "Set llm.max_token below 4096 to silence this" in fixed
+    assert "Set llm.max_token below 4096 to avoid it" in fixed
     assert "ok      The seed's config works as written" in out
 
 

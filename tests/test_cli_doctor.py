@@ -314,7 +314,7 @@ def test_seed_config_on_vllm_033_is_a_handled_warning_naming_the_value_to_set(ru
     assert "llm.max_token 4096 >= the server's max_model_len 4096" in warning
     assert "every request gets 400 under vLLM 0.3's rule (assumed)" in warning
     assert "handled: the max_tokens fix resends without max_tokens" in warning
-    assert "one extra request per LLM" in warning
+    assert "one extra request each time" in warning
     assert "Set llm.max_token to e.g. 1024" in warning
     assert "verdict: warning (exit 0)" in run.stdout
     assert run.stderr == ""
@@ -630,3 +630,19 @@ def test_tiktoken_warning_only_when_the_usage_fix_cannot_spare_the_download(fix_
     found, message = dr.tiktoken_verdict("not cached in /c", fix_on, source, reachable, False,
                                          "" if fix_on else "turned off by METAGPT_VLLM_FIX_DISABLE")
     assert found == level and words in message, message
+
+
+@pytest.mark.parametrize("yaml_key", ['"token-abc123\\r\\nX-Injected: 1"', '"t\u00f8ken-abc123-secret"'],
+                         ids=["line-break", "non-ascii"])
+def test_key_a_header_cannot_carry_is_a_problem_naming_what_is_sent_instead(tmp_path, yaml_key):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # no server: the verdict is about the config alone
+    run = doctor(tmp_path, config_text(f"http://127.0.0.1:{port}/v1", api_key=yaml_key), "--json", **FIXES_ON)
+    checks = {c["id"]: c for c in json.loads(run.stdout)["checks"]}
+    assert checks["api-key-control"]["level"] == PROBLEM, run
+    assert "cannot carry" in checks["api-key-control"]["message"] and "sk-xxx" in checks["api-key-control"]["message"]
+    assert checks.get("provider", {}).get("level") != PROBLEM  # the provider builds; no second, misleading problem
+    for part in ("X-Injected", "t\u00f8ken", "secret"):
+        assert part not in run.output

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 import metagpt_vllm_fix
-from conftest import ASK_SCRIPT, RESULT_MARK, SEED_KEY, install_into, run_python, write_config
+from conftest import ASK_SCRIPT, RESULT_MARK, SEED_KEY, ask_metagpt, install_into, run_python, write_config
+from metagpt_vllm_fix.server import VLLMServer
 
 STATUS_JSON = ("import json, metagpt_vllm_fix as _f; _s = _f.status(); "
                "print('@@STATUS@@ ' + json.dumps({'code': _s.code, 'state': _s.state, 'reason': _s.reason, "
@@ -475,6 +476,32 @@ def test_reloading_metagpt_module_keeps_it_patched(tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"patched": True, "registered": True}
 
 
+def test_remove_after_a_reload_unwraps_the_classes_of_before_it_too(tmp_path):
+    """importlib.reload() puts new classes in the module; instances of the old ones (IPython's autoreload) must go
+    back to MetaGPT as shipped as well once remove() is called."""
+    proc = run_python("""
+        import importlib, json
+        import metagpt.provider.open_llm_api as mod
+        import metagpt_vllm_fix
+        from metagpt_vllm_fix import wrapping
+
+        def wrappers(cls):
+            return sorted(name for name in ("_make_client_kwargs", "_init_client", "_calc_usage")
+                          if any(hasattr(node, "_self_wrapper") for node in wrapping.chain(vars(cls).get(name))))
+
+        old = mod.OpenLLM
+        new = importlib.reload(mod).OpenLLM
+        before = [wrappers(old), wrappers(new)]
+        metagpt_vllm_fix.remove()
+        print(json.dumps({"before": before, "after": [wrappers(old), wrappers(new)], "new": new is not old,
+                          "state": metagpt_vllm_fix.status().state}))
+    """, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert r["new"] and r["before"] == [["_calc_usage", "_init_client", "_make_client_kwargs"]] * 2
+    assert (r["after"], r["state"]) == ([[], []], "inactive")
+
+
 RACE_MODULE = """
 import sys
 _gate = sys.modules["__main__"].GATE
@@ -596,20 +623,49 @@ except Exception as exc:
 """
 
 
-@pytest.mark.parametrize("yaml_key, secret_parts", [
+BAD_KEYS = pytest.mark.parametrize("yaml_key, secret_parts", [
     ('"token-abc123\\r\\nX-Injected: 1"', ["token-abc", "X-Injected"]),
     ('"token-abc123\\nX-Injected: 1"', ["token-abc", "X-Injected"]),
     ('"token-abc123\\u0000more-secret-stuff"', ["token-abc", "more-secret"]),
     ('"t\u00f8ken-abc123-secret"', ["t\u00f8ken", "secret"]),
 ], ids=["crlf-header-injection", "lf-header-injection", "nul-inside", "non-ascii"])
-def test_key_with_a_line_break_inside_is_refused_before_any_request(vllm_server, tmp_path, yaml_key, secret_parts):
+
+
+@BAD_KEYS
+def test_key_a_header_cannot_carry_is_not_sent_and_not_echoed(vllm_server, tmp_path, yaml_key, secret_parts):
+    """A key-checking vLLM: MetaGPT's own 'sk-xxx' goes, so 401 as shipped; no header injected, the key never shown."""
     home = tmp_path / "home"
     write_config(home, vllm_server.base_url, api_key=yaml_key)
     proc = run_python(KEY_ERROR, home=home)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert (out["ok"], out["error"]) == (False, "InvalidApiKey")
-    assert "contains a line break" in out["message"] and "config2.yaml" in out["message"]
-    assert vllm_server.requests == []  # nothing sent, so nothing injected
+    assert (out["ok"], out["error"]) == (False, "AuthenticationError")
+    assert {r.authorization for r in vllm_server.requests} == {"Bearer sk-xxx"}
+    assert proc.stderr.count("which an HTTP Authorization header cannot carry") == 1, proc.stderr
     for part in secret_parts:
         assert part not in proc.stdout + proc.stderr
+
+
+@BAD_KEYS
+def test_key_a_header_cannot_carry_still_answers_from_a_server_without_a_key(tmp_path, yaml_key, secret_parts):
+    """A vLLM started without --api-key answers MetaGPT 0.7 as shipped whatever the key: it must keep answering."""
+    with VLLMServer(max_model_len=8192) as server:
+        home = tmp_path / "home"
+        write_config(home, server.base_url, api_key=yaml_key)
+        result = ask_metagpt(home)
+        assert {r.authorization for r in server.requests} == {"Bearer sk-xxx"}
+    assert result["ok"], result
+    assert "cannot carry" in result["stderr"] and "sk-xxx" in result["stderr"]
+    for part in secret_parts:
+        assert part not in result["stdout"] + result["stderr"]
+
+
+def test_key_a_header_cannot_carry_is_refused_before_any_request_in_strict_mode(vllm_server, tmp_path):
+    home = tmp_path / "home"
+    write_config(home, vllm_server.base_url, api_key='"token-abc123\\r\\nX-Injected: 1"')
+    proc = run_python(KEY_ERROR, home=home, METAGPT_VLLM_FIX="strict")
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (out["ok"], out["error"]) == (False, "InvalidApiKey")
+    assert "contains a line break" in out["message"] and "config2.yaml" in out["message"]
+    assert vllm_server.requests == []
+    assert "X-Injected" not in proc.stdout + proc.stderr

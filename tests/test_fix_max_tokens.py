@@ -30,7 +30,7 @@ def v1(server):
 
 
 @pytest.mark.parametrize("version,context", REFUSING)
-def test_seed_config_answers_with_one_extra_request_per_llm(version, context, caplog):
+def test_seed_config_answers_each_request_after_one_refusal_with_one_warning(version, context, caplog):
     with VLLMServer(api_keys=[SEED_KEY], max_model_len=context, vllm_version=version) as server, \
             caplog.at_level(logging.WARNING, logger="metagpt_vllm_fix"):
         llm = open_llm_instance(server.base_url)
@@ -38,18 +38,26 @@ def test_seed_config_answers_with_one_extra_request_per_llm(version, context, ca
         for stream in (True, False, True, False):
             assert ask(llm, stream=stream).startswith("echo: ")
         seen = v1(server)
-    assert [(r.status, r.max_tokens) for r in seen] == [(400, 4096)] + [(200, None)] * 4
+    assert [(r.status, r.max_tokens) for r in seen] == [(400, 4096), (200, None)] * 4
     warnings = [r.getMessage() for r in caplog.records if "does not fit" in r.getMessage()]
-    assert warnings == [f"llm.max_token 4096 does not fit {DEFAULT_MODEL}'s context of {context} tokens; sending "
-                        f"requests without max_tokens so the server uses the room left. Set llm.max_token below "
-                        f"{context} to silence this."]
+    assert warnings == [f"llm.max_token 4096 does not fit {DEFAULT_MODEL}'s context of {context} tokens; each "
+                        f"request is sent again without max_tokens so the server uses the room left (one extra "
+                        f"request each time). Set llm.max_token below {context} to avoid it."]
 
 
-def test_a_second_llm_of_the_same_server_needs_no_extra_request():
-    with VLLMServer(api_keys=[SEED_KEY], max_model_len=512) as server:
-        ask(open_llm_instance(server.base_url))
-        ask(open_llm_instance(server.base_url))
-        assert [r.status for r in v1(server)] == [400, 200, 200]
+def test_a_context_once_named_is_checked_again_after_a_restart_with_a_larger_one():
+    """A 2048-token server refuses llm.max_token 3000; restarted on the same URL with 32768 tokens, it gets the
+    user's 3000 again, as MetaGPT ships it, so the answer's cap is the user's."""
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=2048) as small:
+        port, base_url = small.port, small.base_url
+        llm = open_llm_instance(base_url, max_token=3000)
+        ask(llm)
+        assert [(r.status, r.max_tokens) for r in v1(small)] == [(400, 3000), (200, None)]
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=32768, port=port) as large:
+        assert large.base_url == base_url
+        ask(llm)
+        ask(open_llm_instance(base_url, max_token=3000))
+        assert [(r.status, r.max_tokens) for r in v1(large)] == [(200, 3000), (200, 3000)]
 
 
 @pytest.mark.parametrize("version", ["0.3.3", "0.32.0"])
@@ -95,10 +103,10 @@ def test_a_prompt_too_long_by_itself_gets_the_servers_error_after_at_most_one_re
 def test_a_prompt_too_long_after_the_context_is_known_still_gets_the_message_naming_its_size():
     with VLLMServer(api_keys=[SEED_KEY], max_model_len=512, vllm_version="0.3.3") as server:
         llm = open_llm_instance(server.base_url)
-        ask(llm)  # learns the context: later requests go without max_tokens at once
+        ask(llm)  # the server names its context
         with pytest.raises(openai.BadRequestError) as caught:
             ask(llm, "word " * 600)
-        assert [(r.status, r.max_tokens) for r in v1(server)] == [(400, 4096), (200, None), (400, None), (400, 4096)]
+        assert [(r.status, r.max_tokens) for r in v1(server)] == [(400, 4096), (200, None), (400, 4096)]
     assert "(605 in the messages, 4096 in the completion)" in str(caught.value)  # not "max_tokens must be at least 1"
 
 

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import time
 
+import openai
 import pytest
 
 from conftest import SEED_KEY, ask_metagpt, open_llm_instance, run, write_config
@@ -152,3 +153,116 @@ def test_concurrent_streams_of_one_messages_list_keep_their_own_counts():
 
         run(both())
     assert (costs(short), costs(long)) == ((60, 2), (60, 40))
+
+
+@pytest.fixture
+def loadable_tiktoken(monkeypatch):
+    """A real tiktoken Encoding with ``<|endoftext|>`` as a special token, found by ``tiktoken.get_encoding``.
+
+    cl100k_base itself cannot be loaded here (no network to tiktoken's host, no cache), so tiktoken's own registry
+    is given a small byte-level encoding under that name: the real ``Encoding.encode``, which raises on special-token
+    text unless told otherwise, is what the count runs."""
+    import tiktoken
+    import tiktoken.registry
+
+    enc = tiktoken.Encoding(name=token_count.ENCODING, pat_str=r"\S+|\s+",
+                            mergeable_ranks={bytes([i]): i for i in range(256)}, special_tokens={"<|endoftext|>": 256})
+    with pytest.raises(ValueError, match="disallowed special token"):
+        enc.encode("<|endoftext|>")  # what tiktoken does by default
+    monkeypatch.setitem(tiktoken.registry.ENCODINGS, token_count.ENCODING, enc)
+    token_count.reset()
+    yield enc
+    token_count.reset()
+
+
+def test_special_token_text_in_a_stream_without_server_usage_is_counted_as_text(loadable_tiktoken, caplog):
+    """A server that sends no usage, tiktoken at hand, ``<|endoftext|>`` in the prompt and the answer: it answers."""
+    prompt = "why does my tokenizer stop at <|endoftext|> here"
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, reject_unknown_fields=True) as server:
+        llm = open_llm_instance(server.base_url)
+        assert run(llm.aask(prompt, stream=True)) == "echo: " + prompt
+    expected_prompt = sum(len(loadable_tiktoken.encode(text, disallowed_special=()))
+                          for text in ("system", "You are a helpful assistant.", "user", prompt)) + 3
+    assert costs(llm) == (expected_prompt, len(("echo: " + prompt).encode()))
+    assert "counting with tiktoken cl100k_base" in caplog.text
+
+
+def test_a_count_that_tiktoken_cannot_make_is_estimated_with_one_warning(loadable_tiktoken, monkeypatch, caplog):
+    def broken(text, **kwargs):
+        raise RuntimeError("tokenizer crashed")
+
+    monkeypatch.setattr(loadable_tiktoken, "encode", broken)
+    for _ in range(2):
+        assert token_count.count([{"role": "user", "content": "abcdefgh"}], "abcd", "m") == \
+            (1 + 2 + 3, 1, "tiktoken cl100k_base")
+    assert len([r for r in caplog.records if "could not count" in r.getMessage()]) == 1
+
+
+def test_a_stream_cancelled_after_its_usage_chunk_leaves_nothing_behind():
+    """The server sends every chunk, usage included, then holds [DONE] back; the caller gives up meanwhile."""
+    from metagpt_vllm_fix.fixes import usage
+
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, done_delay=1.5) as server:
+        llm = open_llm_instance(server.base_url)
+
+        async def give_up():
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(llm.aask("one two three", stream=True), timeout=0.5)
+            await asyncio.sleep(1.2)  # the server's handler finishes its delay before the server stops
+
+        run(give_up())
+        assert "stream_options" in server.requests[-1].fields  # the usage chunk was asked for, and sent
+    assert costs(llm) == (0, 0)
+    assert not usage._captured
+
+
+class EchoingValidationServer(VLLMServer):
+    """The emulator behind a FastAPI-style model validator, as other OpenAI-compatible servers have: a max_tokens
+    above 2048 gets pydantic's 422, whose ``input`` echoes the whole request (``stream_options`` included) and whose
+    ``loc`` names the body, not that field. With ``forbid_extra``, ``stream_options`` is refused as pydantic's
+    ``extra="forbid"`` does it: ``loc`` ``["body", "stream_options"]``."""
+
+    LIMIT = 2048
+
+    def __init__(self, forbid_extra=False, **kwargs):
+        from aiohttp import web
+
+        super().__init__(**kwargs)
+
+        @web.middleware
+        async def validate(request, handler):
+            if request.method == "POST" and request.path == "/v1/chat/completions":
+                body = await request.json()  # cached by aiohttp: the emulator reads it again
+                if isinstance(body, dict) and (body.get("max_tokens") or 0) > self.LIMIT:
+                    detail = [{"type": "value_error", "loc": ["body"], "input": body,
+                               "msg": f"Value error, max_tokens must be at most {self.LIMIT}"}]
+                    return web.json_response({"detail": detail}, status=422)
+                if forbid_extra and isinstance(body, dict) and "stream_options" in body:
+                    detail = [{"type": "extra_forbidden", "loc": ["body", "stream_options"], "input": body,
+                               "msg": "Extra inputs are not permitted"}]
+                    return web.json_response({"detail": detail}, status=422)
+            return await handler(request)
+
+        self._app.middlewares.append(validate)  # innermost: after the emulator's key check
+
+
+def test_a_validation_error_that_echoes_stream_options_is_not_taken_for_refusing_them(caplog):
+    with EchoingValidationServer(api_keys=[SEED_KEY], max_model_len=8192) as server:
+        too_long = open_llm_instance(server.base_url, max_token=3000)
+        with pytest.raises(openai.UnprocessableEntityError) as caught:
+            run(too_long.aask("one two three", stream=True))
+        fitting = open_llm_instance(server.base_url, max_token=1000)
+        assert counted(fitting, "one two three", stream=True) == (8, 4)  # the server's own usage
+        seen = [(r.status, "stream_options" in r.fields) for r in server.requests]
+    assert seen[0][0] == 422 and seen[1:] == [(200, True)]  # the refused request was not sent again
+    assert "stream_options" in str(caught.value.body)  # echoed, though the error is about max_tokens
+    assert "refused stream_options" not in caplog.text
+
+
+def test_a_validation_error_whose_loc_names_stream_options_is_a_refusal_asked_again_without_them():
+    with EchoingValidationServer(forbid_extra=True, api_keys=[SEED_KEY], max_model_len=8192) as server:
+        llm = open_llm_instance(server.base_url, max_token=1000)
+        for _ in range(2):
+            assert run(llm.aask("one two three", stream=True)) == "echo: one two three"
+        seen = [(r.status, "stream_options" in r.fields) for r in server.requests]
+    assert [status for status, _ in seen] == [422, 200, 200] and seen[1:] == [(200, False)] * 2

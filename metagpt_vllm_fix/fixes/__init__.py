@@ -26,6 +26,11 @@ class Fix:
     summary: str = ""  #: one line: what the user gets
     upstream: str = ""  #: one line: what MetaGPT 0.7 does without it
 
+    def __init__(self) -> None:
+        # Every (owner, attribute, wrapper) this fix wrapped, weakly: after importlib.reload() the module holds new
+        # classes, but instances of the old ones (IPython's autoreload, test runners) still use theirs.
+        self._wrapped: list[tuple[weakref.ref[Any], str, wrapping.Wrapper]] = []
+
     def targets(self) -> Sequence[Target]:
         raise NotImplementedError
 
@@ -54,16 +59,20 @@ class Fix:
         try:
             for owner, attribute, wrapper in self._owners(module):
                 wrapping.wrap(owner, attribute, wrapper)
+                if not any(ref() is owner and (a, w) == (attribute, wrapper) for ref, a, w in self._wrapped):
+                    self._wrapped.append((weakref.ref(owner), attribute, wrapper))
         except BaseException:
             self.remove(module)
             raise
 
     def remove(self, module: Optional[ModuleType]) -> bool:
-        """Unwrap every target (idempotent); True when something was unwrapped."""
-        if module is None:
-            return False
+        """Unwrap every target, and every class this fix ever wrapped (idempotent); True when something was."""
+        owners = [(ref(), attribute, wrapper) for ref, attribute, wrapper in self._wrapped]
+        self._wrapped = []
+        if module is not None:
+            owners += self._owners(module)
         removed = False
-        for owner, attribute, wrapper in self._owners(module):
+        for owner, attribute, wrapper in owners:
             if isinstance(owner, type):
                 removed = wrapping.unwrap(owner, attribute, wrapper) or removed
         return removed
@@ -80,6 +89,7 @@ class RequestFix(Fix):
     CLIENT_INIT = ("OpenLLM", "_init_client")
 
     def __init__(self) -> None:
+        super().__init__()
         self._clients: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._applied = False

@@ -2,12 +2,15 @@
 
 MetaGPT 0.7's ``OpenLLM._make_client_kwargs`` returns ``api_key="sk-xxx"`` and no proxy client. The wrapper keeps
 whatever the wrapped method returns and takes the key and the proxy ``http_client`` from the parent
-``OpenAILLM``'s own method, so the fix is upstream's logic rather than a copy of it.
+``OpenAILLM``'s own method, so the fix is upstream's logic rather than a copy of it. A key that an HTTP header
+cannot carry is not sent (it would break the request or inject a header): MetaGPT's own ``sk-xxx`` goes instead,
+with one warning, which is what MetaGPT 0.7 sends anyway.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Callable, Optional
@@ -21,19 +24,42 @@ METHOD = gate.METHOD_NAME
 
 
 class InvalidApiKey(ValueError):
-    """The configured key cannot travel in an HTTP header (it would break or inject headers)."""
+    """The configured key cannot travel in an HTTP header; raised only with ``METAGPT_VLLM_FIX=strict``."""
+
+
+_warned: set[int] = set()  # hashes of the unsendable keys already warned about (the key itself is never kept)
+_lock = threading.Lock()
+
+
+def unsendable(key: str) -> bool:
+    """A line break, control or non-ASCII character inside: an HTTP header cannot carry it (or it injects one)."""
+    return any(not 32 <= ord(ch) < 127 for ch in key.strip())
 
 
 def clean_key(key: Any) -> Any:
-    """Trim surrounding whitespace (with a warning); refuse what an HTTP header cannot carry inside the key."""
+    """The key to send: trimmed of surrounding whitespace (with a warning), or None when a header cannot carry it.
+
+    None leaves MetaGPT's own ``sk-xxx`` in place, with one warning: a vLLM started without ``--api-key`` answers
+    that as it did before the plugin, so a broken key never turns a working setup into a crash. In
+    ``METAGPT_VLLM_FIX=strict`` mode it raises :class:`InvalidApiKey` instead.
+    """
     if not isinstance(key, str):
         return key
     clean = key.strip()
-    if any(not 32 <= ord(ch) < 127 for ch in clean):
-        raise InvalidApiKey(
-            f"llm.api_key ({mask(clean)}) contains a line break, control or non-ASCII character, which an HTTP "
-            "Authorization header cannot carry; fix the key in your config2.yaml."
-        )
+    if unsendable(clean):
+        import _metagpt_vllm_fix_boot as boot
+
+        problem = (f"llm.api_key ({mask(clean)}) contains a line break, control or non-ASCII character, which an "
+                   "HTTP Authorization header cannot carry")
+        if boot.mode() == "strict":
+            raise InvalidApiKey(f"{problem}; fix the key in your config2.yaml.")
+        with _lock:
+            first = hash(clean) not in _warned
+            _warned.add(hash(clean))
+        if first:
+            log.warning("%s: sending MetaGPT's placeholder 'sk-xxx' instead, as MetaGPT 0.7 does (a vLLM started "
+                        "with --api-key answers 401). Fix the key in your config2.yaml.", problem)
+        return None
     if clean != key:
         log.warning("llm.api_key (%s) has whitespace around it; sending it trimmed. Check your config2.yaml.",
                     mask(clean))
@@ -49,7 +75,9 @@ def send_configured_key(wrapped: Callable[..., Any], instance: Any, args: tuple[
         return result
     upstream = getattr(super(owner, instance), METHOD)()
     fixed = dict(result)
-    fixed["api_key"] = clean_key(upstream.get("api_key"))
+    key = clean_key(upstream.get("api_key"))
+    if key is not None:  # else MetaGPT's own key stays: the request as shipped
+        fixed["api_key"] = key
     if "http_client" in upstream and "http_client" not in fixed:
         fixed["http_client"] = upstream["http_client"]
     return fixed

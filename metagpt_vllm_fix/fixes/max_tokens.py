@@ -4,8 +4,16 @@ MetaGPT 0.7 always sends ``max_tokens = llm.max_token`` (4096 by default). vLLM 
 prompt + max_tokens > context with 400, vLLM 0.18+ refuses max_tokens > context; without ``max_tokens`` every
 generation answers with the room left. So on exactly that 400 (recognised by the messages in
 ``vllm_versions``, any generation) the same request goes once more without ``max_tokens``. Nothing else is
-retried: not 401 or 404, not a prompt too long by itself, never twice. Once the server has said its context and
-``llm.max_token`` does not fit it, later requests to that server and model leave ``max_tokens`` out at once.
+retried: not 401 or 404, not a prompt too long by itself, never twice.
+
+Every request is sent as configured first, even after the server has named its context: what a server said
+once is not trusted for later requests. Leaving ``max_tokens`` out at once would change an answer that would
+have succeeded as shipped whenever the server at that URL has changed (restarted with a larger
+``--max-model-len``: the user's cap on the answer's length would silently be gone), and capping it at the
+learnt context would cut such an answer short. Only the server knows its context now, and its refusal costs one
+quick round trip with no generation; the warning names the ``llm.max_token`` that avoids it. The retry without
+``max_tokens`` never exceeds the user's cap: the room it leaves is below the context the server just named,
+which is below ``llm.max_token``.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("metagpt_vllm_fix")
 
 _Key = tuple[str, str]  # (server base URL, model)
-_contexts: dict[_Key, int] = {}  # the context size each server said, for the models it refused max_tokens for
+_contexts: dict[_Key, int] = {}  # the context each server last said when refusing max_tokens: reported, not trusted
 _warned: set[tuple[_Key, str]] = set()
 _lock = threading.Lock()
 
@@ -52,9 +60,9 @@ def _remember(key: _Key, requested: int, refusal: Refusal) -> None:
         with _lock:
             _contexts[key] = context
         _warn_once(key, "context",
-                   f"llm.max_token {requested} does not fit {model}'s context of {context} tokens; sending requests "
-                   f"without max_tokens so the server uses the room left. Set llm.max_token below {context} to "
-                   "silence this.")
+                   f"llm.max_token {requested} does not fit {model}'s context of {context} tokens; each request is "
+                   f"sent again without max_tokens so the server uses the room left (one extra request each time). "
+                   f"Set llm.max_token below {context} to avoid it.")
         return
     room = f"{model}'s context of {context} tokens" if context is not None else f"{model}'s context"
     _warn_once(key, "prompt",
@@ -69,21 +77,10 @@ def _without_max_tokens(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 async def fit_max_tokens(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                          kwargs: dict[str, Any]) -> Any:
-    """wrapt wrapper of ``chat.completions.create``: at most one more request, without ``max_tokens``."""
+    """wrapt wrapper of ``chat.completions.create``: the request as configured, then at most once without
+    ``max_tokens``."""
     requested = kwargs.get("max_tokens")
     if not isinstance(requested, int) or isinstance(requested, bool):
-        return await wrapped(*args, **kwargs)
-    key = (server_of(wrapped, instance), str(kwargs.get("model")))
-    context = _contexts.get(key)
-    if context is not None and requested >= context:
-        try:
-            return await wrapped(*args, **_without_max_tokens(kwargs))
-        except Exception as exc:
-            refusal = refusal_of(exc)
-            if refusal is None or refusal.kind != "prompt" or refusal.context is not None:
-                raise
-        # vLLM 0.3 without max_tokens names no cause for a prompt longer than the context ("max_tokens must be at
-        # least 1, got -N"); asked with max_tokens it names the prompt's size: once more, for the server's own words.
         return await wrapped(*args, **kwargs)
     try:
         return await wrapped(*args, **kwargs)
@@ -91,12 +88,12 @@ async def fit_max_tokens(wrapped: Callable[..., Any], instance: Any, args: tuple
         refusal = refusal_of(exc)
         if refusal is None or not refusal.retry_helps:
             raise
-    _remember(key, requested, refusal)
+    _remember((server_of(wrapped, instance), str(kwargs.get("model"))), requested, refusal)
     return await wrapped(*args, **_without_max_tokens(kwargs))
 
 
 def known_contexts() -> dict[_Key, int]:
-    """What this process has learnt: (server, model) -> context size (for status and tests)."""
+    """The contexts servers named when refusing: (server, model) -> size (for status and tests; never acted on)."""
     with _lock:
         return dict(_contexts)
 

@@ -6,7 +6,8 @@ offline. vLLM counts exactly, with the served model's own tokenizer, and says so
 chunk (0.3) or, asked with ``stream_options.include_usage`` (newer vLLM, 0.10.2+ in our table; openai 1.6 passes
 it through ``extra_body``), on a last chunk with no choices. This fix asks for it, watches the stream for it, and
 hands it to ``_calc_usage``'s caller. Without it (a server that sends none) ``token_count`` counts locally, never
-waiting long. A server that refuses the extra field gets the request again without it, once, and never again.
+waiting long. A server that refuses the extra field (its error names it) gets the request again without it,
+once, and, when that is answered, never again.
 Non-streamed answers already carry the server's usage: untouched.
 """
 
@@ -83,11 +84,12 @@ def _watcher_class() -> Any:
                 return self._self_chunks()
 
             async def _self_chunks(self) -> Any:
+                counts = None
                 async for chunk in self.__wrapped__:
-                    counts = _counts(getattr(chunk, "usage", None))
-                    if counts is not None:
-                        _record(self._self_messages, counts)
+                    counts = _counts(getattr(chunk, "usage", None)) or counts
                     yield chunk
+                if counts is not None:  # only a stream read to its end is counted: a cancelled one leaves nothing
+                    _record(self._self_messages, counts)
 
         _WATCHER = UsageWatcher
     return _WATCHER
@@ -97,15 +99,38 @@ _WATCHER: Any = None
 
 
 def _watched(stream: Any, messages: Any) -> Any:
-    """The stream, unchanged for its reader, noting the last usage any chunk carries for these messages."""
+    """The stream, unchanged for its reader; read to its end, it notes the last usage a chunk carried."""
     if wrapping.wrapt is None or messages is None:
         return stream
     return _watcher_class()(stream, messages)
 
 
+def _names_stream_options(field: Any) -> bool:
+    """``"stream_options"``, ``"body.stream_options"``, ``["body", "stream_options", ...]``."""
+    parts = field.split(".") if isinstance(field, str) else field if isinstance(field, (list, tuple)) else ()
+    return "stream_options" in parts
+
+
 def _refuses_field(exc: BaseException) -> bool:
-    """A 400/422 that names stream_options: the server does not take the extra field."""
-    return status_code(exc) in (400, 422) and "stream_options" in f"{error_message(exc)} {getattr(exc, 'body', '')}"
+    """A 400/422 whose error names stream_options: the server does not take the extra field.
+
+    Decided by the field the error names (``param``, as vLLM's bodies do, or FastAPI's ``detail[].loc``), not by
+    the word anywhere in the body: servers that echo the request in a validation error would otherwise look like
+    refusing it. Only an error naming no field at all is judged by its message (not by the echoed input).
+    """
+    if status_code(exc) not in (400, 422):
+        return False
+    from ..vllm_versions import error_fields
+
+    body = getattr(exc, "body", None)
+    fields = error_fields(body)
+    details = body.get("detail") if isinstance(body, dict) else None
+    details = [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+    named = [f for f in (fields.get("param"), fields.get("loc"), *(d.get("loc") for d in details)) if f]
+    if named:
+        return any(_names_stream_options(field) for field in named)
+    messages = [error_message(exc), *(str(d.get("msg", "")) for d in details)]
+    return any("stream_options" in message for message in messages)
 
 
 async def ask_for_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
@@ -123,13 +148,13 @@ async def ask_for_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[
     except Exception as exc:
         if not _refuses_field(exc):
             raise
+        stream = await wrapped(*args, **kwargs)  # remembered only once the request without the field is answered
         with _lock:
             first = server not in _refusers
             _refusers.add(server)
         if first:
             log.warning("usage: %s refused stream_options (%s); asking it without them from now on.", server,
                         error_message(exc)[:120])
-        stream = await wrapped(*args, **kwargs)
     return _watched(stream, kwargs.get("messages"))
 
 
@@ -144,8 +169,12 @@ def use_server_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
     from openai.types import CompletionUsage
 
     if counts is None:
-        prompt, completion, _ = token_count.count(messages, answer if isinstance(answer, str) else "",
-                                                  getattr(instance, "model", ""))
+        try:
+            prompt, completion, _ = token_count.count(messages, answer if isinstance(answer, str) else "",
+                                                      getattr(instance, "model", ""))
+        except Exception:  # never expected; upstream's own count then, which logs and counts 0
+            log.debug("usage: the local count failed", exc_info=True)
+            return wrapped(*args, **kwargs)
         counts = (prompt, completion)
     return CompletionUsage(prompt_tokens=counts[0], completion_tokens=counts[1], total_tokens=sum(counts))
 
