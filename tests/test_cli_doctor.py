@@ -255,6 +255,17 @@ def ask_line(run: Run) -> list[str]:
     return [out[start], *rest]
 
 
+def exchanges(run: Run) -> list[str]:
+    """The HTTP requests the ``ask`` check lists, without the fixes' notes."""
+    return [line for line in ask_line(run)[1:] if line.startswith(("POST ", "GET "))]
+
+
+def fail_fast_note(run: Run) -> str:
+    """What the fail_fast fix said under the ``ask`` check (it explains an error a retry cannot change)."""
+    (note,) = [line for line in ask_line(run)[1:] if line.startswith("the fail_fast fix acted: ")]
+    return note
+
+
 def assert_clean(run: Run) -> None:
     assert "Traceback" not in run.output, run
     assert KEY not in run.output and WRONG_KEY not in run.output, run
@@ -399,7 +410,8 @@ def test_seed_config_on_vllm_033_is_a_problem_with_the_max_tokens_fix_disabled(r
     problem, ask = lines(run, "problem")
     assert "no answer. The server answered 400: This model's maximum context length is 4096 tokens." in ask
     assert "Set a smaller llm.max_token (e.g. 1024)" in ask
-    assert ask_line(run)[1:] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 4096) -> 400"]
+    assert exchanges(run) == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 4096) -> 400"]
+    assert fail_fast_note(run).startswith("the fail_fast fix acted: the server refused the request (400)")
     assert "llm.max_token 4096 >= the server's max_model_len 4096" in problem and "every request gets 400" in problem
     assert "the max_tokens fix is off: turned off by METAGPT_VLLM_FIX_DISABLE" in problem
     assert "Set llm.max_token to e.g. 1024" in problem
@@ -524,7 +536,8 @@ def test_the_api_key_fix_switched_off_is_named_by_the_401_that_comes_back(runs):
     assert "still sends 'sk-xxx'" in provider
     assert "no answer. The server answered 401: Unauthorized. MetaGPT sent its hard-coded 'sk-xxx', not " \
            "llm.api_key: the api_key fix is not in effect (turned off by METAGPT_VLLM_FIX_DISABLE)." in ask
-    assert ask_line(run)[1:] == ["POST /v1/chat/completions (Bearer sk-xxx, max_tokens 512) -> 401"]
+    assert exchanges(run) == ["POST /v1/chat/completions (Bearer sk-xxx, max_tokens 512) -> 401"]
+    assert "refused api_key sk-xxx, MetaGPT 0.7's hard-coded placeholder (401)" in fail_fast_note(run)
     assert_clean(run)
 
 
@@ -625,7 +638,8 @@ def test_the_chat_template_fix_switched_off_is_named_by_the_400_and_its_remedy_e
     assert "has no chat template on this server and the chat_template fix is off (turned off by " \
            "METAGPT_VLLM_FIX_DISABLE)" in ask
     assert 'Remedy: start vLLM with --chat-template "$(metagpt-vllm-fix chat-template llama-2)"' in ask
-    assert ask_line(run)[1:] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 400"]
+    assert exchanges(run) == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 400"]
+    assert "As of transformers v4.44" in fail_fast_note(run)
     assert_clean(run)
 
 

@@ -34,23 +34,26 @@ def echo(layout="llama-2", messages=(SYSTEM, {"role": "user", "content": PROMPT}
     return "echo: " + chat_layout.render(layout, list(messages))
 
 
-# (vLLM release, context, requests of the first call): 0.32 refuses max_tokens 4096 > 512 before the template;
-# 0.10.2 and 0.11 apply the template first, then refuse prompt + 4096 > 4096 on /v1/completions too.
+# (vLLM release, context, requests of the first call, of the second): 0.32 refuses max_tokens 4096 > 512 before the
+# template; 0.10.2 and 0.11 apply the template first, then refuse prompt + 4096 > 4096 on /v1/completions too. The
+# second call goes straight to /v1/completions, its max_tokens sent as configured first (the max_tokens fix trusts no
+# context it was told before).
 FIRST_CALL = [
-    ("0.32.0", 4096, [(CHAT, 400), (COMPLETIONS, 200)]),
-    ("0.32.0", 512, [(CHAT, 400), (CHAT, 400), (COMPLETIONS, 200)]),
-    ("0.11.0", 4096, [(CHAT, 400), (COMPLETIONS, 400), (COMPLETIONS, 200)]),
-    ("0.10.2", 8192, [(CHAT, 400), (COMPLETIONS, 200)]),
+    ("0.32.0", 4096, [(CHAT, 400), (COMPLETIONS, 200)], [(COMPLETIONS, 200)]),
+    ("0.32.0", 512, [(CHAT, 400), (CHAT, 400), (COMPLETIONS, 200)], [(COMPLETIONS, 400), (COMPLETIONS, 200)]),
+    ("0.11.0", 4096, [(CHAT, 400), (COMPLETIONS, 400), (COMPLETIONS, 200)], [(COMPLETIONS, 400), (COMPLETIONS, 200)]),
+    ("0.10.2", 8192, [(CHAT, 400), (COMPLETIONS, 200)], [(COMPLETIONS, 200)]),
 ]
 
 
-@pytest.mark.parametrize("version,context,first", FIRST_CALL)
-def test_seed_config_answers_verbatim_against_a_model_without_a_chat_template(tmp_path, version, context, first):
+@pytest.mark.parametrize("version,context,first,second", FIRST_CALL)
+def test_seed_config_answers_verbatim_against_a_model_without_a_chat_template(tmp_path, version, context, first,
+                                                                              second):
     with VLLMServer(api_keys=[SEED_KEY], max_model_len=context, vllm_version=version, chat_template="none") as server:
         answers, stderr = seed_asks(tmp_path, server)
         seen = v1(server)
     assert answers == [{"answer": echo()}, {"answer": echo()}]
-    assert seen == first + [(COMPLETIONS, 200)]  # one refusal per process, then straight to /v1/completions
+    assert seen == first + second  # one template refusal per process, then straight to /v1/completions
     assert stderr.count("chat_template: ") == 1
     assert 'Remedy: start vLLM with --chat-template "$(metagpt-vllm-fix chat-template llama-2)"' in stderr
 

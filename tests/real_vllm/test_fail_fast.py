@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import RESULT_MARK, clean_env, run_python, write_config
-from real_vllm.test_metagpt_end_to_end import CALLS, AccessLog
+from real_vllm.metagpt_runs import CALLS, AccessLog
 
 WRONG_KEY = "token-wrong-999"
 HTTPX_028 = "0.28.1"
