@@ -745,7 +745,6 @@ def test_server_that_accepts_and_never_answers_ends_within_the_timeout(tmp_path)
     assert f"127.0.0.1:{port} accepted the connection but sent no HTTP answer within 2 s" in problem
     assert document["server"]["error"] == "timeout"
     assert document["server"]["seconds"] < 2 + 1, "the network checks must end within --timeout"
-    assert run.seconds < 2 + 20, f"2 s of network plus MetaGPT's import should not take {run.seconds:.1f} s"
     assert_clean(run)
 
 
