@@ -279,3 +279,16 @@ def ask_metagpt_twice(home: Path, prompt: str = "hello from the test", **env: st
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
     assert lines, f"no result from the child (rc={proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return json.loads(lines[-1][len(RESULT_MARK):]), proc.stderr
+
+
+def seed_asks_twice(tmp_path: Path, server: VLLMServer, prompt: str = "hello from the test",
+                    **env: str) -> tuple[list, str]:
+    """The seed's config2.yaml pointed at ``server``; a streamed and a plain ``aask`` in one fresh interpreter."""
+    home = tmp_path / "home"
+    write_config(home, server.base_url)
+    return ask_metagpt_twice(home, prompt, **env)
+
+
+def v1_paths(server: VLLMServer) -> list[tuple[str, int]]:
+    """(path, status) of each ``/v1`` request the emulator answered, in order."""
+    return [(r.path, r.status) for r in server.requests if r.path.startswith("/v1")]

@@ -8,7 +8,7 @@ import openai
 import pytest
 
 import metagpt_vllm_fix
-from conftest import SEED_KEY, ask_metagpt_twice, open_llm_instance, run, write_config
+from conftest import SEED_KEY, open_llm_instance, run, seed_asks_twice, v1_paths
 from metagpt_vllm_fix import chat_layout
 from metagpt_vllm_fix.fixes import chat_template
 from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
@@ -19,14 +19,7 @@ PROMPT = "hello from the test"
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 
 def seed_asks(tmp_path, server, **env):
-    """The seed's config2.yaml pointed at ``server``; a streamed and a plain ``aask`` in one fresh interpreter."""
-    home = tmp_path / "home"
-    write_config(home, server.base_url)
-    return ask_metagpt_twice(home, PROMPT, **env)
-
-
-def v1(server):
-    return [(r.path, r.status) for r in server.requests if r.path.startswith("/v1")]
+    return seed_asks_twice(tmp_path, server, PROMPT, **env)
 
 
 def echo(layout="llama-2", messages=(SYSTEM, {"role": "user", "content": PROMPT})):
@@ -51,7 +44,7 @@ def test_seed_config_answers_verbatim_against_a_model_without_a_chat_template(tm
                                                                               second):
     with VLLMServer(api_keys=[SEED_KEY], max_model_len=context, vllm_version=version, chat_template="none") as server:
         answers, stderr = seed_asks(tmp_path, server)
-        seen = v1(server)
+        seen = v1_paths(server)
     assert answers == [{"answer": echo()}, {"answer": echo()}]
     assert seen == first + second  # one template refusal per process, then straight to /v1/completions
     assert stderr.count("chat_template: ") == 1
@@ -61,7 +54,7 @@ def test_seed_config_answers_verbatim_against_a_model_without_a_chat_template(tm
 def test_turned_off_by_name_the_refusal_comes_back(tmp_path):
     with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, chat_template="none") as server:
         answers, _ = seed_asks(tmp_path, server, METAGPT_VLLM_FIX_DISABLE="chat_template")
-        seen = v1(server)
+        seen = v1_paths(server)
     assert [(a["error"], a["status"]) for a in answers] == [("BadRequestError", 400)] * 2
     assert all(NO_TEMPLATE_MESSAGES[0] in a["message"] for a in answers)
     assert seen == [(CHAT, 400), (CHAT, 400)]
@@ -128,7 +121,7 @@ def test_answers_are_counted_with_the_usage_of_the_completion(version):
                                            update(usage))[1]  # an observer that calls MetaGPT's own method
         streamed = run(llm.aask(PROMPT, stream=True))  # usage from the completions stream's last chunk
         plain = run(llm.aask(PROMPT, stream=False))
-        seen = v1(server)
+        seen = v1_paths(server)
     words = len(chat_layout.llama_2([SYSTEM, {"role": "user", "content": PROMPT}]).split())
     assert streamed == plain == echo()
     assert recorded == [(words, words + 1)] * 2  # the emulator counts words; the answer is "echo:" + the prompt
@@ -148,7 +141,7 @@ def test_function_call_request_is_not_rerouted_and_the_log_names_the_remedy(capl
         with pytest.raises(openai.BadRequestError):  # known by now, and still not rerouted
             run(llm.aclient.chat.completions.create(model=DEFAULT_MODEL, messages=[SYSTEM], tools=tools,
                                                     tool_choice="none"))
-        seen = v1(server)
+        seen = v1_paths(server)
     assert NO_TEMPLATE_MESSAGES[0] in str(refused.value)
     assert seen == [(CHAT, 400), (CHAT, 400), (COMPLETIONS, 200), (CHAT, 400)]
     records = [r for r in caplog.records if getattr(r, "fix", None) == "chat_template"]
@@ -164,7 +157,7 @@ def test_other_refusals_are_not_rerouted():
         llm = open_llm_instance(server.base_url, model="not-served")
         with pytest.raises(openai.NotFoundError):
             run(llm.aask(PROMPT, stream=False))
-        seen = v1(server)
+        seen = v1_paths(server)
     assert seen == [(CHAT, 404)]
 
 
@@ -182,5 +175,5 @@ def test_remove_restores_the_refusal_and_forgets_what_was_learnt():
         metagpt_vllm_fix.remove()  # the client built while applied is unwrapped too
         with pytest.raises(openai.BadRequestError):
             run(llm.aask(PROMPT, stream=False))
-        seen = v1(server)
+        seen = v1_paths(server)
     assert seen == [(CHAT, 400), (COMPLETIONS, 200), (CHAT, 400)]

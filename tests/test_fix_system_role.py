@@ -8,7 +8,7 @@ import openai
 import pytest
 
 import metagpt_vllm_fix
-from conftest import SEED_KEY, ask_metagpt_twice, open_llm_instance, run, write_config
+from conftest import SEED_KEY, open_llm_instance, run, seed_asks_twice, v1_paths
 from metagpt_vllm_fix.fixes import system_role
 from metagpt_vllm_fix.fixes.system_role import fold_system
 from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
@@ -21,14 +21,7 @@ FOLDED = [{"role": "user", "content": f"{SYSTEM['content']}\n\n{PROMPT}"}]
 ALTERNATE = "Conversation roles must alternate user/assistant/user/assistant/..."
 
 def seed_asks(tmp_path, server, **env):
-    """The seed's config2.yaml pointed at ``server``; a streamed and a plain ``aask`` in one fresh interpreter."""
-    home = tmp_path / "home"
-    write_config(home, server.base_url)
-    return ask_metagpt_twice(home, PROMPT, **env)
-
-
-def v1(server):
-    return [(r.path, r.status) for r in server.requests if r.path.startswith("/v1")]
+    return seed_asks_twice(tmp_path, server, PROMPT, **env)
 
 
 # (template kind, vLLM release, context, requests of the first call, of the second): 0.32 refuses max_tokens 4096 >
@@ -47,7 +40,7 @@ def test_seed_config_answers_verbatim_against_a_template_refusing_the_system_rol
                                                                                   first, second):
     with VLLMServer(api_keys=[SEED_KEY], max_model_len=context, vllm_version=version, chat_template=kind) as server:
         answers, stderr = seed_asks(tmp_path, server)
-        seen = v1(server)
+        seen = v1_paths(server)
         last = server.requests[-1].body
     assert answers == [{"answer": "echo: " + FOLDED[0]["content"]}] * 2
     assert seen == first + second  # one system-role refusal per process, then folded at once
@@ -58,7 +51,7 @@ def test_seed_config_answers_verbatim_against_a_template_refusing_the_system_rol
 def test_turned_off_by_name_the_refusal_comes_back(tmp_path):
     with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, chat_template="mistral-instruct") as server:
         answers, _ = seed_asks(tmp_path, server, METAGPT_VLLM_FIX_DISABLE="system_role")
-        seen = v1(server)
+        seen = v1_paths(server)
     assert [(a["error"], a["status"]) for a in answers] == [("BadRequestError", 400)] * 2
     assert all(ALTERNATE in a["message"] for a in answers)
     assert seen == [(CHAT, 400), (CHAT, 400)]
@@ -89,7 +82,7 @@ def test_a_request_the_fold_does_not_cure_is_sent_twice_at_most_and_teaches_noth
             run(llm.acompletion_text(messages, stream=False))
         assert system_role.known_folding() == set()
         run(llm.aask(PROMPT, stream=False))
-        seen = v1(server)
+        seen = v1_paths(server)
     if kind == "llama-2-chat":  # its template takes a system message: MetaGPT's next request goes unchanged
         assert seen == [(CHAT, 400), (CHAT, 400), (CHAT, 200)]
         assert server.requests[-1].body["messages"][0] == SYSTEM
@@ -101,7 +94,7 @@ def test_other_refusals_are_not_retried(tmp_path):
     # with the max_tokens fix off, vLLM 0.32's max_tokens refusal (before the template) is the answer
     with VLLMServer(api_keys=[SEED_KEY], max_model_len=512, chat_template="mistral-instruct") as server:
         answers, _ = seed_asks(tmp_path, server, METAGPT_VLLM_FIX_DISABLE="max_tokens")
-        seen = v1(server)
+        seen = v1_paths(server)
     assert all("max_tokens=4096 cannot be greater than max_model_len=512" in a["message"] for a in answers)
     assert seen == [(CHAT, 400), (CHAT, 400)]
 
@@ -112,7 +105,7 @@ def test_a_request_without_a_system_message_is_left_alone():
         assert run(llm.acompletion_text([{"role": "user", "content": PROMPT}], stream=False)) == "echo: " + PROMPT
         assert run(llm.aask(PROMPT, stream=False)) == "echo: " + FOLDED[0]["content"]
         (alone,) = [r.body["messages"] for r in server.requests[:1]]
-        seen = v1(server)
+        seen = v1_paths(server)
     assert alone == [{"role": "user", "content": PROMPT}]
     assert seen == [(CHAT, 200), (CHAT, 400), (CHAT, 200)]
 
