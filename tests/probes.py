@@ -242,23 +242,8 @@ def fingerprint(response: httpx.Response) -> dict[str, Any]:
     return facts
 
 
-def observe(url: str, probe: Probe, timeout: float = 120) -> dict[str, Any]:
-    """Send one probe to the server at ``url`` (no /v1) and fingerprint the answer."""
-    headers = dict(probe.headers)
-    if probe.auth is not None:
-        headers["Authorization"] = probe.auth
-    kwargs: dict[str, Any] = {"headers": headers}
-    if isinstance(probe.body, bytes):
-        kwargs["content"] = probe.body
-    elif probe.body is not None:
-        kwargs["json"] = probe.body
-    with httpx.Client(base_url=url, timeout=timeout) as client:
-        return fingerprint(client.request(probe.method, probe.path, **kwargs))
-
-
-def raw(url: str, probe: Probe, timeout: float = 120) -> dict[str, Any]:
-    """The whole answer to one probe, for the ``observed-*.json`` survey a person reads (streams: the first and
-    last events only)."""
+def send(url: str, probe: Probe, timeout: float = 120) -> httpx.Response:
+    """Send one probe to the server at ``url`` (no /v1), with its Authorization header and body as given."""
     headers = dict(probe.headers)
     if probe.auth is not None:
         headers["Authorization"] = probe.auth
@@ -269,6 +254,19 @@ def raw(url: str, probe: Probe, timeout: float = 120) -> dict[str, Any]:
         kwargs["json"] = probe.body
     with httpx.Client(base_url=url, timeout=timeout) as client:
         response = client.request(probe.method, probe.path, **kwargs)
+        response.read()
+        return response
+
+
+def observe(url: str, probe: Probe, timeout: float = 120) -> dict[str, Any]:
+    """Send one probe to the server at ``url`` (no /v1) and fingerprint the answer."""
+    return fingerprint(send(url, probe, timeout))
+
+
+def raw(url: str, probe: Probe, timeout: float = 120) -> dict[str, Any]:
+    """The whole answer to one probe, for the ``observed-*.json`` survey a person reads (streams: the first and
+    last events only)."""
+    response = send(url, probe, timeout)
     record: dict[str, Any] = {
         "name": probe.name, "kind": probe.kind,
         "request": {"method": probe.method, "path": probe.path, "authorization": probe.auth,
