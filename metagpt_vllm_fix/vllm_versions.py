@@ -148,8 +148,8 @@ _NAMED_TOOL_CHOICE = 'tool_choice=function "{name}" requires --tool-call-parser 
 TOOLS_REFUSALS = (
     _AUTO_TOOL_CHOICE,
     _NAMED_TOOL_CHOICE,
-    "tool_choice=\"function=ChatCompletionNamedFunction(name='{name}') type='function'\" requires --tool-call-parser to "
-    "be set",
+    "tool_choice=\"function=ChatCompletionNamedFunction(name='{name}') type='function'\" requires "
+    "--tool-call-parser to be set",
     "'type': 'extra_forbidden', 'loc': ('body', 'tools')",
 )
 _PROMPT_MISSING = "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)"
