@@ -265,7 +265,7 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="metagpt-vllm-fix-demo-"))
     captured: list[str] = []
     try:
-        from .doctor import import_metagpt, quiet_loguru
+        from .metagpt_env import import_metagpt, quiet_loguru
 
         (scratch / "config").mkdir()
         (scratch / "config" / "config2.yaml").write_text(SEED_CONFIG.format(

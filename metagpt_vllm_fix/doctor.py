@@ -1,10 +1,8 @@
 """``metagpt-vllm-fix doctor``: read the configuration the way MetaGPT 0.7 does, probe the server, explain.
 
-MetaGPT 0.7 builds ``Config.default()`` while it is imported (so a broken config2.yaml makes the import itself
-crash) and writes ``logs/``, ``workspace/`` and ``metagpt/tools/schemas`` under its project root (often the
-current directory). :func:`import_metagpt` therefore imports it against a scratch root and a scratch HOME; the
-doctor then runs MetaGPT's own ``Config.default()`` against the real paths, so it can report a broken file as
-a config error and leaves the user's directories alone.
+MetaGPT is imported against a scratch root and a scratch HOME (metagpt_env); the doctor then runs MetaGPT's own
+``Config.default()`` against the real paths, so it can report a broken file as a config error and leaves the
+user's directories alone.
 """
 
 from __future__ import annotations
@@ -12,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import importlib
-import importlib.util
 import ipaddress
 import json
 import logging
@@ -24,7 +20,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
@@ -37,6 +32,7 @@ from ._activation import status as plugin_status
 from .fixes.api_key import unsendable as unsendable_key
 from .gate import PLACEHOLDER as PLACEHOLDER_KEY  # what MetaGPT 0.7 sends instead of the key
 from .masking import mask
+from .metagpt_env import import_metagpt, metagpt_root, quiet_loguru
 from .report import OK, PROBLEM, WARNING, Report, scrub_obj, worst
 from .token_count import WAIT_SECONDS as TIKTOKEN_WAIT
 from .vllm_versions import GENERATIONS, Generation, for_version
@@ -45,68 +41,6 @@ EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
 TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
 TIKTOKEN_HOST = "openaipublic.blob.core.windows.net"
 MIN_PROMPT_ROOM = 256  # tokens a prompt needs at the very least next to llm.max_token
-_ROOT_MARKERS = (".git", ".project_root", ".gitignore")
-_SCRATCH_CONFIG = """\
-llm:
-  api_type: open_llm
-  base_url: 'http://127.0.0.1:9/v1'
-  model: placeholder
-  api_key: placeholder-not-used
-"""
-
-
-# --- importing MetaGPT without side effects ------------------------------------------------------------------
-
-
-def metagpt_root() -> Path:
-    """MetaGPT 0.7's ``METAGPT_ROOT`` (metagpt.const), computed without importing MetaGPT."""
-    env = os.getenv("METAGPT_PROJECT_ROOT")
-    if env:
-        return Path(env)
-    spec = importlib.util.find_spec("metagpt")
-    if spec is not None and spec.origin:
-        package_root = Path(spec.origin).parent.parent
-        if any((package_root / marker).exists() for marker in _ROOT_MARKERS):
-            return package_root
-    return Path.cwd()
-
-
-def quiet_loguru() -> None:
-    """Drop every loguru sink (MetaGPT's stderr INFO lines and its log file)."""
-    try:
-        from loguru import logger
-    except ImportError:
-        return
-    logger.remove()
-
-
-def import_metagpt(scratch: Path, modules: Sequence[str]) -> None:
-    """Import MetaGPT modules silently, with a scratch project root and HOME (see the module docstring).
-
-    A valid ``scratch/config/config2.yaml`` (the caller's, or a placeholder) lets ``Config.default()`` succeed
-    at import time; the environment is restored afterwards, and MetaGPT's loguru sinks are removed.
-    """
-    config = scratch / "config" / "config2.yaml"
-    if not config.exists():
-        config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(_SCRATCH_CONFIG, encoding="utf-8")
-    names = ("METAGPT_PROJECT_ROOT", "HOME", "USERPROFILE")
-    saved = {name: os.environ.get(name) for name in names}
-    for name in names:
-        os.environ[name] = str(scratch)
-    quiet_loguru()  # before metagpt.const logs "Package root set to ..." through loguru's default sink
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # google-auth / api_core FutureWarnings at provider import
-            for module in modules:
-                importlib.import_module(module)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-        quiet_loguru()
 
 
 @contextlib.contextmanager
