@@ -177,7 +177,7 @@ def _client_url(url: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the embedded vLLM-compatible server until Ctrl-C / SIGTERM."""
     from . import server as srv
-    from .doctor import is_loopback
+    from .doctor.probe import is_loopback
     from .masking import mask, show_authorization
     from .report import PROBLEM, WARNING, Report
     from .vllm_versions import for_version
