@@ -1,13 +1,16 @@
 """The doctor's frame: the registry of checks, the gathering each needs, choosing checks, and the report built from
-the findings alone. Facts are built by hand (doctor_facts.py)."""
+the findings alone. Facts are built by hand (doctor_facts.py); the runs at the end are real CLI processes."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from doctor_facts import KEY, config, facts, server
+from conftest import clean_env
+from doctor_facts import KEY, MODEL, config, facts, server
 from metagpt_vllm_fix import doctor as dr
 from metagpt_vllm_fix.doctor.check import Finding
 from metagpt_vllm_fix.doctor.checks import CHECKS
@@ -16,7 +19,9 @@ from metagpt_vllm_fix.doctor.gather import GATHERERS, Run, closure
 from metagpt_vllm_fix.doctor.output import as_json, exit_code, print_text, verdict
 from metagpt_vllm_fix.masking import mask
 from metagpt_vllm_fix.report import OK, PROBLEM, WARNING, Report
+from metagpt_vllm_fix.server import VLLMServer
 
+CLI = [sys.executable, "-m", "metagpt_vllm_fix"]
 IDS = ["metagpt", "activation", "fixes", "httpx", "config", "config-files", "llm", "api-key-whitespace",
        "api-key-control", "cleartext", "api-type", "provider", "server-version", "server", "model", "max-token", "ask",
        "tiktoken"]
@@ -109,3 +114,46 @@ def test_json_report_carries_the_findings_and_the_facts_never_the_key():
     empty = as_json([], facts(config=None, server=None, plugin=None))
     assert empty["server"] == {"probed": False} and empty["ask"]["message"] == "no configuration to ask with"
     assert empty["plugin"] == {"version": dr.output.__version__}
+
+
+# --- end to end: the doctor's own process against the emulator ---------------------------------------------
+
+
+def cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, env=clean_env(tmp_path), cwd=str(tmp_path),
+                          timeout=120)
+
+
+def doctor_on(tmp_path, base_url: str, api_key: str, *args: str) -> subprocess.CompletedProcess:
+    """``doctor --config`` on the seed's config with ``api_key`` (a YAML scalar) and a max_token that fits."""
+    path = tmp_path / "config2.yaml"
+    path.write_text(f"llm:\n  api_type: open_llm\n  base_url: '{base_url}'\n  model: '{MODEL}'\n  api_key: {api_key}\n"
+                    "  max_token: 512\n  calc_usage: false\n", encoding="utf-8")
+    return cli(tmp_path, "doctor", "--config", str(path), *args)
+
+
+NON_ASCII_KEY = '"t\\u00f8ken-doctor-0123456789"'  # YAML for a key no HTTP header can carry
+
+
+@pytest.mark.parametrize("keys", [[KEY], []], ids=["keyed-server", "server-without-key"])
+def test_a_non_ascii_key_is_reported_with_the_server_probed_as_open_llm_sends_it(tmp_path, keys):
+    with VLLMServer(api_keys=keys) as server:
+        run = doctor_on(tmp_path, server.base_url, NON_ASCII_KEY, "--json")
+        sent = {r.authorization for r in server.requests if r.authorization is not None}  # /version goes without
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run
+    assert sent == {"Bearer sk-xxx"}, "the doctor sends what MetaGPT's open_llm sends, never the key"
+    document = json.loads(run.stdout)
+    checks = {c["id"]: (c["level"], c["message"]) for c in document["checks"]}
+    assert checks["api-key-control"][0] == PROBLEM and "cannot carry" in checks["api-key-control"][1]
+    assert "provider" not in checks, "api-key-control says why 'sk-xxx' is sent"
+    level, message = checks["server"]
+    ask_level, ask = checks["ask"]
+    assert document["server"]["reachable"] and "MetaGPT's placeholder 'sk-xxx'" in message
+    if keys:
+        assert level == PROBLEM and message.startswith(f"401 Unauthorized from {server.base_url}/models: the server "
+                                                       "requires a key") and document["server"]["status"] == 401
+        assert ask_level == PROBLEM and "not llm.api_key, which an HTTP header cannot carry" in ask
+    else:
+        assert level == OK and "as it checks no key" in message
+        assert ask_level == OK and "an answer came back" in ask
+    assert "\u00f8ken" not in run.stdout and "\\u00f8ken" not in run.stdout and "0123456789" not in run.stdout

@@ -126,9 +126,12 @@ def test_whitespace_around_the_key_is_a_warning():
 
 
 @pytest.mark.parametrize("key", ["tok\r\nX-Injected: 1", "t\u00f8ken-abc123", "tok\x00en"])
-def test_a_key_no_header_can_carry_is_a_problem_saying_what_is_sent_instead(key):
+def test_a_key_no_header_can_carry_is_a_problem_saying_what_each_provider_does(key):
     level, message = one(api_key.api_key_control, facts(config=config(api_key=key)))
     assert level == PROBLEM and "the plugin sends MetaGPT's placeholder 'sk-xxx' instead" in message
+    level, message = one(api_key.api_key_control, facts(config=config(api_key=key, api_type="openai")))
+    assert level == PROBLEM and "MetaGPT's openai provider fails on every request" in message
+    assert "sk-xxx" not in message, "the plugin does not act on api_type openai"
     assert verdicts(api_key.api_key_control, facts()) == []
 
 

@@ -16,6 +16,8 @@ from metagpt_vllm_fix.doctor.facts import server_generation as generation
 from metagpt_vllm_fix.masking import mask
 from metagpt_vllm_fix.report import OK, PROBLEM, WARNING
 
+NON_ASCII_KEY = "t\u00f8ken-doctor-0123456789"
+
 # --- server-version, server ---------------------------------------------------------------------------------
 
 
@@ -52,6 +54,24 @@ def test_server_not_probed_for_an_api_type_that_is_not_openai_compatible():
     assert one(server_checks.server, found) == (
         WARNING, "server not probed: the doctor checks OpenAI-compatible servers (api_type open_llm or openai), "
                  "not ollama.")
+
+
+def test_server_probed_with_the_placeholder_says_so_whatever_it_answered():
+    """open_llm sends 'sk-xxx' for a key no header can carry: the doctor probes with that, and says it did."""
+    found = facts(config=config(api_key=NON_ASCII_KEY), server=server(status=401, health=200, placeholder=True))
+    level, message = one(server_checks.server, found)
+    assert level == PROBLEM and "the server requires a key, and got MetaGPT's placeholder 'sk-xxx'" in message
+    assert "see the api-key-control line" in message and "does not match" not in message
+    found = facts(config=config(api_key=NON_ASCII_KEY), server=server(placeholder=True))
+    level, message = one(server_checks.server, found)
+    assert level == OK and message.startswith("server answers MetaGPT's placeholder 'sk-xxx'") and "checks no key" \
+        in message
+
+
+def test_server_not_probed_when_the_provider_cannot_send_the_key_at_all():
+    found = facts(config=config(api_key=NON_ASCII_KEY, api_type="openai"), server=None)
+    level, message = one(server_checks.server, found)
+    assert level == WARNING and "MetaGPT's openai provider cannot send llm.api_key" in message
 
 
 # --- model, max-token ---------------------------------------------------------------------------------------
@@ -104,10 +124,15 @@ def test_ask_ok_names_the_fix_it_came_through():
                                         "  the max_tokens fix acted: resent"]
 
 
-def test_ask_a_401_to_the_placeholder_names_the_fix_that_is_off():
+def test_ask_a_401_to_the_placeholder_names_the_fix_off_or_the_key_no_header_can_carry():
     result = asked(("Bearer sk-xxx", 401), error="status", status=401, message="Unauthorized")
     off = facts(asks={CHAT: result}, plugin=PluginFacts(status(fixes=[FixStatus("api_key", "off", "")]), None))
     assert "the api_key fix is not in effect (turned off by METAGPT_VLLM_FIX_DISABLE)" in one(ask.ask, off)[1]
+    unsendable = facts(asks={CHAT: result}, config=config(api_key=NON_ASCII_KEY))
+    level, message = one(ask.ask, unsendable)
+    assert level == PROBLEM and "not llm.api_key, which an HTTP header cannot carry: see the api-key-control line" \
+        in message
+    assert "fix is not in effect" not in message
 
 
 def test_ask_note_and_api_type_are_in_its_line():

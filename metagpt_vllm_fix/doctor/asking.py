@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..fixes.api_key import unsendable as unsendable_key
 from ..masking import show_authorization
 from ..metagpt_env import import_metagpt
 from .environment import quiet_plugin_log
@@ -199,10 +200,10 @@ def _ask_chat(facts: Facts, scratch: Path, deadline: float) -> AskResult:
     assert config is not None
     if config.api_type not in OPENAI_COMPATIBLE:
         return not_asked(f"api_type {config.api_type} is not an OpenAI-compatible provider")
+    if config.api_type != "open_llm" and unsendable_key(config.api_key):  # open_llm sends 'sk-xxx' instead
+        return not_asked("llm.api_key cannot travel in an HTTP header")
     if facts.server is None or not facts.server.reachable:
         return not_asked("the server did not answer the model list")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in config.api_key.strip()):
-        return not_asked("llm.api_key cannot travel in an HTTP header")
     seconds = deadline - time.monotonic()
     if seconds < 0.1:
         return not_asked("--timeout was used up by the checks before")

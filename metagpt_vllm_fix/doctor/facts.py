@@ -106,6 +106,7 @@ class ServerFacts:
     max_model_len: Optional[int] = None  #: of llm.model, when the model list says
     seconds: float = 0.0
     generation: Optional[ServerGeneration] = None  #: known once the server answered
+    placeholder: bool = False  #: probed with MetaGPT's 'sk-xxx': llm.api_key cannot travel in an HTTP header
 
     def as_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {

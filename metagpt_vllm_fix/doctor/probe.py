@@ -14,6 +14,8 @@ import time
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+from ..fixes.api_key import unsendable as unsendable_key
+from ..gate import PLACEHOLDER as PLACEHOLDER_KEY  # what MetaGPT 0.7's open_llm sends instead of the key
 from .facts import Facts, ServerFacts, server_generation
 
 OPENAI_COMPATIBLE = ("open_llm", "openai")  #: the api_types whose server the doctor can probe and ask
@@ -155,13 +157,16 @@ def run_bounded(func: Any, timeout: float, *args: Any) -> tuple[bool, Any]:
 
 
 def gather_server(facts: Facts, deadline: float, timeout: float) -> Facts:
-    """The ``server`` facts, asked with the configured key (not with a key that would inject a header)."""
+    """The ``server`` facts, asked with the key MetaGPT's provider sends: the configured one, or MetaGPT's
+    'sk-xxx' where open_llm sends that because an HTTP header cannot carry the key (not probed at all for another
+    api_type, whose provider cannot send such a key)."""
     config = facts.config
     if config is None or config.api_type not in OPENAI_COMPATIBLE:
         return facts
-    key = config.api_key.strip()
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+    placeholder = unsendable_key(config.api_key)
+    if placeholder and config.api_type != "open_llm":
         return facts
+    key = PLACEHOLDER_KEY if placeholder else config.api_key.strip()
     started = time.monotonic()
     finished, result = run_bounded(probe_server, deadline - started + 0.5, config.base_url, key, config.proxy,
                                    deadline, timeout)
@@ -176,5 +181,6 @@ def gather_server(facts: Facts, deadline: float, timeout: float) -> Facts:
     version, why = result.pop("vllm_version", None), result.pop("version_note", "")
     generation = server_generation(version, why) if result.get("reachable") else None
     server = ServerFacts(**{**result, "models": tuple(result.get("models") or ())},
-                         max_model_len=lengths.get(config.model or ""), seconds=seconds, generation=generation)
+                         max_model_len=lengths.get(config.model or ""), seconds=seconds, generation=generation,
+                         placeholder=placeholder)
     return dataclasses.replace(facts, server=server)

@@ -27,6 +27,9 @@ def api_key_control(facts: Facts) -> list[Verdict]:
         return []
     what = "llm.api_key contains a line break, control or non-ASCII character, which an HTTP Authorization header " \
            "cannot carry"
+    if found.api_type != "open_llm":
+        return [(PROBLEM, f"{what}: MetaGPT's {found.api_type} provider fails on every request (the plugin acts on "
+                          "open_llm only). Fix the key.")]
     return [(PROBLEM, f"{what}: the plugin sends MetaGPT's placeholder 'sk-xxx' instead (a vLLM started with "
                       "--api-key answers 401). Fix the key.")]
 

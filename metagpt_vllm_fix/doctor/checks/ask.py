@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from ...fixes.api_key import unsendable as unsendable_key
 from ...gate import PLACEHOLDER as PLACEHOLDER_KEY
 from ...report import OK, PROBLEM, WARNING
 from ..check import Verdict, check
@@ -25,8 +26,9 @@ def _sentence(text: str) -> str:
     return text if text.endswith(".") else text + "."
 
 
-def explain(result: AskResult, off: Mapping[str, str], model: str = "") -> str:
-    """Why MetaGPT's call got no answer, and the remedy; ``off`` maps each fix not in effect to why."""
+def explain(result: AskResult, off: Mapping[str, str], model: str = "", key_unsendable: bool = False) -> str:
+    """Why MetaGPT's call got no answer, and the remedy; ``off`` maps each fix not in effect to why;
+    ``key_unsendable``: llm.api_key cannot travel in an HTTP header (open_llm sends 'sk-xxx' instead)."""
     from ...vllm_versions import classify_refusal, is_system_role_refusal, is_template_missing
 
     message = result.message or ""
@@ -39,6 +41,9 @@ def explain(result: AskResult, off: Mapping[str, str], model: str = "") -> str:
     said = _sentence(f"The server answered {status}: {message}")
     if status == 401:
         sent_placeholder = any(e.authorization.endswith(" " + PLACEHOLDER_KEY) for e in result.exchanges)
+        if sent_placeholder and key_unsendable:
+            return (f"{said} MetaGPT sent its hard-coded 'sk-xxx', not llm.api_key, which an HTTP header cannot "
+                    "carry: see the api-key-control line.")
         if sent_placeholder:
             why = f" ({off['api_key']})" if "api_key" in off else ""
             return (f"{said} MetaGPT sent its hard-coded 'sk-xxx', not llm.api_key: the api_key fix is not in "
@@ -68,7 +73,7 @@ def explain(result: AskResult, off: Mapping[str, str], model: str = "") -> str:
 
 
 def ask_verdict(result: AskResult, off: Mapping[str, str], model: str = "", note: str = "",
-                api_type: str = "open_llm") -> tuple[str, str]:
+                api_type: str = "open_llm", key_unsendable: bool = False) -> tuple[str, str]:
     """(level, message) of the ``ask`` check: ok only when an answer came back. Continuation lines list each
     request with its status, then what each fix said."""
     what = (f"asked as MetaGPT does (its {api_type} provider from this config, system + user message, streamed"
@@ -91,7 +96,7 @@ def ask_verdict(result: AskResult, off: Mapping[str, str], model: str = "", note
                              f"process; without the {' and '.join(needs)} fix every request gets 400. The fix's "
                              f"line below says why and what to change on the server.{tail}")
         return OK, f"{what}: {got}{by}, in {result.seconds:g} s{tail}"
-    return PROBLEM, f"{what}: no answer. {explain(result, off, model)}{tail}"
+    return PROBLEM, f"{what}: no answer. {explain(result, off, model, key_unsendable)}{tail}"
 
 
 @check("ask", "MetaGPT's own streamed chat request, through its provider and the fixes as installed: does an answer "
@@ -100,4 +105,5 @@ def ask(facts: Facts) -> list[Verdict]:
     result, config = facts.asks.get(CHAT), facts.config
     if result is None or config is None or not result.asked:
         return []
-    return [ask_verdict(result, facts.fixes_off(), config.model or "", result.note, config.api_type)]
+    return [ask_verdict(result, facts.fixes_off(), config.model or "", result.note, config.api_type,
+                        unsendable_key(config.api_key))]

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
+from ...fixes.api_key import unsendable as unsendable_key
 from ...masking import mask
 from ...report import OK, PROBLEM, WARNING
 from ..check import Verdict, check
 from ..facts import Facts, ServerFacts, ServerGeneration
 from ..probe import OPENAI_COMPATIBLE
+
+PLACEHOLDER_SENT = ("MetaGPT's placeholder 'sk-xxx', which open_llm sends because llm.api_key cannot travel in an "
+                    "HTTP header (see the api-key-control line)")
 
 
 def describe_server(server: ServerGeneration) -> str:
@@ -37,6 +41,8 @@ def _refused(found: ServerFacts, key: str, base_url: str) -> str:
         up = "(/health did not answer either.)"
     else:
         up = f"(/health answers {found.health}.)"
+    if found.placeholder:
+        return f"401 Unauthorized from {found.url}: the server requires a key, and got {PLACEHOLDER_SENT}. {up}"
     if urlsplit(base_url).hostname == "api.openai.com":
         return f"401 Unauthorized from {found.url}: OpenAI refuses api_key {mask(key)}."
     return (f"401 Unauthorized from {found.url}: the server refuses api_key {mask(key)}. It does not match the key "
@@ -54,6 +60,9 @@ def server(facts: Facts) -> list[Verdict]:
         return [(WARNING, f"server not probed: the doctor checks OpenAI-compatible servers (api_type open_llm or "
                           f"openai), not {config.api_type}.")]
     if found is None:
+        if unsendable_key(config.api_key):
+            return [(WARNING, f"server not probed: MetaGPT's {config.api_type} provider cannot send llm.api_key "
+                              "(see the api-key-control line).")]
         return []
     if not found.reachable:
         return [(PROBLEM, f"server unreachable: {found.message}")]
@@ -65,4 +74,6 @@ def server(facts: Facts) -> list[Verdict]:
     if found.status != 200 or found.error:
         return [(PROBLEM, f"{found.url} answered {found.status}: {found.message or f'HTTP {found.status}'}")]
     shown = ", ".join(found.models) if found.models else "(none)"
+    if found.placeholder:
+        return [(OK, f"server answers {PLACEHOLDER_SENT}, as it checks no key: {found.url} -> 200, serves {shown}")]
     return [(OK, f"server answers with this key: {found.url} -> 200, serves {shown}")]
