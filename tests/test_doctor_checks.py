@@ -116,7 +116,7 @@ def test_json_report_carries_the_findings_and_the_facts_never_the_key():
     assert empty["plugin"] == {"version": dr.output.__version__}
 
 
-# --- end to end: the doctor's own process against the emulator ---------------------------------------------
+# --- the command line ---------------------------------------------------------------------------------------
 
 
 def cli(tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -130,6 +130,35 @@ def doctor_on(tmp_path, base_url: str, api_key: str, *args: str) -> subprocess.C
     path.write_text(f"llm:\n  api_type: open_llm\n  base_url: '{base_url}'\n  model: '{MODEL}'\n  api_key: {api_key}\n"
                     "  max_token: 512\n  calc_usage: false\n", encoding="utf-8")
     return cli(tmp_path, "doctor", "--config", str(path), *args)
+
+
+def test_list_checks_prints_every_check_in_order_with_its_line_and_marks_the_slow_ones(tmp_path):
+    run = cli(tmp_path, "doctor", "--list-checks")
+    assert run.returncode == 0 and run.stderr == "", run
+    rows = run.stdout.splitlines()
+    assert [row.split()[0] for row in rows[:-1]] == IDS
+    for row, check in zip(rows, CHECKS):
+        assert row.endswith(check.description) and (" slow " in row) == dr.slow(check), row
+    assert rows[-1].startswith("slow: waits on the server")
+
+
+def test_an_unknown_check_name_is_a_usage_error_exit_2_naming_it(tmp_path):
+    run = cli(tmp_path, "doctor", "server", "max_token")
+    assert run.returncode == 2 and run.stdout == ""
+    assert "no check named 'max_token'" in run.stderr and "--list-checks" in run.stderr
+
+
+def test_chosen_checks_run_alone_with_only_the_gathering_they_need(tmp_path):
+    with VLLMServer(api_keys=[KEY]) as server:
+        run = doctor_on(tmp_path, server.base_url, KEY, "server", "model")
+        paths = [r.path for r in server.requests]
+    assert run.returncode == 0, run
+    assert run.stdout.splitlines() == [
+        "metagpt-vllm-fix doctor (server, model)",
+        f"ok      server answers with this key: {server.base_url}/models -> 200, serves {MODEL}",
+        f"ok      llm.model {MODEL} is served",
+        "verdict: ok (exit 0): all good"]
+    assert "/v1/chat/completions" not in paths, "the ask was not chosen: MetaGPT's request is not sent"
 
 
 NON_ASCII_KEY = '"t\\u00f8ken-doctor-0123456789"'  # YAML for a key no HTTP header can carry
