@@ -12,6 +12,7 @@ answer). The servers record what they saw each time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -139,6 +140,9 @@ async def _ask_once(llm_config: Any, server: Any, attempt: Attempt) -> Attempt:
         attempt.error = f"no answer within {CALL_TIMEOUT:g} s"
     except Exception as exc:  # noqa: BLE001 - reported, scrubbed of the key by the report
         attempt.error = f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
+    finally:  # in this event loop: left to the garbage collector, openai closes it in whichever loop runs then
+        with contextlib.suppress(Exception):
+            await llm.aclient.close()
     seen = [r for r in server.requests if r.path.startswith("/v1")]
     attempt.paths = [r.path for r in seen]
     attempt.headers = [r.authorization for r in seen]
@@ -261,7 +265,7 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="metagpt-vllm-fix-demo-"))
     captured: list[str] = []
     try:
-        from .doctor import import_metagpt, quiet_loguru
+        from .metagpt_env import import_metagpt, quiet_loguru
 
         (scratch / "config").mkdir()
         (scratch / "config" / "config2.yaml").write_text(SEED_CONFIG.format(
