@@ -1,8 +1,8 @@
 """``function-call``: MetaGPT's function-call request (``aask_code``: the Data Interpreter), as sent and with the fixes.
 
 A vLLM started without tool flags refuses it (or answers what MetaGPT cannot read); the ``tools`` fix then asks for
-the function's arguments as schema-constrained JSON. An answer through that fix is a warning, like one through the
-template fixes: the server could be set up to answer as sent.
+the function's arguments as schema-constrained JSON. An answer through that fix is ok (a constrained answer is a
+function call in full, unlike a conversation laid out by guess), with the server-side remedy in the fix's line.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ def _tail(result: AskResult) -> str:
 
 
 def function_call_verdict(result: AskResult, facts: Facts) -> Verdict:
-    """ok for a tool call the server made itself; a warning for one the tools fix got, or for content MetaGPT reads
-    as markdown; a problem for no answer (with why, and the remedy)."""
+    """ok for a function call, made by the server or got by the tools fix; a warning for content MetaGPT reads as
+    markdown, or no answer in time; a problem for no answer (with why, and the remedy)."""
     from ...fixes.tools import remedy
 
     config = facts.config
@@ -43,10 +43,10 @@ def function_call_verdict(result: AskResult, facts: Facts) -> Verdict:
             return WARNING, f"{what}: no answer. {why} (a constrained answer takes a whole generation){_tail(result)}"
         return PROBLEM, f"{what}: no answer. {why}{_tail(result)}"
     got = f"MetaGPT reads {result.reads}" if result.reads else "an answer came back"
-    if result.tool_call and "tools" in result.fixes_acted:
-        return WARNING, (f"{what}: the server refuses MetaGPT's function call as sent, or answers what MetaGPT cannot "
-                         f"read; through the tools fix {got}, in {result.seconds:g} s. Handled, at one refused "
-                         f"request each time; the fix's line below says what to change on the server.{_tail(result)}")
+    if result.tool_call and "tools" in result.fixes_acted:  # a constrained answer is a function call in full
+        return OK, (f"{what}: a function call came back through the tools fix, {got}, in {result.seconds:g} s (the "
+                    "server does not call tools itself: one refused request each time; the fix's line below says "
+                    f"what to change on the server for it to){_tail(result)}")
     if result.tool_call:
         return OK, f"{what}: the server calls the function itself; {got}, in {result.seconds:g} s{_tail(result)}"
     return WARNING, (f"{what}: the answer carries no function call; {got} (MetaGPT reads content as code only inside "
