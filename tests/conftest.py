@@ -1,5 +1,17 @@
 """Shared fixtures: a vLLM-0.3-compatible server on 127.0.0.1, a temporary HOME with the seed's config2.yaml,
-and a runner for fresh interpreters of the test environment (so the .pth start-up path is what is tested)."""
+and runners for processes of the test environment in which the .pth start-up path is what is tested.
+
+Two kinds of process run the plugin as a user's interpreter would (tests/zygote.py says why both prove the same):
+- a fresh interpreter (``run_python``, and ``forked=False`` wherever a helper takes it): for what is about start-up
+  itself (-S, -I, -X importtime, what start-up imports), any run with PYTHONPATH (a fake, damaged or other MetaGPT,
+  a broken wrapt, httpx 0.28), another interpreter or venv, and the install flows;
+- a child of this worker's zygote (``forked=True``; the default of ``run_module`` and ``run_script``), which has
+  MetaGPT's third-party dependencies imported already and runs the plugin's .pth line with the run's environment,
+  as start-up does: for runs about what the plugin does once MetaGPT is imported (MetaGPT's requests, the doctor,
+  the demo, the metagpt command).
+
+``ZYGOTE=0`` turns the zygote off: every run is then a fresh interpreter, as before.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +30,8 @@ from typing import Optional
 
 import pytest
 from filelock import FileLock
+
+import zygote as zygote_module
 
 # MetaGPT 0.7 writes logs/ and workspace/ under its project root, which is the current directory when the
 # package is not a checkout: keep this interpreter's in a temporary directory, not in the repo.
@@ -99,16 +113,64 @@ def clean_env(home: Optional[Path] = None, **extra: str) -> dict[str, str]:
     return env
 
 
+_ZYGOTE: Optional[zygote_module.Zygote] = None
+
+
+def zygote() -> zygote_module.Zygote:
+    """This worker's zygote, started on first use with the test environment's clean environment."""
+    global _ZYGOTE
+    if _ZYGOTE is None:
+        _ZYGOTE = zygote_module.Zygote(clean_env())
+    return _ZYGOTE
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _ZYGOTE is not None:
+        _ZYGOTE.close()
+
+
+def run_process(kind: str, target: str, args: tuple = (), *, env: dict[str, str], cwd: Path, timeout: float,
+                forked: bool = True) -> subprocess.CompletedProcess:
+    """``python -c CODE``, ``python -m MODULE`` or a console script of the test environment, with ``args``: in a
+    child of the zygote when ``forked`` (unless ZYGOTE=0), else as a fresh process."""
+    if forked and zygote_module.enabled():
+        return zygote().run(kind, target, args, env=env, cwd=str(cwd), timeout=timeout)
+    argv = {"code": [sys.executable, "-c", target], "module": [sys.executable, "-m", target], "script": [target]}
+    return subprocess.run([*argv[kind], *args], capture_output=True, text=True, env=env, cwd=str(cwd),
+                          timeout=timeout)
+
+
 def run_python(code: str, *, home: Optional[Path] = None, cwd: Optional[Path] = None, python: str = sys.executable,
-               args: tuple = (), timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (start-up hooks included) and return the completed process."""
+               args: tuple = (), timeout: float = 120, forked: bool = False, **env: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (start-up hooks included), or with ``forked`` in a child of the zygote
+    (which runs the .pth line as start-up does); return the completed process. ``args`` are interpreter options."""
+    where = cwd or home or Path.cwd()
+    if forked:
+        if python != sys.executable or args:
+            raise ValueError("another interpreter or interpreter options: a fresh interpreter's business")
+        return run_process("code", textwrap.dedent(code), env=clean_env(home, **env), cwd=where, timeout=timeout)
     return subprocess.run([python, *args, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=clean_env(home, **env), cwd=str(cwd or home or Path.cwd()), timeout=timeout)
+                          env=clean_env(home, **env), cwd=str(where), timeout=timeout)
 
 
-def ask_metagpt(home: Path, *, stream: bool = False, prelude: str = "", **env: str) -> dict:
-    """Run MetaGPT's ``LLM().aask`` in a fresh interpreter configured by ``home``; return its JSON result."""
-    proc = run_python(ASK_SCRIPT.format(prelude=prelude, stream=stream, mark=RESULT_MARK), home=home, **env)
+def run_module(module: str, *args: str, env: dict[str, str], cwd: Path, timeout: float = 120,
+               forked: bool = True) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` of the test environment (a zygote child unless ``forked`` is false)."""
+    return run_process("module", module, args, env=env, cwd=cwd, timeout=timeout, forked=forked)
+
+
+def run_script(name: str, *args: str, env: dict[str, str], cwd: Path, timeout: float = 120,
+               forked: bool = True) -> subprocess.CompletedProcess:
+    """The test environment's console script NAME (``metagpt``) with ARGS (a zygote child unless ``forked``)."""
+    script = str(Path(sys.executable).with_name(name))
+    return run_process("script", script, args, env=env, cwd=cwd, timeout=timeout, forked=forked)
+
+
+def ask_metagpt(home: Path, *, stream: bool = False, prelude: str = "", forked: bool = False, **env: str) -> dict:
+    """Run MetaGPT's ``LLM().aask`` in a fresh interpreter (with ``forked``, a zygote child) configured by
+    ``home``; return its JSON result."""
+    proc = run_python(ASK_SCRIPT.format(prelude=prelude, stream=stream, mark=RESULT_MARK), home=home, forked=forked,
+                      **env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
     assert lines, f"no result from the child (rc={proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     result = json.loads(lines[-1][len(RESULT_MARK):])
