@@ -5,7 +5,8 @@ Two kinds of process run the plugin as a user's interpreter would (tests/zygote.
 - a fresh interpreter (``run_python``, and ``forked=False`` wherever a helper takes it): for what is about start-up
   itself (-S, -I, -X importtime, what start-up imports), any run with PYTHONPATH (a fake, damaged or other MetaGPT,
   a broken wrapt, httpx 0.28), another interpreter or venv, and the install flows;
-- a child of this worker's zygote (``forked=True``; the default of ``run_module`` and ``run_script``), which has
+- a child of this worker's zygote (``forked=True``; the default of ``ask_metagpt``, ``ask_metagpt_twice``,
+  ``seed_asks_twice``, ``run_module`` and ``run_script``), which has
   MetaGPT's third-party dependencies imported already and runs the plugin's .pth line with the run's environment,
   as start-up does: for runs about what the plugin does once MetaGPT is imported (MetaGPT's requests, the doctor,
   the demo, the metagpt command).
@@ -166,9 +167,9 @@ def run_script(name: str, *args: str, env: dict[str, str], cwd: Path, timeout: f
     return run_process("script", script, args, env=env, cwd=cwd, timeout=timeout, forked=forked)
 
 
-def ask_metagpt(home: Path, *, stream: bool = False, prelude: str = "", forked: bool = False, **env: str) -> dict:
-    """Run MetaGPT's ``LLM().aask`` in a fresh interpreter (with ``forked``, a zygote child) configured by
-    ``home``; return its JSON result."""
+def ask_metagpt(home: Path, *, stream: bool = False, prelude: str = "", forked: bool = True, **env: str) -> dict:
+    """Run MetaGPT's ``LLM().aask`` in a zygote child (``forked=False``: a fresh interpreter, which a run with
+    PYTHONPATH needs) configured by ``home``; return its JSON result."""
     proc = run_python(ASK_SCRIPT.format(prelude=prelude, stream=stream, mark=RESULT_MARK), home=home, forked=forked,
                       **env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
@@ -336,8 +337,8 @@ asyncio.run(main())
 
 
 def ask_metagpt_twice(home: Path, prompt: str = "hello from the test", **env: str) -> tuple[list, str]:
-    """(results of a streamed and a plain ``aask`` in one fresh interpreter configured by ``home``, its stderr)."""
-    proc = run_python(ASK_TWICE_SCRIPT.format(prompt=prompt, mark=RESULT_MARK), home=home, **env)
+    """(results of a streamed and a plain ``aask`` in one zygote child configured by ``home``, its stderr)."""
+    proc = run_python(ASK_TWICE_SCRIPT.format(prompt=prompt, mark=RESULT_MARK), home=home, forked=True, **env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
     assert lines, f"no result from the child (rc={proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return json.loads(lines[-1][len(RESULT_MARK):]), proc.stderr
@@ -345,7 +346,7 @@ def ask_metagpt_twice(home: Path, prompt: str = "hello from the test", **env: st
 
 def seed_asks_twice(tmp_path: Path, server: VLLMServer, prompt: str = "hello from the test",
                     **env: str) -> tuple[list, str]:
-    """The seed's config2.yaml pointed at ``server``; a streamed and a plain ``aask`` in one fresh interpreter."""
+    """The seed's config2.yaml pointed at ``server``; a streamed and a plain ``aask`` in one zygote child."""
     home = tmp_path / "home"
     write_config(home, server.base_url)
     return ask_metagpt_twice(home, prompt, **env)

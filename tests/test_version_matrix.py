@@ -127,7 +127,7 @@ def test_every_07_release_fails_the_seed_config_and_the_plugin_makes_it_answer(v
     env = {"PYTHONPATH": str(target), "TIKTOKEN_CACHE_DIR": str(cache)}
 
     seed_era_server.clear_requests()
-    upstream = ask_metagpt(home, stream=True, prelude=IDENTITY_PRELUDE, METAGPT_VLLM_FIX="0", **env)
+    upstream = ask_metagpt(home, stream=True, prelude=IDENTITY_PRELUDE, forked=False, METAGPT_VLLM_FIX="0", **env)
     identity = _identity(upstream["stderr"])
     assert Path(identity["file"]).resolve().is_relative_to(target.resolve()), identity
     assert identity["version"] == version
@@ -135,7 +135,7 @@ def test_every_07_release_fails_the_seed_config_and_the_plugin_makes_it_answer(v
     assert auth_headers(seed_era_server) == ["Bearer sk-xxx"]
 
     seed_era_server.clear_requests()
-    patched = ask_metagpt(home, stream=True, prelude=IDENTITY_PRELUDE, **env)
+    patched = ask_metagpt(home, stream=True, prelude=IDENTITY_PRELUDE, forked=False, **env)
     identity = _identity(patched["stderr"])
     assert Path(identity["file"]).resolve().is_relative_to(target.resolve()), identity
     assert identity["version"] == version
@@ -170,7 +170,7 @@ def httpx_028(tmp_path_factory) -> Path:
 def ask_with_httpx_028(home: Path, target: Path, stream: bool, **env: str) -> dict:
     cache = home.parent / "empty-tiktoken-cache"
     cache.mkdir(exist_ok=True)
-    result = ask_metagpt(home, stream=stream, prelude=HTTPX_PRELUDE, PYTHONPATH=str(target),
+    result = ask_metagpt(home, stream=stream, prelude=HTTPX_PRELUDE, forked=False, PYTHONPATH=str(target),
                          TIKTOKEN_CACHE_DIR=str(cache), **env)
     identity = _identity(result["stderr"])
     assert Path(identity["file"]).resolve().is_relative_to(target.resolve()), identity
