@@ -1,10 +1,14 @@
 """Faults and bad input: each ends in a clear message and an intact interpreter.
 
-Every scenario runs in a fresh interpreter of the test environment (the .pth start-up path included) and checks
-what the user would see: the child's exit status, its stderr, what the key-checking server received, and
+Every scenario runs in a process of the test environment with the .pth start-up path included, and checks what
+the user would see: the child's exit status, its stderr, what the key-checking server received, and
 ``metagpt_vllm_fix.status()``. Where MetaGPT itself must be replaced (a look-alike 0.7.7 whose ``OpenLLM`` has
-another shape, a release with broken metadata), the child gets a directory first on ``PYTHONPATH``: a small fake
-``metagpt`` package, or a copy of the real 0.7.7 wheel with its dist-info damaged. Nothing is mocked in-process.
+another shape, a release with broken metadata) or wrapt broken, the child is a fresh interpreter with a directory
+first on ``PYTHONPATH``: a small fake ``metagpt`` package, a copy of the real 0.7.7 wheel with its dist-info
+damaged, a ``wrapt`` that fails; so are the -S and -I runs. The others (the switch's values, 16 threads, apply and
+remove cycles, reloads, someone else's wrapt hook, keys with whitespace or characters a header cannot carry) run
+in a child of the zygote (tests/zygote.py), which runs the .pth line with the run's environment as start-up does.
+Nothing is mocked in-process.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ STATUS_JSON = ("import json, metagpt_vllm_fix as _f; _s = _f.status(); "
                "'active': _s.active, 'switch': _s.switch, 'hook': _s.hook_installed}), file=__import__('sys').stderr)")
 
 
-def ask(home: Path, *, args: tuple = (), prelude: str = "", **env: str) -> dict:
-    """conftest.ask_metagpt with interpreter options (-S, -I): MetaGPT's LLM().aask in a fresh interpreter."""
-    proc = run_python(ASK_SCRIPT.format(prelude=prelude, stream=False, mark=RESULT_MARK), home=home, args=args, **env)
+def ask(home: Path, *, args: tuple = (), prelude: str = "", forked: bool = False, **env: str) -> dict:
+    """conftest.ask_metagpt with interpreter options (-S, -I): MetaGPT's LLM().aask in a fresh interpreter (with
+    ``forked``, a zygote child), its exit status checked."""
+    proc = run_python(ASK_SCRIPT.format(prelude=prelude, stream=False, mark=RESULT_MARK), home=home, args=args,
+                      forked=forked, **env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
     assert lines, f"no result from the child (rc={proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 0, proc.stderr
@@ -371,7 +377,8 @@ def test_python_I_isolated_mode_still_activates_and_still_obeys_the_switch(vllm_
 
 def test_unknown_switch_value_counts_as_on_with_one_short_warning(vllm_server, user_home):
     value = "maybe-" + "Z" * 60 + "-tail"
-    result = ask(user_home, prelude="import metagpt.provider.open_llm_api\n" + STATUS_JSON, METAGPT_VLLM_FIX=value)
+    result = ask(user_home, prelude="import metagpt.provider.open_llm_api\n" + STATUS_JSON, forked=True,
+                 METAGPT_VLLM_FIX=value)
     assert result["ok"] is True, result
     assert auth_headers(vllm_server) == [f"Bearer {SEED_KEY}"]
     assert status_in(result["stderr"])["switch"] == "unknown"
@@ -421,7 +428,7 @@ print(json.dumps({{"errors": errors, "ours": sum(map(api_key.is_ours, chain)), "
 
 @pytest.mark.parametrize("mixed", [False, True], ids=["16-imports", "8-imports-8-apply"])
 def test_metagpt_imported_from_16_threads_at_once_is_patched_exactly_once(tmp_path, mixed):
-    proc = run_python(THREADS.format(mixed=mixed), cwd=tmp_path)
+    proc = run_python(THREADS.format(mixed=mixed), cwd=tmp_path, forked=True)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"errors": [], "ours": 1, "chain": 2, "finders": 1}
@@ -462,7 +469,7 @@ print(json.dumps({"before": before, "after": after, "original_back": cls.__dict_
 
 
 def test_1000_apply_remove_cycles_restore_the_original_and_do_not_grow(tmp_path):
-    proc = run_python(CYCLES, cwd=tmp_path)
+    proc = run_python(CYCLES, cwd=tmp_path, forked=True)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     before, after = r["before"], r["after"]
@@ -484,7 +491,7 @@ def test_reloading_metagpt_module_keeps_it_patched(tmp_path):
         mod = importlib.reload(mod)
         print(json.dumps({"patched": api_key.is_patched(mod.OpenLLM),
                           "registered": LLM_REGISTRY.get_provider(LLMType.OPEN_LLM) is mod.OpenLLM}))
-    """, cwd=tmp_path)
+    """, cwd=tmp_path, forked=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"patched": True, "registered": True}
 
@@ -508,7 +515,7 @@ def test_remove_after_a_reload_unwraps_the_classes_of_before_it_too(tmp_path):
         metagpt_vllm_fix.remove()
         print(json.dumps({"before": before, "after": [wrappers(old), wrappers(new)], "new": new is not old,
                           "state": metagpt_vllm_fix.status().state}))
-    """, cwd=tmp_path)
+    """, cwd=tmp_path, forked=True)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["new"] and r["before"] == [["_calc_usage", "_init_client", "_make_client_kwargs"]] * 2
@@ -598,7 +605,7 @@ print(json.dumps(out))
 
 
 def test_their_wrapt_wrapper_from_a_post_import_hook_composes_with_ours(vllm_server, user_home):
-    proc = run_python(THEIRS % {"key": SEED_KEY}, home=user_home)
+    proc = run_python(THEIRS % {"key": SEED_KEY}, home=user_home, forked=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["chain"] == ["their_wrapper", "ours", "original"]
@@ -616,7 +623,7 @@ def test_their_wrapt_wrapper_from_a_post_import_hook_composes_with_ours(vllm_ser
 def test_key_with_surrounding_whitespace_arrives_trimmed_with_a_warning(vllm_server, tmp_path, yaml_key):
     home = tmp_path / "home"
     write_config(home, vllm_server.base_url, api_key=yaml_key)
-    result = ask(home)
+    result = ask(home, forked=True)
     assert result["ok"] is True, result
     assert auth_headers(vllm_server) == [f"Bearer {SEED_KEY}"]
     warnings = lines_with(result["stderr"], "has whitespace around it")
@@ -649,7 +656,7 @@ def test_key_a_header_cannot_carry_is_not_sent_and_not_echoed(vllm_server, tmp_p
     """A key-checking vLLM: MetaGPT's own 'sk-xxx' goes, so 401 as shipped; no header injected, the key never shown."""
     home = tmp_path / "home"
     write_config(home, vllm_server.base_url, api_key=yaml_key)
-    proc = run_python(KEY_ERROR, home=home)
+    proc = run_python(KEY_ERROR, home=home, forked=True)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (out["ok"], out["error"]) == (False, "AuthenticationError")
@@ -676,7 +683,7 @@ def test_key_a_header_cannot_carry_still_answers_from_a_server_without_a_key(tmp
 def test_key_a_header_cannot_carry_is_refused_before_any_request_in_strict_mode(vllm_server, tmp_path):
     home = tmp_path / "home"
     write_config(home, vllm_server.base_url, api_key='"token-abc123\\r\\nX-Injected: 1"')
-    proc = run_python(KEY_ERROR, home=home, METAGPT_VLLM_FIX="strict")
+    proc = run_python(KEY_ERROR, home=home, forked=True, METAGPT_VLLM_FIX="strict")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (out["ok"], out["error"]) == (False, "InvalidApiKey")
     assert "contains a line break" in out["message"] and "config2.yaml" in out["message"]
