@@ -25,6 +25,9 @@ What a child is, and why a run in it still proves what a fresh interpreter would
   google-auth's gcloud config path and sysconfig's user base (no user site in a venv), none of which a run uses.
   The variables the preloaded imports set (sklearn's KMP_* defaults) are set again in the child unless the run
   sets them.
+- The garbage collector: a child's starts from the zygote's state after the preload, as a fresh interpreter's
+  would be at that point; the heap is not frozen (gc.freeze() makes collections far more frequent, and changed
+  when openai's clients of a finished event loop were collected: the demo printed what no fresh run printed).
 
 What stays in fresh interpreters (by the caller's choice): anything about start-up itself (what it imports, -S,
 -I, -X importtime), any run with PYTHONPATH (fake or damaged MetaGPT, broken wrapt, another httpx) or with

@@ -9,7 +9,6 @@ line as site.py does at start-up, runs the code, and exits as an interpreter doe
 
 from __future__ import annotations
 
-import gc
 import importlib
 import importlib.machinery
 import json
@@ -417,8 +416,9 @@ def main(argv: list) -> None:
             raise RuntimeError(f"more than {MAX_RESTARTS} modules left out of the preload") from None
         os.execve(sys.executable, [sys.executable, "-c", BOOT, __file__, sock_path, workdir,
                                    ",".join(sorted(excluded | {name}))], environ)
-    gc.collect()
-    gc.freeze()  # the preloaded objects stay shared with the children instead of being copied by their collections
+    # No gc.collect() or gc.freeze() here: the children's collections must come when a fresh interpreter's would.
+    # A frozen heap made them far more frequent, and the demo printed "Task exception was never retrieved" (openai's
+    # AsyncClient of a finished asyncio.run collected while the next loop ran), which no fresh interpreter did.
     info = {"pid": os.getpid(), "pth_dir": pth_dir, "env_reads": env["reads"], "env_copiers": env["copiers"],
             "env_writes": env["writes"],
             "preloaded": len(sys.modules), "entries": len(plan["entries"]), "noisy": plan["noisy"],
