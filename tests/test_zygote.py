@@ -159,6 +159,17 @@ def test_a_run_whose_environment_the_preload_or_start_up_read_is_refused(tmp_pat
         run_python("pass", cwd=tmp_path, forked=True, **{variable: value})
 
 
+def test_a_run_may_carry_what_the_preload_set_in_the_environment(tmp_path):
+    """sklearn sets KMP_DUPLICATE_LIB_OK=True (setdefault) at import: a process that imported MetaGPT has it, and a
+    fresh interpreter given it reads what the zygote's import read after setting it."""
+    written = zygote().start()["env_writes"]
+    assert written.get("KMP_DUPLICATE_LIB_OK") == "True"
+    proc = run_python("import os; print(os.environ['KMP_DUPLICATE_LIB_OK'])", cwd=tmp_path, forked=True, **written)
+    assert proc.stdout == "True\n"
+    with pytest.raises(zygote_module.ZygoteRefused, match="KMP_DUPLICATE_LIB_OK"):
+        run_python("pass", cwd=tmp_path, forked=True, KMP_DUPLICATE_LIB_OK="False")
+
+
 def test_another_interpreter_or_interpreter_options_are_refused(tmp_path):
     with pytest.raises(ValueError, match="fresh interpreter"):
         run_python("pass", cwd=tmp_path, forked=True, args=("-I",))

@@ -24,7 +24,7 @@ What a child is, and why a run in it still proves what a fresh interpreter would
   interpreter. HOME is the one exception, reviewed: it is read at import for IPython's and jedi's caches,
   google-auth's gcloud config path and sysconfig's user base (no user site in a venv), none of which a run uses.
   The variables the preloaded imports set (sklearn's KMP_* defaults) are set again in the child unless the run
-  sets them.
+  sets them; a run may carry the very values they set (a test process that imported MetaGPT itself does).
 - The garbage collector: a child's starts from the zygote's state after the preload, as a fresh interpreter's
   would be at that point; the heap is not frozen (gc.freeze() makes collections far more frequent, and changed
   when openai's clients of a finished event loop were collected: the demo printed what no fresh run printed).
@@ -111,7 +111,9 @@ class Zygote:
             raise ZygoteRefused("PYTHONPATH puts modules before site-packages: run it in a fresh interpreter")
         names = {n for n in {*env, *self.env} if n.startswith(STARTUP_PREFIXES) or n in STARTUP_NAMES}
         names |= set(self.info["env_reads"]) - REVIEWED
-        differ = sorted(n for n in names if env.get(n) != self.env.get(n))
+        written = self.info["env_writes"]  # the preload's own setdefault: a run that has its value reads the same
+        differ = sorted(n for n in names if env.get(n) != self.env.get(n)
+                        and not (n in written and n not in self.env and env.get(n) == written[n]))
         if differ:
             readers = {n: self.info["env_reads"].get(n, "start-up") for n in differ}
             raise ZygoteRefused(f"this run sets {differ}, read at start-up or by the preload's imports ({readers}): "
