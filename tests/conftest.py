@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -123,20 +124,33 @@ def clean_env(home: Optional[Path] = None, **extra: str) -> dict[str, str]:
     return env
 
 
-_ZYGOTE: Optional[zygote_module.Zygote] = None
+_ZYGOTES: dict[str, zygote_module.Zygote] = {}
+_ZYGOTES_LOCK = threading.Lock()
 
 
-def zygote() -> zygote_module.Zygote:
-    """This worker's zygote, started on first use with the test environment's clean environment."""
-    global _ZYGOTE
-    if _ZYGOTE is None:
-        _ZYGOTE = zygote_module.Zygote(clean_env())
-    return _ZYGOTE
+def zygote(pythonpath: str = "") -> zygote_module.Zygote:
+    """This worker's zygote, started on first use with the test environment's clean environment (with
+    ``pythonpath``: another one, started with that PYTHONPATH)."""
+    with _ZYGOTES_LOCK:
+        if pythonpath not in _ZYGOTES:
+            _ZYGOTES[pythonpath] = zygote_module.Zygote(clean_env(**({"PYTHONPATH": pythonpath} if pythonpath else {})))
+        return _ZYGOTES[pythonpath]
+
+
+def zygote_for(env: dict[str, str]) -> zygote_module.Zygote:
+    """The zygote for a run: the main one, whose child puts the run's PYTHONPATH first on sys.path, unless that
+    PYTHONPATH holds modules the main one imported already (httpx 0.28): then one started with it."""
+    main, pythonpath = zygote(), env.get("PYTHONPATH", "")
+    if pythonpath:
+        main.start()
+        if main.shadowing(pythonpath.split(os.pathsep)):
+            return zygote(pythonpath)
+    return main
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if _ZYGOTE is not None:
-        _ZYGOTE.close()
+    for started in _ZYGOTES.values():
+        started.close()
 
 
 def run_process(kind: str, target: str, args: tuple = (), *, env: dict[str, str], cwd: Path, timeout: float,
@@ -144,7 +158,7 @@ def run_process(kind: str, target: str, args: tuple = (), *, env: dict[str, str]
     """``python -c CODE``, ``python -m MODULE`` or a console script of the test environment, with ``args``: in a
     child of the zygote when ``forked`` (unless ZYGOTE=0), else as a fresh process."""
     if forked and zygote_module.enabled():
-        return zygote().run(kind, target, args, env=env, cwd=str(cwd), timeout=timeout)
+        return zygote_for(env).run(kind, target, args, env=env, cwd=str(cwd), timeout=timeout)
     argv = {"code": [sys.executable, "-c", target], "module": [sys.executable, "-m", target], "script": [target]}
     return subprocess.run([*argv[kind], *args], capture_output=True, text=True, env=env, cwd=str(cwd),
                           timeout=timeout)

@@ -149,14 +149,15 @@ def test_nothing_of_metagpt_or_the_plugin_is_preloaded_and_metagpts_import_says_
 
 
 @pytest.mark.parametrize("variable, value", [
-    ("PYTHONPATH", "/tmp"),
+    ("PYTHONPATH", "relative-dir"),  # only absolute directories that hold nothing the zygote imported
     ("PYTHONIOENCODING", "latin-1"),
     ("LC_ALL", "C"),
     ("NUMPY_MADVISE_HUGEPAGE", "0"),  # numpy reads it at import
 ])
 def test_a_run_whose_environment_the_preload_or_start_up_read_is_refused(tmp_path, variable, value):
+    """(conftest gives a run whose PYTHONPATH the main zygote refuses a zygote started with that PYTHONPATH.)"""
     with pytest.raises(zygote_module.ZygoteRefused, match=variable):
-        run_python("pass", cwd=tmp_path, forked=True, **{variable: value})
+        zygote().run("code", "pass", env=clean_env(**{variable: value}), cwd=str(tmp_path), timeout=60)
 
 
 def test_a_run_may_carry_what_the_preload_set_in_the_environment(tmp_path):
@@ -168,6 +169,44 @@ def test_a_run_may_carry_what_the_preload_set_in_the_environment(tmp_path):
     assert proc.stdout == "True\n"
     with pytest.raises(zygote_module.ZygoteRefused, match="KMP_DUPLICATE_LIB_OK"):
         run_python("pass", cwd=tmp_path, forked=True, KMP_DUPLICATE_LIB_OK="False")
+
+
+PATH_PROBE = """
+import json, sys, wrapt
+print(json.dumps({"path": sys.path, "wrapt": wrapt.__file__}))
+"""
+
+
+def test_a_pythonpath_of_modules_the_zygote_never_imported_goes_first_on_sys_path_as_at_start_up(tmp_path):
+    (tmp_path / "first" / "wrapt").mkdir(parents=True)
+    (tmp_path / "first" / "wrapt" / "__init__.py").write_text("")
+    env = {"PYTHONPATH": str(tmp_path / "first")}
+    child, fresh = run_python(PATH_PROBE, cwd=tmp_path, forked=True, **env), run_python(PATH_PROBE, cwd=tmp_path, **env)
+    assert child.returncode == 0, child.stderr
+    seen, seen_fresh = json.loads(child.stdout), json.loads(fresh.stdout)
+    # What the preload's imports added (GitPython's git/ext/gitdb, a directory that does not exist here) a fresh
+    # interpreter adds when MetaGPT imports git: the same path once MetaGPT is imported, nothing found there.
+    added = zygote().info["path_added"]
+    assert not [p for p in added if os.path.exists(p)]
+    assert [p for p in seen["path"] if p not in added] == seen_fresh["path"]
+    assert seen["wrapt"] == seen_fresh["wrapt"]
+    assert json.loads(child.stdout)["wrapt"] == str(tmp_path / "first" / "wrapt" / "__init__.py")
+
+
+@pytest.mark.parametrize("layout", [
+    {"openai/__init__.py": ""},  # a package the preload imported
+    {"typing_extensions.py": ""},  # a module
+    {"x-1.0.dist-info/top_level.txt": "openai\n"},  # metadata that a fresh interpreter would find first
+    {"sitecustomize.py": ""},  # start-up imports it
+])
+def test_a_pythonpath_holding_what_the_zygote_imported_already_is_refused(tmp_path, layout):
+    for name, text in layout.items():
+        (tmp_path / "first" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "first" / name).write_text(text)
+    zygote().start()
+    assert "typing_extensions" in zygote().info["top_level"] and "openai" in zygote().info["top_level"]
+    with pytest.raises(zygote_module.ZygoteRefused, match="PYTHONPATH="):
+        zygote().check(clean_env(PYTHONPATH=str(tmp_path / "first")))
 
 
 def test_another_interpreter_or_interpreter_options_are_refused(tmp_path):

@@ -20,19 +20,27 @@ What a child is, and why a run in it still proves what a fresh interpreter would
   what a fresh interpreter shows. The preload itself is checked for silence (fds 1 and 2).
 - The environment: the zygote records which variables the preloaded modules read by name while imported, and a
   run whose environment differs in one of them, or in any PYTHON*, LANG, LANGUAGE or LC_* variable that the
-  interpreter reads at start-up, is refused (ZygoteRefused), as is any PYTHONPATH: such a run needs a fresh
-  interpreter. HOME is the one exception, reviewed: it is read at import for IPython's and jedi's caches,
+  interpreter reads at start-up, is refused (ZygoteRefused): such a run needs a fresh interpreter. HOME is the
+  one exception, reviewed: it is read at import for IPython's and jedi's caches,
   google-auth's gcloud config path and sysconfig's user base (no user site in a venv), none of which a run uses.
   The variables the preloaded imports set (sklearn's KMP_* defaults) are set again in the child unless the run
   sets them; a run may carry the very values they set (a test process that imported MetaGPT itself does).
+- PYTHONPATH: start-up puts its entries right after sys.path[0], so a child puts them there too, which is what a
+  fresh interpreter does as long as the zygote imported nothing a fresh interpreter would have found in them. So
+  the entries must be absolute directories holding no top-level name the zygote imported (their packages,
+  modules, and the names their dist-info declares), nor sitecustomize or usercustomize; a fake, damaged or other
+  MetaGPT, or a wrapt that fails, qualify. A PYTHONPATH that does hold such names (httpx 0.28 in
+  test_version_matrix) gets a zygote of its own, started with that PYTHONPATH like a fresh interpreter (conftest).
+  The preload's own additions to sys.path (GitPython inserts its git/ext/gitdb, absent here) are reported; a run
+  with PYTHONPATH is refused if one of them exists.
 - The garbage collector: a child's starts from the zygote's state after the preload, as a fresh interpreter's
   would be at that point; the heap is not frozen (gc.freeze() makes collections far more frequent, and changed
   when openai's clients of a finished event loop were collected: the demo printed what no fresh run printed).
 
 What stays in fresh interpreters (by the caller's choice): anything about start-up itself (what it imports, -S,
--I, -X importtime), any run with PYTHONPATH (fake or damaged MetaGPT, broken wrapt, another httpx) or with
-another interpreter or venv, and the install flows. Also not reproduced in a child: warnings that the default
-filters hide, raised by a preloaded module at import, are not raised again (no moved run turns them on).
+-I, -X importtime), any run of another interpreter or venv, and the install flows. Also not reproduced in a
+child: warnings that the default filters hide, raised by a preloaded module at import, are not raised again (no
+moved run turns them on).
 
 ``ZYGOTE=0`` in the test process's environment turns the zygote off: every run is a fresh interpreter again, the
 way to check that a moved run proves the same either way.
@@ -105,11 +113,20 @@ class Zygote:
     def log(self) -> str:
         return (self.workdir / "zygote.log").read_text(errors="replace")
 
-    def check(self, env: dict) -> None:
-        """Refuse a run whose environment the zygote cannot stand for (see the module docstring)."""
-        if "PYTHONPATH" in env:
-            raise ZygoteRefused("PYTHONPATH puts modules before site-packages: run it in a fresh interpreter")
+    def check(self, env: dict) -> list[str]:
+        """Refuse a run whose environment the zygote cannot stand for (see the module docstring); else return the
+        PYTHONPATH entries the child must put on sys.path itself (those the zygote did not start with)."""
+        own, theirs = self.env.get("PYTHONPATH"), env.get("PYTHONPATH")
+        extra = []
+        if theirs != own:
+            if own is not None or not theirs:
+                raise ZygoteRefused(f"this zygote started with PYTHONPATH={own!r}, the run has {theirs!r}")
+            extra = theirs.split(os.pathsep)
+            why = self.shadowing(extra)
+            if why:
+                raise ZygoteRefused(f"PYTHONPATH={theirs}: {why}")
         names = {n for n in {*env, *self.env} if n.startswith(STARTUP_PREFIXES) or n in STARTUP_NAMES}
+        names -= {"PYTHONPATH"}
         names |= set(self.info["env_reads"]) - REVIEWED
         written = self.info["env_writes"]  # the preload's own setdefault: a run that has its value reads the same
         differ = sorted(n for n in names if env.get(n) != self.env.get(n)
@@ -118,17 +135,34 @@ class Zygote:
             readers = {n: self.info["env_reads"].get(n, "start-up") for n in differ}
             raise ZygoteRefused(f"this run sets {differ}, read at start-up or by the preload's imports ({readers}): "
                                 "run it in a fresh interpreter")
+        return extra
+
+    def shadowing(self, entries: list[str]) -> Optional[str]:
+        """Why directories put first on sys.path would change what the zygote already imported (a fresh interpreter
+        would have found some of those modules, or metadata for them, there), or None. ``sitecustomize`` and
+        ``usercustomize`` count too: a fresh interpreter imports them at start-up."""
+        loaded = set(self.info["top_level"]) | {"sitecustomize", "usercustomize"}
+        added = [p for p in self.info["path_added"] if os.path.isdir(p)]  # GitPython's git/ext/gitdb, if it exists
+        if added:
+            return f"the preload put {added} on sys.path, ahead of where start-up puts PYTHONPATH"
+        for entry in entries:
+            if not entry or not os.path.isabs(entry) or (os.path.exists(entry) and not os.path.isdir(entry)):
+                return f"{entry!r} is not an absolute directory"
+            found = provided(Path(entry)) & loaded
+            if found:
+                return f"{entry} holds {sorted(found)}, which the zygote imported already"
+        return None
 
     def run(self, kind: str, target: str, args: tuple = (), *, env: dict, cwd: str,
             timeout: float) -> subprocess.CompletedProcess:
         """Run ``python -c target``, ``-m target`` or ``target`` (a script) with ``args`` in a child; like
         ``subprocess.run(..., capture_output=True, text=True, timeout=timeout)``."""
         self.start()
-        self.check(env)
+        path = self.check(env)
         argv = {"code": ["-c", target], "module": ["-m", target], "script": [target]}[kind]
         cmd = [self.python, *argv, *args]
         request = json.dumps({"kind": kind, "target": target, "args": list(args), "env": env, "cwd": str(cwd),
-                              "timeout": timeout}).encode()
+                              "path": path, "timeout": timeout}).encode()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         stdin = os.open(os.devnull, os.O_RDONLY)
@@ -199,6 +233,29 @@ class Zygote:
                     self.process.wait()
                 self.process = None
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def provided(directory: Path) -> set[str]:
+    """The top-level module names a directory on sys.path provides: its packages (namespace ones too), modules and
+    extension modules, and the names its distributions' metadata (top_level.txt, else RECORD) names."""
+    names: set[str] = set()
+    if not directory.is_dir():
+        return names
+    for path in directory.iterdir():
+        if path.suffix in (".dist-info", ".egg-info"):
+            top_level = path / "top_level.txt"
+            if top_level.is_file():
+                names.update(line.strip() for line in top_level.read_text().splitlines() if line.strip())
+            elif (path / "RECORD").is_file():
+                for row in (path / "RECORD").read_text().splitlines():
+                    first = row.split(",")[0].split("/")[0]
+                    if first and not first.endswith((".dist-info", ".data")) and first not in ("..", "__pycache__"):
+                        names.add(first.split(".")[0])
+        elif path.is_dir():
+            names.add(path.name)
+        elif path.suffix in (".py", ".pyc", ".so", ".pyd"):
+            names.add(path.name.split(".")[0])
+    return names
 
 
 def _text(data: bytes) -> str:

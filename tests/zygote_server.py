@@ -284,6 +284,7 @@ def child(request: dict, fds: list, info: dict) -> None:
         sys.argv, sys.path[0] = ["-m", *args], os.getcwd()
     else:
         sys.argv, sys.path[0] = [request["target"], *args], os.path.dirname(os.path.realpath(request["target"]))
+    sys.path[1:1] = request["path"]  # the run's PYTHONPATH entries (beyond the zygote's own), where start-up puts them
     site.addpackage(info["pth_dir"], PTH, set())  # as site.py does at start-up, now with the run's environment
     try:
         if kind == "code":
@@ -397,7 +398,7 @@ def main(argv: list) -> None:
     if "_metagpt_vllm_fix_boot" in sys.modules:
         raise RuntimeError("the plugin's .pth line ran at start-up: start the zygote with METAGPT_VLLM_FIX=0")
     (pth_dir,) = [d for d in site.getsitepackages() if os.path.exists(os.path.join(d, PTH))]
-    started, cpu, environ = time.monotonic(), time.process_time(), dict(os.environ)
+    started, cpu, environ, path = time.monotonic(), time.process_time(), dict(os.environ), list(sys.path)
     plan_file = os.path.join(workdir, "plan.json")
     if os.path.exists(plan_file):
         with open(plan_file) as f:
@@ -421,7 +422,9 @@ def main(argv: list) -> None:
     # AsyncClient of a finished asyncio.run collected while the next loop ran), which no fresh interpreter did.
     info = {"pid": os.getpid(), "pth_dir": pth_dir, "env_reads": env["reads"], "env_copiers": env["copiers"],
             "env_writes": env["writes"],
-            "preloaded": len(sys.modules), "entries": len(plan["entries"]), "noisy": plan["noisy"],
+            "preloaded": len(sys.modules), "top_level": sorted({name.split(".")[0] for name in sys.modules}),
+            "entries": len(plan["entries"]), "noisy": plan["noisy"],
+            "path_added": [entry for entry in sys.path if entry not in path],
             "excluded": sorted(excluded), "seconds": round(time.monotonic() - started, 2),
             "cpu_seconds": round(time.process_time() - cpu, 2),
             "native_threads": len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else None}
