@@ -3,21 +3,23 @@ and runners for processes of the test environment in which the .pth start-up pat
 
 Two kinds of process run the plugin as a user's interpreter would (tests/zygote.py says why both prove the same):
 - a fresh interpreter (``run_python``, and ``forked=False`` wherever a helper takes it): for what is about start-up
-  itself (-S, -I, -X importtime, what start-up imports), any run with PYTHONPATH (a fake, damaged or other MetaGPT,
-  a broken wrapt, httpx 0.28), another interpreter or venv, and the install flows;
+  itself (-S, -I, -X importtime, what start-up imports), another interpreter or venv, and the install flows;
 - a child of this worker's zygote (``forked=True``; the default of ``ask_metagpt``, ``ask_metagpt_twice``,
   ``seed_asks_twice``, ``run_module`` and ``run_script``), which has MetaGPT's third-party dependencies imported
   already and runs the plugin's .pth line with the run's environment, as start-up does: for runs about what the
-  plugin does once MetaGPT is imported (MetaGPT's requests, the doctor, the demo, the metagpt command).
+  plugin does once MetaGPT is imported (MetaGPT's requests, the doctor, the demo, the metagpt command), with or
+  without a PYTHONPATH (a fake, damaged or other MetaGPT, a broken or newer wrapt; httpx 0.28 gets a zygote started
+  with its PYTHONPATH, see ``zygote_for``).
 
 Which runs are zygote children, by file (every other run of the suite is a fresh interpreter, as before):
 - test_cli_doctor.py: every doctor run (the ``serve`` servers it asks stay processes of their own).
 - test_auth_end_to_end.py, test_fix_usage.py, test_fix_chat_template.py, test_fix_system_role.py: every ask.
-- test_faults.py: the runs without PYTHONPATH or interpreter options (the switch's values, 16 threads, the 1000
-  apply/remove cycles, reloads, someone else's wrapt hook, keys with whitespace or characters a header cannot carry).
+- test_faults.py: every run but the -S and -I ones.
 - test_fix_fail_fast.py: the ``metagpt`` command and the loops' probe. test_cli_demo.py: the demo.
-- test_upstream_untouched.py, test_cli_serve_status.py, test_entry_point.py: the one run of each that imports
-  MetaGPT without PYTHONPATH (a patched ask, status with a word that names no fix, wrapt's hook discovery).
+- test_version_matrix.py: the asks, probes and doctors of each MetaGPT 0.7 release and of httpx 0.28 (the other
+  Pythons' venvs stay fresh). test_gate.py, test_wrapt_versions.py, test_upstream_untouched.py: every run.
+- test_cli_serve_status.py, test_entry_point.py: the one run of each that imports MetaGPT (status with a word that
+  names no fix, wrapt's hook discovery).
 - test_zygote.py: the zygote itself, each child compared with a fresh interpreter.
 
 ``ZYGOTE=0`` turns the zygote off: every run is then a fresh interpreter, as before.

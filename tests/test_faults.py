@@ -3,11 +3,11 @@
 Every scenario runs in a process of the test environment with the .pth start-up path included, and checks what
 the user would see: the child's exit status, its stderr, what the key-checking server received, and
 ``metagpt_vllm_fix.status()``. Where MetaGPT itself must be replaced (a look-alike 0.7.7 whose ``OpenLLM`` has
-another shape, a release with broken metadata) or wrapt broken, the child is a fresh interpreter with a directory
-first on ``PYTHONPATH``: a small fake ``metagpt`` package, a copy of the real 0.7.7 wheel with its dist-info
-damaged, a ``wrapt`` that fails; so are the -S and -I runs. The others (the switch's values, 16 threads, apply and
-remove cycles, reloads, someone else's wrapt hook, keys with whitespace or characters a header cannot carry) run
-in a child of the zygote (tests/zygote.py), which runs the .pth line with the run's environment as start-up does.
+another shape, a release with broken metadata) or wrapt broken, the child gets a directory first on
+``PYTHONPATH``: a small fake ``metagpt`` package, a copy of the real 0.7.7 wheel with its dist-info damaged, a
+``wrapt`` that fails. The -S and -I runs are fresh interpreters; every other run is a child of the zygote
+(tests/zygote.py), which runs the .pth line with the run's environment as start-up does and puts PYTHONPATH where
+start-up puts it (the zygote imported neither metagpt nor wrapt, so a fresh interpreter finds the same modules).
 Nothing is mocked in-process.
 """
 
@@ -89,7 +89,8 @@ def broken_wrapt(tmp_path) -> Path:
 
 def test_without_wrapt_metagpt_still_works_and_a_warning_says_it_is_not_patched(vllm_server, tmp_path, user_home):
     root = wrapt_fault(tmp_path / "no-wrapt", "missing")
-    result = ask(user_home, prelude="import metagpt.provider.open_llm_api\n" + STATUS_JSON, PYTHONPATH=str(root))
+    result = ask(user_home, prelude="import metagpt.provider.open_llm_api\n" + STATUS_JSON, forked=True,
+                 PYTHONPATH=str(root))
     # MetaGPT imported and ran its request: upstream behaviour, not a crash.
     assert (result["ok"], result["error"], result["status"]) == (False, "AuthenticationError", 401)
     assert auth_headers(vllm_server) == ["Bearer sk-xxx"]
@@ -104,7 +105,7 @@ def test_without_wrapt_metagpt_still_works_and_a_warning_says_it_is_not_patched(
 @pytest.mark.parametrize("kind", WRAPT_FAULTS)
 def test_without_wrapt_strict_mode_is_an_import_error_naming_wrapt(tmp_path, kind):
     root = wrapt_fault(tmp_path / "wrapt-fault", kind)
-    proc = run_python(STRICT_IMPORT, cwd=tmp_path, PYTHONPATH=str(root), METAGPT_VLLM_FIX="strict")
+    proc = run_python(STRICT_IMPORT, cwd=tmp_path, forked=True, PYTHONPATH=str(root), METAGPT_VLLM_FIX="strict")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ERROR ImportError:") and "wrapt" in proc.stdout, proc.stdout
 
@@ -113,7 +114,7 @@ WRAPT_WARNING = "import metagpt.provider.open_llm_api"
 
 
 def test_broken_wrapt_warning_quotes_wrapts_own_error(tmp_path, broken_wrapt):
-    proc = run_python(WRAPT_WARNING, cwd=tmp_path, PYTHONPATH=str(broken_wrapt))
+    proc = run_python(WRAPT_WARNING, cwd=tmp_path, forked=True, PYTHONPATH=str(broken_wrapt))
     assert proc.returncode == 0, proc.stderr
     (warning,) = lines_with(proc.stderr, "metagpt-vllm-fix failed")
     assert "undefined symbol: PyFoo" in warning, warning
@@ -122,13 +123,13 @@ def test_broken_wrapt_warning_quotes_wrapts_own_error(tmp_path, broken_wrapt):
 
 def test_wrapt_warning_says_not_patched_once(tmp_path):
     root = wrapt_fault(tmp_path / "no-wrapt", "missing")
-    proc = run_python(WRAPT_WARNING, cwd=tmp_path, PYTHONPATH=str(root))
+    proc = run_python(WRAPT_WARNING, cwd=tmp_path, forked=True, PYTHONPATH=str(root))
     (warning,) = lines_with(proc.stderr, "metagpt-vllm-fix failed")
     assert warning.count("NOT patched") == 1, warning
 
 
 def test_broken_wrapt_strict_error_names_the_plugin_and_the_switch(tmp_path, broken_wrapt):
-    proc = run_python(STRICT_IMPORT, cwd=tmp_path, PYTHONPATH=str(broken_wrapt), METAGPT_VLLM_FIX="strict")
+    proc = run_python(STRICT_IMPORT, cwd=tmp_path, forked=True, PYTHONPATH=str(broken_wrapt), METAGPT_VLLM_FIX="strict")
     assert proc.stdout.startswith("ERROR ImportError:"), proc.stdout
     assert "metagpt-vllm-fix" in proc.stdout and "METAGPT_VLLM_FIX=strict" in proc.stdout
     assert "undefined symbol: PyFoo" in proc.stdout
@@ -208,7 +209,7 @@ print(json.dumps({"import_error": error, "code": s.code, "active": s.active, "re
 def test_fake_metagpt_with_the_upstream_shape_is_patched(tmp_path):
     """Control for the shape tests below: the look-alike with 0.7's shape passes the gate, so they test shape."""
     root = fake_metagpt(tmp_path / "fake", PARENT + UPSTREAM_OPENLLM)
-    proc = run_python(SHAPE_PROBE, cwd=tmp_path, PYTHONPATH=str(root))
+    proc = run_python(SHAPE_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(root))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["code"] == "supported" and json.loads(proc.stdout)["active"] is True
 
@@ -217,7 +218,7 @@ def test_fake_metagpt_with_the_upstream_shape_is_patched(tmp_path):
 def test_other_shape_is_left_alone_with_a_reason(tmp_path, shape):
     source, says = SHAPES[shape]
     root = fake_metagpt(tmp_path / "fake", source)
-    proc = run_python(SHAPE_PROBE, cwd=tmp_path, PYTHONPATH=str(root))
+    proc = run_python(SHAPE_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(root))
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert status["import_error"] is None  # MetaGPT's module still imports
@@ -230,7 +231,7 @@ def test_other_shape_is_left_alone_with_a_reason(tmp_path, shape):
 def test_other_shape_in_strict_mode_refuses_at_import(tmp_path, shape):
     source, says = SHAPES[shape]
     root = fake_metagpt(tmp_path / "fake", source)
-    proc = run_python(SHAPE_PROBE, cwd=tmp_path, PYTHONPATH=str(root), METAGPT_VLLM_FIX="strict")
+    proc = run_python(SHAPE_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(root), METAGPT_VLLM_FIX="strict")
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert status["import_error"].startswith("PatchRefused: metagpt-vllm-fix (METAGPT_VLLM_FIX=strict): MetaGPT 0.7.7")
@@ -244,7 +245,7 @@ FIX_PROBE = SHAPE_PROBE.replace('"reason": s.reason}',
 
 def test_a_fix_whose_gate_refuses_is_left_off_alone_and_the_others_apply(tmp_path):
     root = fake_metagpt(tmp_path / "fake", WITHOUT_MAX_TOKENS)
-    proc = run_python(FIX_PROBE, cwd=tmp_path, PYTHONPATH=str(root))
+    proc = run_python(FIX_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(root))
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert (status["import_error"], status["code"], status["active"]) == (None, "supported", True)
@@ -257,7 +258,7 @@ def test_a_fix_whose_gate_refuses_is_left_off_alone_and_the_others_apply(tmp_pat
 
 def test_strict_mode_covers_every_fix(tmp_path):
     root = fake_metagpt(tmp_path / "fake", WITHOUT_MAX_TOKENS)
-    proc = run_python(FIX_PROBE, cwd=tmp_path, PYTHONPATH=str(root), METAGPT_VLLM_FIX="strict")
+    proc = run_python(FIX_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(root), METAGPT_VLLM_FIX="strict")
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert status["import_error"] == ("PatchRefused: metagpt-vllm-fix (METAGPT_VLLM_FIX=strict): max_tokens: "
@@ -304,7 +305,8 @@ def test_real_metagpt_with_broken_metadata_is_recognised_by_its_code_and_patched
     copy = tmp_path / "metagpt-copy"
     shutil.copytree(metagpt_077_wheel_dir, copy)
     damage(copy / "metagpt-0.7.7.dist-info", name)
-    result = ask(user_home, prelude="import metagpt.provider.open_llm_api\n" + STATUS_JSON, PYTHONPATH=str(copy))
+    result = ask(user_home, prelude="import metagpt.provider.open_llm_api\n" + STATUS_JSON, forked=True,
+                 PYTHONPATH=str(copy))
     status = status_in(result["stderr"])
     assert (status["code"], status["active"]) == ("supported", True), status
     assert result["ok"] is True, result
@@ -324,7 +326,7 @@ def test_lookalike_with_broken_metadata_is_left_alone_with_a_reason(name, tmp_pa
     """A 0.7-shaped OpenLLM without the hard-coded key and without readable metadata: not ours to patch."""
     root = fake_metagpt(tmp_path / "fake", LOOKALIKE)
     damage(root / "metagpt-0.7.7.dist-info", name)
-    proc = run_python(SHAPE_PROBE, cwd=tmp_path, PYTHONPATH=str(root))
+    proc = run_python(SHAPE_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(root))
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert status["import_error"] is None
@@ -339,7 +341,7 @@ def test_a_refusal_is_said_once(tmp_path):
     source, says = SHAPES["other-signature"]
     root = fake_metagpt(tmp_path / "fake", source)
     proc = run_python("import metagpt.provider.open_llm_api; import metagpt_vllm_fix; metagpt_vllm_fix.apply()",
-                      cwd=tmp_path, PYTHONPATH=str(root))
+                      cwd=tmp_path, forked=True, PYTHONPATH=str(root))
     assert proc.returncode == 0, proc.stderr
     warnings = lines_with(proc.stderr, "not patching MetaGPT's open_llm")
     assert len(warnings) == 1 and says in warnings[0], proc.stderr
@@ -563,7 +565,7 @@ print(json.dumps({"errors": errors, "ours": sum(map(api_key.is_ours, chain)),
 @pytest.mark.parametrize("switch", ["1", "strict"])
 def test_apply_while_another_thread_imports_metagpt_waits_for_the_real_module(tmp_path, switch):
     root = fake_metagpt(tmp_path / "fake", RACE_MODULE)
-    proc = run_python(RACE, cwd=tmp_path, PYTHONPATH=str(root), METAGPT_VLLM_FIX=switch)
+    proc = run_python(RACE, cwd=tmp_path, forked=True, PYTHONPATH=str(root), METAGPT_VLLM_FIX=switch)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"errors": [], "ours": 1, "code": "supported"}

@@ -30,7 +30,7 @@ def test_configured_key_reaches_server_on_newer_wrapt(vllm_server, user_home, wr
     prelude = (f"import wrapt\nassert wrapt.__file__.startswith({str(target)!r}), wrapt.__file__\n"
                f"assert wrapt.__version__.split('.')[0] == {major!r}, wrapt.__version__\n"
                "import metagpt_vllm_fix\nmetagpt_vllm_fix.apply(); metagpt_vllm_fix.apply()")
-    result = ask_metagpt(user_home, prelude=prelude, forked=False, PYTHONPATH=str(target))
+    result = ask_metagpt(user_home, prelude=prelude, PYTHONPATH=str(target))
     assert result["ok"] is True, result
     assert [r.authorization for r in vllm_server.requests] == [f"Bearer {SEED_KEY}"]
 
@@ -49,6 +49,6 @@ def test_remove_restores_the_original_on_newer_wrapt(user_home, wrapt_dirs, requ
         metagpt_vllm_fix.remove()
         assert OpenLLM.__dict__["_make_client_kwargs"] is original
         print("restored")
-    """, home=user_home, PYTHONPATH=str(target))
+    """, home=user_home, forked=True, PYTHONPATH=str(target))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("restored")
