@@ -1,16 +1,15 @@
-"""``metagpt-vllm-fix demo`` as users run it: a fresh process, MetaGPT 0.7 for real, servers on 127.0.0.1."""
+"""``metagpt-vllm-fix demo`` as users run it: ``python -m metagpt_vllm_fix demo`` (in a zygote child: its start-up
+ran the .pth line, it imports MetaGPT itself; tests/zygote.py), MetaGPT 0.7 for real, servers on 127.0.0.1."""
 
 from __future__ import annotations
 
 import re
 import subprocess
-import sys
 
-from conftest import clean_env
+from conftest import clean_env, run_module
 from metagpt_vllm_fix.masking import mask
 from test_version_matrix import HTTPX_028, httpx_028  # noqa: F401 - the fixture: httpx 0.28.1 alone, in a directory
 
-CLI = [sys.executable, "-m", "metagpt_vllm_fix"]
 KEY = "demo-key-for-the-test-0123456789"
 NOISE = ("Package root set to", "PROJECT_ROOT set", "usage calculation failed", "FutureWarning", "Traceback",
          "Warning: model not found")
@@ -21,8 +20,7 @@ def run_demo(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """The demo in an empty directory with an empty HOME: it must need neither a config nor a clean CWD."""
     home = tmp_path / "home"
     home.mkdir()
-    return subprocess.run([*CLI, "demo", *args], capture_output=True, text=True, env=clean_env(home, **env),
-                          cwd=str(tmp_path), timeout=120)
+    return run_module("metagpt_vllm_fix", "demo", *args, env=clean_env(home, **env), cwd=tmp_path, timeout=120)
 
 
 def steps(scene: str) -> tuple[str, str, str]:
