@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -91,6 +92,41 @@ def test_serve_plays_the_seeds_model_without_a_chat_template_unless_told_otherwi
     assert line in text
     assert ("the plugin's chat_template fix answers" in text) is (not args)
     assert ("the plugin's system_role fix" in text) is ("mistral-instruct" in args)
+
+
+EXECUTE = {"name": "execute", "parameters": {"type": "object", "properties": {"code": {"type": "string"}},
+                                            "required": ["code"]}}
+CODE_STEP = {**SEED_CHAT, "tools": [{"type": "function", "function": EXECUTE}]}  # MetaGPT's aask_code: no tool_choice
+
+
+@pytest.mark.parametrize("args, status, line", [
+    ((), 400, "tools        no tool flags (function calls are refused or ignored, as the release did)"),
+    (("--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--chat-template", "llama-2-chat"), 200,
+     "tools        --tool-call-parser hermes --enable-auto-tool-choice: tools with or without a tool_choice answered "
+     "with a call"),
+])
+def test_serve_with_vllms_tool_flags_answers_metagpts_function_call_with_a_tool_call(tmp_path, args, status, line):
+    proc, base_url, out = start_serve(tmp_path, *args)
+    answer = httpx.post(base_url + "/chat/completions", json=CODE_STEP, timeout=5)
+    code, stderr = stop(proc, signal.SIGTERM)
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert answer.status_code == status, answer.text
+    if status == 200:
+        (call,) = answer.json()["choices"][0]["message"]["tool_calls"]
+        assert call["function"]["name"] == "execute" and json.loads(call["function"]["arguments"]) == {"code": "echo"}
+    else:  # refused before the (missing) chat template is looked at
+        assert answer.json()["error"]["message"].startswith('"auto" tool choice requires --enable-auto-tool-choice')
+    assert line in out.read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--enable-auto-tool-choice",), "--enable-auto-tool-choice requires --tool-call-parser"),
+    (("--tool-call-parser", "hermes", "--vllm-version", "0.3.3"), "vLLM 0.3.3 has no tool calling"),
+])
+def test_serve_refuses_tool_flags_vllm_would_refuse(tmp_path, args, message):
+    proc = subprocess.run([*CLI, "serve", *args], capture_output=True, text=True, env=clean_env(tmp_path),
+                          cwd=str(tmp_path), timeout=30)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
 def test_serve_refuses_a_vllm_version_it_cannot_place(tmp_path):
