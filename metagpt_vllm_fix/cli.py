@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run a vLLM-compatible test server (no GPU, echo answers)",
         description="A GPU-free stand-in for vLLM's OpenAI-compatible server, playing the vLLM release you name: "
                     "its key check, its 401/404/400 answers and their bodies, /version, its max_tokens rule, its "
-                    "streamed usage; deterministic echo text.",
+                    "streamed usage, its function calls and structured outputs; deterministic echo text (a value "
+                    "valid against the schema where one constrains the answer).",
         epilog="The key may also come from VLLM_API_KEY (which wins over --api-key up to vLLM 0.10, as there). "
                "Ctrl-C or SIGTERM stops the server (exit 0).")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
@@ -240,6 +241,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         elif args.chat_template in ("mistral-instruct", "gemma"):
             report.line("  (this template refuses the system role: the plugin's system_role fix puts MetaGPT's system "
                         "message into the first user message)")
+        if not args.enable_auto_tool_choice:
+            report.line("  (no --enable-auto-tool-choice: the plugin's tools fix answers MetaGPT's function calls, "
+                        "aask_code, with JSON constrained by the function's schema)")
         report.line("Requests are listed below as they come (keys masked). Ctrl-C stops the server.")
 
     log = _RequestLog(report, show_authorization)

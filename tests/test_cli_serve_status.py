@@ -117,6 +117,7 @@ def test_serve_with_vllms_tool_flags_answers_metagpts_function_call_with_a_tool_
     else:  # refused before the (missing) chat template is looked at
         assert answer.json()["error"]["message"].startswith('"auto" tool choice requires --enable-auto-tool-choice')
     assert line in out.read_text()
+    assert ("the plugin's tools fix answers MetaGPT's function calls" in out.read_text()) is (status == 400)
 
 
 @pytest.mark.parametrize("args, message", [
