@@ -175,8 +175,8 @@ def tool_call_answer(answer: Any, chosen: Plan) -> Any:
     from openai.types.chat.chat_completion_message_tool_call import ChatCompletionMessageToolCall, Function
 
     choice = answer.choices[0]
-    text = (choice.message.content or "").strip()
-    value = parse_arguments(text)
+    text = choice.message.content or ""
+    value = parse_arguments(text.strip())
     name = chosen.names[0]
     arguments = text
     if chosen.picks and isinstance(value, Mapping) and value.get("name") in chosen.names:

@@ -68,13 +68,32 @@ class Generation:
     #: constrained by the function's parameters, without tool flags (0.5.0 - 0.11.0)
     empty_tool_calls: bool = False  #: an answer without a tool call carries ``"tool_calls": []`` (0.5.0 - 0.23;
     #: absent before and after)
-    structured_output: str = "guided_json"  #: the request field that constrains an answer to a JSON schema, chat
-    #: and completions alike: ``guided_json`` (0.3.3 - 0.11.x, a schema) or ``structured_outputs`` (0.11.0 on,
-    #: ``{"json": schema}``); the other is ignored (refused as an extra field on 0.4.2 - 0.6.4)
+    structured_output_fields: tuple[str, ...] = ("guided_json",)  #: the request fields that constrain an answer to
+    #: a JSON schema, chat and completions alike, the last one sent winning: ``guided_json`` (0.3.3 - 0.11.x, a
+    #: schema), ``structured_outputs`` (0.11.0 on, ``{"json": schema}``; it wins over ``guided_json`` in 0.11);
+    #: a field not listed is ignored (refused as an extra field on 0.4.2 - 0.6.4). vllm-tools-facts.md §1a-1c
+    response_format_json_schema: tuple[str, ...] = ()  #: the endpoints ("chat", "completions") on which
+    #: ``response_format: {"type": "json_schema"}`` constrains, overriding the fields above: chat from 0.6.0 (not
+    #: 0.6.3), completions from 0.11.1 (facts §1a, §1b, §1c); elsewhere it is ignored
+    json_schema_missing_message: Optional[str] = None  #: 400 (param ``response_format``) for a json_schema
+    #: response_format without its ``json_schema`` (facts §5; measured on 0.32.0)
+    structured_outputs_or_tools_message: Optional[str] = None  #: 400 for ``structured_outputs`` beside a named
+    #: ``tool_choice`` (0.23 on, ``check_structured_outputs_count``: facts §1c; measured on 0.32.0)
+    uncompilable_schema_keys: tuple[str, ...] = ()  #: JSON-schema keywords the server cannot compile into a
+    #: grammar, present anywhere in the schema with any value: 400 after the prompt is checked (0.32's default
+    #: "auto" backend: xgrammar refuses, guidance's fallback too; facts §5, measured on 0.32.0)
+    uncompilable_schema_message: Optional[str] = None  #: that 400's message, ``{keys}`` the keywords found
+    tool_call_id_hex: int = 32  #: hex digits after ``chatcmpl-tool-`` in a tool call's id: ``uuid4().hex`` up to
+    #: 0.11.1, 16 from 0.12.0 (facts §3)
     prompt_missing_message: Optional[str] = None  #: 400 for a completion request without ``prompt`` (0.32.0
     #: measured: ``prompt_embeds`` may stand in for it); None: the field-validation 400
     bad_request_type: str = "BadRequestError"
     not_found_type: str = "NotFoundError"
+
+    @property
+    def structured_output(self) -> str:
+        """The field a client constrains an answer with on this generation (the one that wins)."""
+        return self.structured_output_fields[-1]
 
     @property
     def context_rule(self) -> str:
@@ -153,6 +172,13 @@ TOOLS_REFUSALS = (
     "'type': 'extra_forbidden', 'loc': ('body', 'tools')",
 )
 _PROMPT_MISSING = "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)"
+# Structured outputs on 0.32.0 (measured; vllm-tools-facts.md §1c, §5): a json_schema response_format without its
+# schema; structured_outputs beside a named tool_choice; and a schema keyword that neither xgrammar nor the guidance
+# fallback of the default "auto" backend compiles (guidance's words; {keys} sorted, each in double quotes).
+_JSON_SCHEMA_MISSING = ("When response_format type is 'json_schema', the 'json_schema' field must be provided. "
+                        "(parameter=response_format)")
+_NOT_BOTH = "You can only either use constraints for structured outputs or tools, not both."
+_UNIMPLEMENTED_KEYS = "Grammar error: Unimplemented keys: [{keys}]"
 
 GENERATIONS: tuple[Generation, ...] = (
     # MetaGPT 0.7's time. One check for everything: prompt + max_tokens <= context. A model without a chat template
@@ -174,7 +200,8 @@ GENERATIONS: tuple[Generation, ...] = (
                prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL,
                unknown_model_param=None, usage_details=False, request_checks=False,
                no_template_message=_NO_TEMPLATE, chat_error_cause=True, checks_max_tokens_first=False,
-               auto_tool_choice_message=_AUTO_TOOL_CHOICE, named_tool_call_guided=True, empty_tool_calls=True),
+               auto_tool_choice_message=_AUTO_TOOL_CHOICE, named_tool_call_guided=True, empty_tool_calls=True,
+               response_format_json_schema=("chat",)),
     # Several keys, constant-time compare, case-insensitive scheme; --api-key wins over VLLM_API_KEY.
     Generation(since=(0, 11, 0), name="0.11", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
                version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True,
@@ -184,7 +211,8 @@ GENERATIONS: tuple[Generation, ...] = (
                unknown_model_param=None, usage_details=False, request_checks=False,
                no_template_message=_NO_TEMPLATE, chat_error_cause=True, checks_max_tokens_first=False,
                untrusted_template_message=_UNTRUSTED_TEMPLATE, auto_tool_choice_message=_AUTO_TOOL_CHOICE,
-               named_tool_call_guided=True, empty_tool_calls=True, structured_output="structured_outputs"),
+               named_tool_call_guided=True, empty_tool_calls=True,
+               structured_output_fields=("guided_json", "structured_outputs"), response_format_json_schema=("chat",)),
     # max_tokens is clamped to the room left; only max_tokens > context is refused (measured on 0.32.0).
     Generation(since=(0, 18, 0), name="0.18+", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
                version_endpoint=True, clamps_max_tokens=True, checks_prompt_alone=True,
@@ -196,7 +224,10 @@ GENERATIONS: tuple[Generation, ...] = (
                no_template_message=_NO_TEMPLATE, chat_error_cause=False, checks_max_tokens_first=True,
                untrusted_template_message=_UNTRUSTED_TEMPLATE, auto_tool_choice_message=_AUTO_TOOL_CHOICE,
                named_tool_choice_message=_NAMED_TOOL_CHOICE, prompt_missing_message=_PROMPT_MISSING,
-               structured_output="structured_outputs"),
+               structured_output_fields=("structured_outputs",), response_format_json_schema=("chat", "completions"),
+               json_schema_missing_message=_JSON_SCHEMA_MISSING, structured_outputs_or_tools_message=_NOT_BOTH,
+               uncompilable_schema_keys=("contains", "maxContains", "minContains", "uniqueItems"),
+               uncompilable_schema_message=_UNIMPLEMENTED_KEYS, tool_call_id_hex=16),
 )
 CURRENT = GENERATIONS[-1]
 

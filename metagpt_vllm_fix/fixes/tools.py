@@ -127,11 +127,13 @@ def _without_empty_calls(answer: Any) -> Any:
 
 
 async def _constrained(wrapped: Callable[..., Any], instance: Any, kwargs: dict[str, Any],
-                       chosen: function_calls.Plan, key: tuple[str, str], why: str) -> Any:
-    """Ask for the function's arguments constrained by its schema; MetaGPT gets them as OpenAI's tool call."""
+                       chosen: function_calls.Plan, key: tuple[str, str], why: str,
+                       generation: Optional[Generation] = None) -> Any:
+    """Ask for the function's arguments constrained by its schema; MetaGPT gets them as OpenAI's tool call.
+    ``generation``: the server's, when this request already asked it."""
     from ..vllm_versions import structured_output
 
-    generation = await server_generation(instance, wrapped, key[0])
+    generation = generation or await server_generation(instance, wrapped, key[0])
     constraint = structured_output(generation, chosen.schema)
     plain = function_calls.without_function_calls(kwargs)
     extra = plain.get("extra_body")
@@ -197,13 +199,15 @@ async def answer_function_call(wrapped: Callable[..., Any], instance: Any, args:
         return answer
     if not chosen.forced and missing == "empty":
         return _without_empty_calls(answer)
+    generation = None
     if not chosen.forced and missing == "none":
         if function_calls.code_fenced(answer.choices[0].message.content):
             return answer  # MetaGPT reads a fenced answer as python code
-        if not (await server_generation(instance, wrapped, key[0])).ignores_tools:
+        generation = await server_generation(instance, wrapped, key[0])
+        if not generation.ignores_tools:
             return answer  # it understood tools and chose to answer in words: its tool handling is the server's
     why = f"answered without the function call MetaGPT reads ({missing} tool_calls)"
-    answered = await _constrained(wrapped, instance, kwargs, chosen, key, why)
+    answered = await _constrained(wrapped, instance, kwargs, chosen, key, why, generation)
     return answer if answered is None else answered
 
 
