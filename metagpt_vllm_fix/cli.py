@@ -80,8 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor", help="check MetaGPT's config, the plugin and the server",
         description="Read the configuration the way MetaGPT 0.7 does (METAGPT_ROOT/config/config2.yaml, then "
                     "~/.metagpt/config2.yaml), probe the server with the configured key, then ask it once the way "
-                    "MetaGPT asks (its open_llm provider, system + user message, streamed, up to the first token).",
+                    "MetaGPT asks (its open_llm provider, system + user message, streamed, up to the first token). "
+                    "Each line is one named check; --list-checks lists them, `doctor NAME...` runs only those.",
         epilog="Exit codes: 0 ok (warnings allowed), 1 a problem was found, 2 usage or configuration error.")
+    doctor.add_argument("checks", nargs="*", metavar="CHECK", help="run only these checks (default: all)")
+    doctor.add_argument("--list-checks", action="store_true",
+                        help="list every check in the order they run, with what it looks at, and exit")
     doctor.add_argument("--config", metavar="PATH", help="check exactly this config2.yaml")
     doctor.add_argument("--timeout", metavar="S", type=_positive_float, default=5.0,
                         help="bound for all network checks together, the ask included (default: 5)")
@@ -177,7 +181,7 @@ def _client_url(url: str) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the embedded vLLM-compatible server until Ctrl-C / SIGTERM."""
     from . import server as srv
-    from .doctor import is_loopback
+    from .doctor.probe import is_loopback
     from .masking import mask, show_authorization
     from .report import PROBLEM, WARNING, Report
     from .vllm_versions import for_version
@@ -260,7 +264,14 @@ def cmd_chat_template(name: str) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``metagpt-vllm-fix`` console script and of ``python -m metagpt_vllm_fix``."""
-    args = build_parser().parse_args(list(argv) if argv is not None else None)
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.command == "doctor" and args.checks:
+        from .doctor import unknown
+
+        if unknown(args.checks):
+            parser.error(f"doctor: no check named {', '.join(map(repr, unknown(args.checks)))} "
+                         "(`metagpt-vllm-fix doctor --list-checks` lists them)")
     try:
         if args.command == "status":
             return cmd_status(args.json)
@@ -271,7 +282,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "doctor":
             from . import doctor
 
-            return doctor.run(config=args.config, timeout=args.timeout, as_json=args.json)
+            if args.list_checks:
+                return doctor.list_checks()
+            return doctor.run(config=args.config, timeout=args.timeout, as_json=args.json, checks=args.checks)
         if args.command == "serve":
             return cmd_serve(args)
         if args.command == "chat-template":

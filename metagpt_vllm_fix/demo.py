@@ -6,7 +6,9 @@ published (the base model has no chat template). MetaGPT 0.7 loads the seed's co
 ``max_token`` line, so MetaGPT asks for 4096, and ``calc_usage`` on -- and asks each server three times through its
 ``open_llm`` provider, streamed as ``aask`` does by default: as upstream ships it (401: "sk-xxx"), with the
 ``api_key`` fix alone (400: on 0.3.3 prompt + 4096 > 4096, on 0.32 no chat template), and with every fix (an
-answer). The servers record what they saw each time.
+answer). The servers record what they saw each time. On httpx 0.28, which openai 1.6.0 cannot build a client with,
+MetaGPT as shipped fails at ``LLM()`` before any request, as upstream does there; the ``httpx`` fix stays on for
+the other two calls.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ SCENES = (
     Scene("Today: vLLM 0.32.0, started with the seed's command as published (the base model has no chat template)",
           "0.32.0", {"chat_template": "none"}, ((401,), (400,), (400, 200)), "the model has no chat template"),
 )
+PROXIES_TYPE_ERROR = "unexpected keyword argument 'proxies'"  # LLM() as shipped on httpx 0.28 (MetaGPT #1617)
 STEPS = ("MetaGPT as shipped (plugin removed)", "With the api_key fix alone ({disable})",
          "With metagpt-vllm-fix (every fix)")
 
@@ -122,12 +125,28 @@ class _Collect(logging.Handler):
 
 
 async def _ask_once(llm_config: Any, server: Any, attempt: Attempt) -> Attempt:
-    import openai
     from metagpt.llm import LLM
+
+    try:
+        llm = LLM(llm_config=llm_config)  # as shipped on httpx 0.28 this raises (MetaGPT #1617): the step's result
+    except Exception as exc:  # noqa: BLE001 - reported as what upstream does, scrubbed of the key by the report
+        where = "" if type(exc).__module__ == "builtins" else f"{type(exc).__module__}."
+        attempt.error = f"LLM() raised {where}{type(exc).__name__}: {exc}"
+    else:
+        await _aask(llm, attempt)
+    seen = [r for r in server.requests if r.path.startswith("/v1")]
+    attempt.paths = [r.path for r in seen]
+    attempt.headers = [r.authorization for r in seen]
+    attempt.statuses = [r.status for r in seen]
+    attempt.max_tokens = [r.max_tokens for r in seen]
+    return attempt
+
+
+async def _aask(llm: Any, attempt: Attempt) -> None:
+    import openai
 
     from .vllm_versions import error_fields
 
-    llm = LLM(llm_config=llm_config)
     try:
         attempt.answer = await asyncio.wait_for(llm.aask(PROMPT), CALL_TIMEOUT)  # streamed, aask's default
         costs = llm.get_costs()
@@ -139,12 +158,22 @@ async def _ask_once(llm_config: Any, server: Any, attempt: Attempt) -> Attempt:
         attempt.error = f"no answer within {CALL_TIMEOUT:g} s"
     except Exception as exc:  # noqa: BLE001 - reported, scrubbed of the key by the report
         attempt.error = f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
-    seen = [r for r in server.requests if r.path.startswith("/v1")]
-    attempt.paths = [r.path for r in seen]
-    attempt.headers = [r.authorization for r in seen]
-    attempt.statuses = [r.status for r in seen]
-    attempt.max_tokens = [r.max_tokens for r in seen]
-    return attempt
+    finally:  # here, in its own loop: openai's client sits in reference cycles, and the garbage collector could
+        # close it later while the next scene's loop runs ("Event loop is closed" on stderr, seen on httpx 0.28)
+        await llm.aclient.close()
+
+
+def _leave_out_half_built_client(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The demo's event-loop error handler: all but one error go to asyncio's own.
+
+    openai 1.6.0's client closes itself in a task when collected; the one ``LLM()`` left half built on httpx 0.28
+    fails there (``AttributeError: ... '_state'``), which is the step's TypeError, already reported, told again.
+    """
+    task = context.get("future")
+    coroutine = task.get_coro() if isinstance(task, asyncio.Task) else None
+    if not (isinstance(context.get("exception"), AttributeError)
+            and getattr(coroutine, "__qualname__", "") == "AsyncClient.aclose"):
+        loop.default_exception_handler(context)
 
 
 def key_fix_alone() -> str:
@@ -162,6 +191,7 @@ async def _story(llm_config: Any, server: Any) -> tuple[Attempt, Attempt, Attemp
     from . import apply, remove
     from ._activation import DISABLE
 
+    asyncio.get_running_loop().set_exception_handler(_leave_out_half_built_client)
     saved = os.environ.get(DISABLE)
     remove()
     try:
@@ -201,11 +231,23 @@ def _describe(report: Report, attempt: Attempt) -> None:
         report.field("plugin said", message, indent="     ")
 
 
+def _shipped_fails_at_llm() -> bool:
+    """True on httpx 0.28+: openai 1.6.0 passes it ``proxies=``, so MetaGPT as shipped raises at ``LLM()``."""
+    from .fixes.httpx_client import takes_proxies
+
+    return not takes_proxies()
+
+
 def _differences(scene: Scene, attempts: tuple[Attempt, Attempt, Attempt], key: str) -> list[str]:
-    """Everything that differs from the scene: 401 for 'sk-xxx', then a 400, then an answer."""
+    """Everything that differs from the scene: 401 for 'sk-xxx' (on httpx 0.28 no request: upstream's TypeError at
+    ``LLM()``), then a 400, then an answer."""
     found = []
     placeholder, configured = f"Bearer {PLACEHOLDER_KEY}", f"Bearer {key}"
-    for number, (step, attempt, statuses) in enumerate(zip(STEPS, attempts, scene.expect), 1):
+    expect = ((), *scene.expect[1:]) if _shipped_fails_at_llm() else scene.expect
+    if expect[0] == () and PROXIES_TYPE_ERROR not in (attempts[0].error or ""):
+        found.append(f"{scene.vllm_version}, step 1: MetaGPT as shipped should raise openai's TypeError at LLM() "
+                     f"on this httpx; it gave {attempts[0].error or attempts[0].answer!r}")
+    for number, (step, attempt, statuses) in enumerate(zip(STEPS, attempts, expect), 1):
         what = f"{scene.vllm_version}, step {number} ({step.split(' (')[0].lower()})"
         sent = placeholder if number == 1 else configured
         if tuple(attempt.statuses) != statuses or any(h != sent for h in attempt.headers):
@@ -246,7 +288,8 @@ def _play(scene: Scene, key: str, scratch: Path, report: Report) -> list[str]:
 
 
 def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
-    """The ``demo`` command; returns 0 when each scene is exactly 401, then 400, then an answer, else 1."""
+    """The ``demo`` command; returns 0 when each scene is exactly 401 (on httpx 0.28: upstream's TypeError at
+    ``LLM()``), then 400, then an answer, else 1."""
     from .gate import installed_version
 
     report = report or Report()
@@ -261,7 +304,7 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="metagpt-vllm-fix-demo-"))
     captured: list[str] = []
     try:
-        from .doctor import import_metagpt, quiet_loguru
+        from .metagpt_env import import_metagpt, quiet_loguru
 
         (scratch / "config").mkdir()
         (scratch / "config" / "config2.yaml").write_text(SEED_CONFIG.format(
@@ -287,6 +330,12 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
         report.field("asks", "MetaGPT's own Config.from_yaml_file(...).llm -> LLM(llm_config).aask(...), streamed, "
                              "three times per server")
         report.field("seed's vLLM", SEED_COMMAND.replace("KEY", mask(key)))
+        if _shipped_fails_at_llm():
+            from .fixes.httpx_client import httpx_version
+
+            report.field("httpx", f"{httpx_version()}, which no longer takes the proxies= openai 1.6.0 passes: MetaGPT "
+                                  "as shipped fails at LLM(), before any request (MetaGPT #1617); the httpx fix, on in "
+                                  "steps 2 and 3, builds the client")
         report.line()
         differences = [d for scene in SCENES for d in _play(scene, key, scratch, report)]
         elapsed = time.monotonic() - imported

@@ -1,5 +1,29 @@
 """Shared fixtures: a vLLM-0.3-compatible server on 127.0.0.1, a temporary HOME with the seed's config2.yaml,
-and a runner for fresh interpreters of the test environment (so the .pth start-up path is what is tested)."""
+and runners for processes of the test environment in which the .pth start-up path is what is tested.
+
+Two kinds of process run the plugin as a user's interpreter would (tests/zygote.py says why both prove the same):
+- a fresh interpreter (``run_python``, and ``forked=False`` wherever a helper takes it): for what is about start-up
+  itself (-S, -I, -X importtime, what start-up imports), another interpreter or venv, and the install flows;
+- a child of this worker's zygote (``forked=True``; the default of ``ask_metagpt``, ``ask_metagpt_twice``,
+  ``seed_asks_twice``, ``run_module`` and ``run_script``), which has MetaGPT's third-party dependencies imported
+  already and runs the plugin's .pth line with the run's environment, as start-up does: for runs about what the
+  plugin does once MetaGPT is imported (MetaGPT's requests, the doctor, the demo, the metagpt command), with or
+  without a PYTHONPATH (a fake, damaged or other MetaGPT, a broken or newer wrapt; httpx 0.28 gets a zygote started
+  with its PYTHONPATH, see ``zygote_for``).
+
+Which runs are zygote children, by file (every other run of the suite is a fresh interpreter, as before):
+- test_cli_doctor.py: every doctor run (the ``serve`` servers it asks stay processes of their own).
+- test_auth_end_to_end.py, test_fix_usage.py, test_fix_chat_template.py, test_fix_system_role.py: every ask.
+- test_faults.py: every run but the -S and -I ones.
+- test_fix_fail_fast.py: the ``metagpt`` command and the loops' probe. test_cli_demo.py: the demo.
+- test_version_matrix.py: the asks, probes and doctors of each MetaGPT 0.7 release and of httpx 0.28 (the other
+  Pythons' venvs stay fresh). test_gate.py, test_wrapt_versions.py, test_upstream_untouched.py: every run.
+- test_cli_serve_status.py, test_entry_point.py: the one run of each that imports MetaGPT (status with a word that
+  names no fix, wrapt's hook discovery).
+- test_zygote.py: the zygote itself, each child compared with a fresh interpreter.
+
+``ZYGOTE=0`` turns the zygote off: every run is then a fresh interpreter, as before.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +37,14 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
 from typing import Optional
 
 import pytest
 from filelock import FileLock
+
+import zygote as zygote_module
 
 # MetaGPT 0.7 writes logs/ and workspace/ under its project root, which is the current directory when the
 # package is not a checkout: keep this interpreter's in a temporary directory, not in the repo.
@@ -99,16 +126,91 @@ def clean_env(home: Optional[Path] = None, **extra: str) -> dict[str, str]:
     return env
 
 
+_ZYGOTES: dict[str, zygote_module.Zygote] = {}
+_ZYGOTES_LOCK = threading.Lock()
+
+
+def zygote(pythonpath: str = "") -> zygote_module.Zygote:
+    """This worker's zygote, started on first use with the test environment's clean environment (with
+    ``pythonpath``: another one, started with that PYTHONPATH)."""
+    with _ZYGOTES_LOCK:
+        if pythonpath not in _ZYGOTES:
+            _ZYGOTES[pythonpath] = zygote_module.Zygote(clean_env(**({"PYTHONPATH": pythonpath} if pythonpath else {})))
+        return _ZYGOTES[pythonpath]
+
+
+def zygote_for(env: dict[str, str]) -> zygote_module.Zygote:
+    """The zygote for a run: the main one, whose child puts the run's PYTHONPATH first on sys.path, unless that
+    PYTHONPATH holds modules the main one imported already (httpx 0.28): then one started with it."""
+    main, pythonpath = zygote(), env.get("PYTHONPATH", "")
+    if pythonpath:
+        main.start()
+        if main.shadowing(pythonpath.split(os.pathsep)):
+            return zygote(pythonpath)
+    return main
+
+
+# `make test` runs one file per pytest-xdist worker at a time (--dist loadfile), in collection order: the files that
+# take longest go first, so that no worker starts one of them while the other has nothing left (measured by
+# --durations, 2026-12-03). The rest keep their order.
+LONGEST_FIRST = ("test_lifecycle.py", "test_version_matrix.py", "test_faults.py", "test_cli_doctor.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = Path(str(item.path)).name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a file, and among the others, the order stays
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for started in _ZYGOTES.values():
+        started.close()
+
+
+def run_process(kind: str, target: str, args: tuple = (), *, env: dict[str, str], cwd: Path, timeout: float,
+                forked: bool = True) -> subprocess.CompletedProcess:
+    """``python -c CODE``, ``python -m MODULE`` or a console script of the test environment, with ``args``: in a
+    child of the zygote when ``forked`` (unless ZYGOTE=0), else as a fresh process."""
+    if forked and zygote_module.enabled():
+        return zygote_for(env).run(kind, target, args, env=env, cwd=str(cwd), timeout=timeout)
+    argv = {"code": [sys.executable, "-c", target], "module": [sys.executable, "-m", target], "script": [target]}
+    return subprocess.run([*argv[kind], *args], capture_output=True, text=True, env=env, cwd=str(cwd),
+                          timeout=timeout)
+
+
 def run_python(code: str, *, home: Optional[Path] = None, cwd: Optional[Path] = None, python: str = sys.executable,
-               args: tuple = (), timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-    """Run ``code`` in a fresh interpreter (start-up hooks included) and return the completed process."""
+               args: tuple = (), timeout: float = 120, forked: bool = False, **env: str) -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (start-up hooks included), or with ``forked`` in a child of the zygote
+    (which runs the .pth line as start-up does); return the completed process. ``args`` are interpreter options."""
+    where = cwd or home or Path.cwd()
+    if forked:
+        if python != sys.executable or args:
+            raise ValueError("another interpreter or interpreter options: a fresh interpreter's business")
+        return run_process("code", textwrap.dedent(code), env=clean_env(home, **env), cwd=where, timeout=timeout)
     return subprocess.run([python, *args, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=clean_env(home, **env), cwd=str(cwd or home or Path.cwd()), timeout=timeout)
+                          env=clean_env(home, **env), cwd=str(where), timeout=timeout)
 
 
-def ask_metagpt(home: Path, *, stream: bool = False, prelude: str = "", **env: str) -> dict:
-    """Run MetaGPT's ``LLM().aask`` in a fresh interpreter configured by ``home``; return its JSON result."""
-    proc = run_python(ASK_SCRIPT.format(prelude=prelude, stream=stream, mark=RESULT_MARK), home=home, **env)
+def run_module(module: str, *args: str, env: dict[str, str], cwd: Path, timeout: float = 120,
+               forked: bool = True) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS`` of the test environment (a zygote child unless ``forked`` is false)."""
+    return run_process("module", module, args, env=env, cwd=cwd, timeout=timeout, forked=forked)
+
+
+def run_script(name: str, *args: str, env: dict[str, str], cwd: Path, timeout: float = 120,
+               forked: bool = True) -> subprocess.CompletedProcess:
+    """The test environment's console script NAME (``metagpt``) with ARGS (a zygote child unless ``forked``)."""
+    script = str(Path(sys.executable).with_name(name))
+    return run_process("script", script, args, env=env, cwd=cwd, timeout=timeout, forked=forked)
+
+
+def ask_metagpt(home: Path, *, stream: bool = False, prelude: str = "", forked: bool = True, **env: str) -> dict:
+    """Run MetaGPT's ``LLM().aask`` in a zygote child (``forked=False``: a fresh interpreter, which a run with
+    PYTHONPATH needs) configured by ``home``; return its JSON result."""
+    proc = run_python(ASK_SCRIPT.format(prelude=prelude, stream=stream, mark=RESULT_MARK), home=home, forked=forked,
+                      **env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
     assert lines, f"no result from the child (rc={proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     result = json.loads(lines[-1][len(RESULT_MARK):])
@@ -274,8 +376,8 @@ asyncio.run(main())
 
 
 def ask_metagpt_twice(home: Path, prompt: str = "hello from the test", **env: str) -> tuple[list, str]:
-    """(results of a streamed and a plain ``aask`` in one fresh interpreter configured by ``home``, its stderr)."""
-    proc = run_python(ASK_TWICE_SCRIPT.format(prompt=prompt, mark=RESULT_MARK), home=home, **env)
+    """(results of a streamed and a plain ``aask`` in one zygote child configured by ``home``, its stderr)."""
+    proc = run_python(ASK_TWICE_SCRIPT.format(prompt=prompt, mark=RESULT_MARK), home=home, forked=True, **env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
     assert lines, f"no result from the child (rc={proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return json.loads(lines[-1][len(RESULT_MARK):]), proc.stderr
@@ -283,7 +385,7 @@ def ask_metagpt_twice(home: Path, prompt: str = "hello from the test", **env: st
 
 def seed_asks_twice(tmp_path: Path, server: VLLMServer, prompt: str = "hello from the test",
                     **env: str) -> tuple[list, str]:
-    """The seed's config2.yaml pointed at ``server``; a streamed and a plain ``aask`` in one fresh interpreter."""
+    """The seed's config2.yaml pointed at ``server``; a streamed and a plain ``aask`` in one zygote child."""
     home = tmp_path / "home"
     write_config(home, server.base_url)
     return ask_metagpt_twice(home, prompt, **env)

@@ -1,7 +1,8 @@
 """The seed's scenario end to end: config2.yaml -> MetaGPT 0.7's LLM().aask -> a key-checking server on loopback.
 
-Every MetaGPT call runs in a fresh interpreter of the test environment, so the installed .pth is what activates
-the plugin (the child never imports metagpt_vllm_fix unless the test says so)."""
+Every MetaGPT call runs in a child of the zygote (tests/zygote.py), which runs the installed .pth's line with the
+call's environment as start-up does, so the .pth is what activates the plugin (the child never imports
+metagpt_vllm_fix unless the test says so)."""
 
 from __future__ import annotations
 

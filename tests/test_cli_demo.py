@@ -1,27 +1,26 @@
-"""``metagpt-vllm-fix demo`` as users run it: a fresh process, MetaGPT 0.7 for real, servers on 127.0.0.1."""
+"""``metagpt-vllm-fix demo`` as users run it: ``python -m metagpt_vllm_fix demo`` (in a zygote child: its start-up
+ran the .pth line, it imports MetaGPT itself; tests/zygote.py), MetaGPT 0.7 for real, servers on 127.0.0.1."""
 
 from __future__ import annotations
 
 import re
 import subprocess
-import sys
 
-from conftest import clean_env
+from conftest import clean_env, run_module
 from metagpt_vllm_fix.masking import mask
+from test_version_matrix import HTTPX_028, httpx_028  # noqa: F401 - the fixture: httpx 0.28.1 alone, in a directory
 
-CLI = [sys.executable, "-m", "metagpt_vllm_fix"]
 KEY = "demo-key-for-the-test-0123456789"
 NOISE = ("Package root set to", "PROJECT_ROOT set", "usage calculation failed", "FutureWarning", "Traceback",
          "Warning: model not found")
 TODAY = "Today: vLLM 0.32.0, started with the seed's command as published (the base model has no chat template)"
 
 
-def run_demo(tmp_path, *args: str) -> subprocess.CompletedProcess:
+def run_demo(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """The demo in an empty directory with an empty HOME: it must need neither a config nor a clean CWD."""
     home = tmp_path / "home"
     home.mkdir()
-    return subprocess.run([*CLI, "demo", *args], capture_output=True, text=True, env=clean_env(home),
-                          cwd=str(tmp_path), timeout=120)
+    return run_module("metagpt_vllm_fix", "demo", *args, env=clean_env(home, **env), cwd=tmp_path, timeout=120)
 
 
 def steps(scene: str) -> tuple[str, str, str]:
@@ -48,6 +47,7 @@ def test_demo_tells_the_401_then_400_then_answer_story_on_vllm_033_with_the_seed
     assert "MetaGPT returned 'echo: " in fixed and "the server's own count" in fixed
     assert "Set llm.max_token below 4096 to avoid it" in fixed
     assert "ok      The seed's config works as written, on vLLM 0.3.3 and on vLLM 0.32" in out
+    assert "\n  httpx " not in out, "httpx < 0.28 takes proxies=: nothing to say about it"
 
 
 def test_demo_shows_the_seed_server_of_today_401_then_no_chat_template_400_then_an_answer(tmp_path):
@@ -87,3 +87,22 @@ def test_demo_random_key_is_shown_masked_only(tmp_path):
     # secrets.token_urlsafe(24) is 32 characters of [A-Za-z0-9_-]; nothing that long may appear
     long_words = set(re.findall(r"[A-Za-z0-9_-]{24,}", proc.stdout + proc.stderr))
     assert not long_words - {"METAGPT_VLLM_FIX_DISABLE"}
+
+
+def test_demo_on_httpx_028_shows_upstreams_typeerror_at_llm_then_goes_on(tmp_path, httpx_028):  # noqa: F811
+    proc = run_demo(tmp_path, "--api-key", KEY, PYTHONPATH=str(httpx_028))
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert proc.stderr == "", "the half-built client's failed close is the same failure, not told twice"
+    assert f"httpx        {HTTPX_028}, which no longer takes the proxies= openai 1.6.0 passes" in out
+    then, today = out.split("MetaGPT 0.7's time: vLLM 0.3.3")[1].split(TODAY)
+    for scene in (then, today):
+        upstream, key_only, fixed = steps(scene)
+        assert "server saw   no request" in upstream
+        assert "LLM() raised TypeError: AsyncClient.__init__() got an unexpected keyword argument 'proxies'" \
+            in upstream
+        assert f"/v1/chat/completions, Authorization: Bearer {mask(KEY)}, max_tokens 4096 -> 400" in key_only
+        assert "MetaGPT returned '" in fixed and "the server's own count" in fixed
+    assert "This model's maximum context length is 4096 tokens" in steps(then)[1]
+    assert "default chat template is no longer allowed" in steps(today)[1]
+    assert "ok      The seed's config works as written, on vLLM 0.3.3 and on vLLM 0.32" in out

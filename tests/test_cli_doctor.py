@@ -1,10 +1,12 @@
 """``metagpt-vllm-fix doctor`` against ``metagpt-vllm-fix serve``, both real processes on 127.0.0.1.
 
 Two servers play two vLLM generations: the current one (0.32.0, the default: ``/version``, max_tokens clamped)
-and MetaGPT 0.7's (0.3.3: no ``/version``, prompt + max_tokens <= max_model_len). Each doctor run imports
-MetaGPT (~2-3 s), so the scenarios that only read the shared servers run together in a small thread pool; the
-two whose wall time is the point (closed port, silent server) run alone. The verdicts themselves are pure
-functions of doctor.py, tested directly at the end.
+and MetaGPT 0.7's (0.3.3: no ``/version``, prompt + max_tokens <= max_model_len). Each doctor run is
+``python -m metagpt_vllm_fix doctor`` in a child of the zygote (tests/zygote.py: MetaGPT's dependencies imported
+once, the plugin's .pth line run with the scenario's environment, MetaGPT imported by the doctor itself), so the
+scenarios that only read the shared servers run together in a small thread pool; the two whose wall time is the
+point (closed port, silent server) run alone. The verdicts themselves are pure functions of doctor.py, tested
+directly at the end.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Optional
 import httpx
 import pytest
 
-from conftest import clean_env, write_config
+from conftest import clean_env, run_module, write_config
 from metagpt_vllm_fix import doctor as dr
 from metagpt_vllm_fix._activation import FixStatus, Status
 from metagpt_vllm_fix.masking import mask
@@ -36,8 +38,8 @@ from metagpt_vllm_fix.report import OK, PROBLEM, WARNING
 from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
 from metagpt_vllm_fix.vllm_versions import for_version
 
-# The shared ``runs`` fixture starts about 40 doctor processes (each imports MetaGPT, 2-3 s on an idle core): its
-# first test may need more than the suite's 300 s when the machine is busy.
+# The shared ``runs`` fixture runs about 40 doctors (each imports MetaGPT itself): its first test may need more than
+# the suite's 300 s when the machine is busy.
 pytestmark = pytest.mark.timeout(900)
 
 KEY = "token-doctor-0123456789"
@@ -138,8 +140,9 @@ def config_text(base_url: str, api_key: str = KEY, model: str = DEFAULT_MODEL, m
 
 
 def doctor(tmp: Path, config: Optional[str], *args: str, home: Optional[Path] = None, **env: str) -> Run:
-    """Run ``doctor`` in a fresh interpreter; ``config`` text goes to a file passed with ``--config``."""
-    argv = [*CLI, "doctor", *args]
+    """Run ``python -m metagpt_vllm_fix doctor`` (a zygote child); ``config`` text goes to a file passed with
+    ``--config``."""
+    argv = ["doctor", *args]
     if config is not None:
         path = tmp / "config2.yaml"
         path.write_text(config)
@@ -147,8 +150,7 @@ def doctor(tmp: Path, config: Optional[str], *args: str, home: Optional[Path] = 
     home = home or tmp / "home"
     home.mkdir(exist_ok=True)
     started = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, env=clean_env(home, **env), cwd=str(tmp),
-                          timeout=120)
+    proc = run_module("metagpt_vllm_fix", *argv, env=clean_env(home, **env), cwd=tmp, timeout=120)
     return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started)
 
 

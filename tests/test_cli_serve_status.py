@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from conftest import clean_env
+from conftest import clean_env, run_python
 from metagpt_vllm_fix.doctor import is_loopback
 from metagpt_vllm_fix.masking import mask
 from test_cli_doctor import start_serve, stop
@@ -159,8 +159,7 @@ def test_status_names_each_fix_and_the_ones_disabled_by_name(tmp_path):
 def test_status_warns_once_about_a_name_that_is_no_fix(tmp_path):
     code = ("import metagpt.provider.open_llm_api, metagpt_vllm_fix; "
             "print([(f.name, f.state) for f in metagpt_vllm_fix.status().fixes])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(tmp_path),
-                          env=clean_env(tmp_path, METAGPT_VLLM_FIX_DISABLE="usage,tiktoken"), timeout=120)
+    proc = run_python(code, home=tmp_path, forked=True, METAGPT_VLLM_FIX_DISABLE="usage,tiktoken")
     assert proc.returncode == 0, proc.stderr
     assert ("[('api_key', 'active'), ('max_tokens', 'active'), ('usage', 'off'), ('chat_template', 'active'), "
             "('system_role', 'active'), ('httpx', 'idle'), ('fail_fast', 'active')]") in proc.stdout

@@ -28,6 +28,6 @@ def test_wrapt_discovery_alone_patches_metagpt(tmp_path):
         from metagpt.provider.open_llm_api import OpenLLM
         from metagpt_vllm_fix.fixes import api_key
         print(json.dumps({"loaded_before": before, "patched": api_key.is_patched(OpenLLM)}))
-    """, cwd=tmp_path, METAGPT_VLLM_FIX="0")
+    """, cwd=tmp_path, forked=True, METAGPT_VLLM_FIX="0")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"loaded_before": False, "patched": True}

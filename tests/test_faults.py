@@ -1,10 +1,14 @@
 """Faults and bad input: each ends in a clear message and an intact interpreter.
 
-Every scenario runs in a fresh interpreter of the test environment (the .pth start-up path included) and checks
-what the user would see: the child's exit status, its stderr, what the key-checking server received, and
+Every scenario runs in a process of the test environment with the .pth start-up path included, and checks what
+the user would see: the child's exit status, its stderr, what the key-checking server received, and
 ``metagpt_vllm_fix.status()``. Where MetaGPT itself must be replaced (a look-alike 0.7.7 whose ``OpenLLM`` has
-another shape, a release with broken metadata), the child gets a directory first on ``PYTHONPATH``: a small fake
-``metagpt`` package, or a copy of the real 0.7.7 wheel with its dist-info damaged. Nothing is mocked in-process.
+another shape, a release with broken metadata) or wrapt broken, the child gets a directory first on
+``PYTHONPATH``: a small fake ``metagpt`` package, a copy of the real 0.7.7 wheel with its dist-info damaged, a
+``wrapt`` that fails. The -S and -I runs are fresh interpreters; every other run is a child of the zygote
+(tests/zygote.py), which runs the .pth line with the run's environment as start-up does and puts PYTHONPATH where
+start-up puts it (the zygote imported neither metagpt nor wrapt, so a fresh interpreter finds the same modules).
+Nothing is mocked in-process.
 """
 
 from __future__ import annotations
@@ -27,9 +31,11 @@ STATUS_JSON = ("import json, metagpt_vllm_fix as _f; _s = _f.status(); "
                "'active': _s.active, 'switch': _s.switch, 'hook': _s.hook_installed}), file=__import__('sys').stderr)")
 
 
-def ask(home: Path, *, args: tuple = (), prelude: str = "", **env: str) -> dict:
-    """conftest.ask_metagpt with interpreter options (-S, -I): MetaGPT's LLM().aask in a fresh interpreter."""
-    proc = run_python(ASK_SCRIPT.format(prelude=prelude, stream=False, mark=RESULT_MARK), home=home, args=args, **env)
+def ask(home: Path, *, args: tuple = (), prelude: str = "", forked: bool = False, **env: str) -> dict:
+    """conftest.ask_metagpt with interpreter options (-S, -I): MetaGPT's LLM().aask in a fresh interpreter (with
+    ``forked``, a zygote child), its exit status checked."""
+    proc = run_python(ASK_SCRIPT.format(prelude=prelude, stream=False, mark=RESULT_MARK), home=home, args=args,
+                      forked=forked, **env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
     assert lines, f"no result from the child (rc={proc.returncode})\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == 0, proc.stderr
@@ -83,7 +89,8 @@ def broken_wrapt(tmp_path) -> Path:
 
 def test_without_wrapt_metagpt_still_works_and_a_warning_says_it_is_not_patched(vllm_server, tmp_path, user_home):
     root = wrapt_fault(tmp_path / "no-wrapt", "missing")
-    result = ask(user_home, prelude="import metagpt.provider.open_llm_api\n" + STATUS_JSON, PYTHONPATH=str(root))
+    result = ask(user_home, prelude="import metagpt.provider.open_llm_api\n" + STATUS_JSON, forked=True,
+                 PYTHONPATH=str(root))
     # MetaGPT imported and ran its request: upstream behaviour, not a crash.
     assert (result["ok"], result["error"], result["status"]) == (False, "AuthenticationError", 401)
     assert auth_headers(vllm_server) == ["Bearer sk-xxx"]
@@ -98,7 +105,7 @@ def test_without_wrapt_metagpt_still_works_and_a_warning_says_it_is_not_patched(
 @pytest.mark.parametrize("kind", WRAPT_FAULTS)
 def test_without_wrapt_strict_mode_is_an_import_error_naming_wrapt(tmp_path, kind):
     root = wrapt_fault(tmp_path / "wrapt-fault", kind)
-    proc = run_python(STRICT_IMPORT, cwd=tmp_path, PYTHONPATH=str(root), METAGPT_VLLM_FIX="strict")
+    proc = run_python(STRICT_IMPORT, cwd=tmp_path, forked=True, PYTHONPATH=str(root), METAGPT_VLLM_FIX="strict")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ERROR ImportError:") and "wrapt" in proc.stdout, proc.stdout
 
@@ -107,7 +114,7 @@ WRAPT_WARNING = "import metagpt.provider.open_llm_api"
 
 
 def test_broken_wrapt_warning_quotes_wrapts_own_error(tmp_path, broken_wrapt):
-    proc = run_python(WRAPT_WARNING, cwd=tmp_path, PYTHONPATH=str(broken_wrapt))
+    proc = run_python(WRAPT_WARNING, cwd=tmp_path, forked=True, PYTHONPATH=str(broken_wrapt))
     assert proc.returncode == 0, proc.stderr
     (warning,) = lines_with(proc.stderr, "metagpt-vllm-fix failed")
     assert "undefined symbol: PyFoo" in warning, warning
@@ -116,13 +123,13 @@ def test_broken_wrapt_warning_quotes_wrapts_own_error(tmp_path, broken_wrapt):
 
 def test_wrapt_warning_says_not_patched_once(tmp_path):
     root = wrapt_fault(tmp_path / "no-wrapt", "missing")
-    proc = run_python(WRAPT_WARNING, cwd=tmp_path, PYTHONPATH=str(root))
+    proc = run_python(WRAPT_WARNING, cwd=tmp_path, forked=True, PYTHONPATH=str(root))
     (warning,) = lines_with(proc.stderr, "metagpt-vllm-fix failed")
     assert warning.count("NOT patched") == 1, warning
 
 
 def test_broken_wrapt_strict_error_names_the_plugin_and_the_switch(tmp_path, broken_wrapt):
-    proc = run_python(STRICT_IMPORT, cwd=tmp_path, PYTHONPATH=str(broken_wrapt), METAGPT_VLLM_FIX="strict")
+    proc = run_python(STRICT_IMPORT, cwd=tmp_path, forked=True, PYTHONPATH=str(broken_wrapt), METAGPT_VLLM_FIX="strict")
     assert proc.stdout.startswith("ERROR ImportError:"), proc.stdout
     assert "metagpt-vllm-fix" in proc.stdout and "METAGPT_VLLM_FIX=strict" in proc.stdout
     assert "undefined symbol: PyFoo" in proc.stdout
@@ -202,7 +209,7 @@ print(json.dumps({"import_error": error, "code": s.code, "active": s.active, "re
 def test_fake_metagpt_with_the_upstream_shape_is_patched(tmp_path):
     """Control for the shape tests below: the look-alike with 0.7's shape passes the gate, so they test shape."""
     root = fake_metagpt(tmp_path / "fake", PARENT + UPSTREAM_OPENLLM)
-    proc = run_python(SHAPE_PROBE, cwd=tmp_path, PYTHONPATH=str(root))
+    proc = run_python(SHAPE_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(root))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["code"] == "supported" and json.loads(proc.stdout)["active"] is True
 
@@ -211,7 +218,7 @@ def test_fake_metagpt_with_the_upstream_shape_is_patched(tmp_path):
 def test_other_shape_is_left_alone_with_a_reason(tmp_path, shape):
     source, says = SHAPES[shape]
     root = fake_metagpt(tmp_path / "fake", source)
-    proc = run_python(SHAPE_PROBE, cwd=tmp_path, PYTHONPATH=str(root))
+    proc = run_python(SHAPE_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(root))
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert status["import_error"] is None  # MetaGPT's module still imports
@@ -224,7 +231,7 @@ def test_other_shape_is_left_alone_with_a_reason(tmp_path, shape):
 def test_other_shape_in_strict_mode_refuses_at_import(tmp_path, shape):
     source, says = SHAPES[shape]
     root = fake_metagpt(tmp_path / "fake", source)
-    proc = run_python(SHAPE_PROBE, cwd=tmp_path, PYTHONPATH=str(root), METAGPT_VLLM_FIX="strict")
+    proc = run_python(SHAPE_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(root), METAGPT_VLLM_FIX="strict")
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert status["import_error"].startswith("PatchRefused: metagpt-vllm-fix (METAGPT_VLLM_FIX=strict): MetaGPT 0.7.7")
@@ -238,7 +245,7 @@ FIX_PROBE = SHAPE_PROBE.replace('"reason": s.reason}',
 
 def test_a_fix_whose_gate_refuses_is_left_off_alone_and_the_others_apply(tmp_path):
     root = fake_metagpt(tmp_path / "fake", WITHOUT_MAX_TOKENS)
-    proc = run_python(FIX_PROBE, cwd=tmp_path, PYTHONPATH=str(root))
+    proc = run_python(FIX_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(root))
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert (status["import_error"], status["code"], status["active"]) == (None, "supported", True)
@@ -251,7 +258,7 @@ def test_a_fix_whose_gate_refuses_is_left_off_alone_and_the_others_apply(tmp_pat
 
 def test_strict_mode_covers_every_fix(tmp_path):
     root = fake_metagpt(tmp_path / "fake", WITHOUT_MAX_TOKENS)
-    proc = run_python(FIX_PROBE, cwd=tmp_path, PYTHONPATH=str(root), METAGPT_VLLM_FIX="strict")
+    proc = run_python(FIX_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(root), METAGPT_VLLM_FIX="strict")
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert status["import_error"] == ("PatchRefused: metagpt-vllm-fix (METAGPT_VLLM_FIX=strict): max_tokens: "
@@ -298,7 +305,8 @@ def test_real_metagpt_with_broken_metadata_is_recognised_by_its_code_and_patched
     copy = tmp_path / "metagpt-copy"
     shutil.copytree(metagpt_077_wheel_dir, copy)
     damage(copy / "metagpt-0.7.7.dist-info", name)
-    result = ask(user_home, prelude="import metagpt.provider.open_llm_api\n" + STATUS_JSON, PYTHONPATH=str(copy))
+    result = ask(user_home, prelude="import metagpt.provider.open_llm_api\n" + STATUS_JSON, forked=True,
+                 PYTHONPATH=str(copy))
     status = status_in(result["stderr"])
     assert (status["code"], status["active"]) == ("supported", True), status
     assert result["ok"] is True, result
@@ -318,7 +326,7 @@ def test_lookalike_with_broken_metadata_is_left_alone_with_a_reason(name, tmp_pa
     """A 0.7-shaped OpenLLM without the hard-coded key and without readable metadata: not ours to patch."""
     root = fake_metagpt(tmp_path / "fake", LOOKALIKE)
     damage(root / "metagpt-0.7.7.dist-info", name)
-    proc = run_python(SHAPE_PROBE, cwd=tmp_path, PYTHONPATH=str(root))
+    proc = run_python(SHAPE_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(root))
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout)
     assert status["import_error"] is None
@@ -333,7 +341,7 @@ def test_a_refusal_is_said_once(tmp_path):
     source, says = SHAPES["other-signature"]
     root = fake_metagpt(tmp_path / "fake", source)
     proc = run_python("import metagpt.provider.open_llm_api; import metagpt_vllm_fix; metagpt_vllm_fix.apply()",
-                      cwd=tmp_path, PYTHONPATH=str(root))
+                      cwd=tmp_path, forked=True, PYTHONPATH=str(root))
     assert proc.returncode == 0, proc.stderr
     warnings = lines_with(proc.stderr, "not patching MetaGPT's open_llm")
     assert len(warnings) == 1 and says in warnings[0], proc.stderr
@@ -371,7 +379,8 @@ def test_python_I_isolated_mode_still_activates_and_still_obeys_the_switch(vllm_
 
 def test_unknown_switch_value_counts_as_on_with_one_short_warning(vllm_server, user_home):
     value = "maybe-" + "Z" * 60 + "-tail"
-    result = ask(user_home, prelude="import metagpt.provider.open_llm_api\n" + STATUS_JSON, METAGPT_VLLM_FIX=value)
+    result = ask(user_home, prelude="import metagpt.provider.open_llm_api\n" + STATUS_JSON, forked=True,
+                 METAGPT_VLLM_FIX=value)
     assert result["ok"] is True, result
     assert auth_headers(vllm_server) == [f"Bearer {SEED_KEY}"]
     assert status_in(result["stderr"])["switch"] == "unknown"
@@ -421,7 +430,7 @@ print(json.dumps({{"errors": errors, "ours": sum(map(api_key.is_ours, chain)), "
 
 @pytest.mark.parametrize("mixed", [False, True], ids=["16-imports", "8-imports-8-apply"])
 def test_metagpt_imported_from_16_threads_at_once_is_patched_exactly_once(tmp_path, mixed):
-    proc = run_python(THREADS.format(mixed=mixed), cwd=tmp_path)
+    proc = run_python(THREADS.format(mixed=mixed), cwd=tmp_path, forked=True)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"errors": [], "ours": 1, "chain": 2, "finders": 1}
@@ -462,7 +471,7 @@ print(json.dumps({"before": before, "after": after, "original_back": cls.__dict_
 
 
 def test_1000_apply_remove_cycles_restore_the_original_and_do_not_grow(tmp_path):
-    proc = run_python(CYCLES, cwd=tmp_path)
+    proc = run_python(CYCLES, cwd=tmp_path, forked=True)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     before, after = r["before"], r["after"]
@@ -484,7 +493,7 @@ def test_reloading_metagpt_module_keeps_it_patched(tmp_path):
         mod = importlib.reload(mod)
         print(json.dumps({"patched": api_key.is_patched(mod.OpenLLM),
                           "registered": LLM_REGISTRY.get_provider(LLMType.OPEN_LLM) is mod.OpenLLM}))
-    """, cwd=tmp_path)
+    """, cwd=tmp_path, forked=True)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"patched": True, "registered": True}
 
@@ -508,7 +517,7 @@ def test_remove_after_a_reload_unwraps_the_classes_of_before_it_too(tmp_path):
         metagpt_vllm_fix.remove()
         print(json.dumps({"before": before, "after": [wrappers(old), wrappers(new)], "new": new is not old,
                           "state": metagpt_vllm_fix.status().state}))
-    """, cwd=tmp_path)
+    """, cwd=tmp_path, forked=True)
     assert proc.returncode == 0, proc.stderr
     r = json.loads(proc.stdout.strip().splitlines()[-1])
     assert r["new"] and r["before"] == [["_calc_usage", "_init_client", "_make_client_kwargs"]] * 2
@@ -556,7 +565,7 @@ print(json.dumps({"errors": errors, "ours": sum(map(api_key.is_ours, chain)),
 @pytest.mark.parametrize("switch", ["1", "strict"])
 def test_apply_while_another_thread_imports_metagpt_waits_for_the_real_module(tmp_path, switch):
     root = fake_metagpt(tmp_path / "fake", RACE_MODULE)
-    proc = run_python(RACE, cwd=tmp_path, PYTHONPATH=str(root), METAGPT_VLLM_FIX=switch)
+    proc = run_python(RACE, cwd=tmp_path, forked=True, PYTHONPATH=str(root), METAGPT_VLLM_FIX=switch)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"errors": [], "ours": 1, "code": "supported"}
@@ -598,7 +607,7 @@ print(json.dumps(out))
 
 
 def test_their_wrapt_wrapper_from_a_post_import_hook_composes_with_ours(vllm_server, user_home):
-    proc = run_python(THEIRS % {"key": SEED_KEY}, home=user_home)
+    proc = run_python(THEIRS % {"key": SEED_KEY}, home=user_home, forked=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["chain"] == ["their_wrapper", "ours", "original"]
@@ -616,7 +625,7 @@ def test_their_wrapt_wrapper_from_a_post_import_hook_composes_with_ours(vllm_ser
 def test_key_with_surrounding_whitespace_arrives_trimmed_with_a_warning(vllm_server, tmp_path, yaml_key):
     home = tmp_path / "home"
     write_config(home, vllm_server.base_url, api_key=yaml_key)
-    result = ask(home)
+    result = ask(home, forked=True)
     assert result["ok"] is True, result
     assert auth_headers(vllm_server) == [f"Bearer {SEED_KEY}"]
     warnings = lines_with(result["stderr"], "has whitespace around it")
@@ -649,7 +658,7 @@ def test_key_a_header_cannot_carry_is_not_sent_and_not_echoed(vllm_server, tmp_p
     """A key-checking vLLM: MetaGPT's own 'sk-xxx' goes, so 401 as shipped; no header injected, the key never shown."""
     home = tmp_path / "home"
     write_config(home, vllm_server.base_url, api_key=yaml_key)
-    proc = run_python(KEY_ERROR, home=home)
+    proc = run_python(KEY_ERROR, home=home, forked=True)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (out["ok"], out["error"]) == (False, "AuthenticationError")
@@ -676,7 +685,7 @@ def test_key_a_header_cannot_carry_still_answers_from_a_server_without_a_key(tmp
 def test_key_a_header_cannot_carry_is_refused_before_any_request_in_strict_mode(vllm_server, tmp_path):
     home = tmp_path / "home"
     write_config(home, vllm_server.base_url, api_key='"token-abc123\\r\\nX-Injected: 1"')
-    proc = run_python(KEY_ERROR, home=home, METAGPT_VLLM_FIX="strict")
+    proc = run_python(KEY_ERROR, home=home, forked=True, METAGPT_VLLM_FIX="strict")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (out["ok"], out["error"]) == (False, "InvalidApiKey")
     assert "contains a line break" in out["message"] and "config2.yaml" in out["message"]

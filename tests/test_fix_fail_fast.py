@@ -15,7 +15,7 @@ import pytest
 import tenacity
 
 import metagpt_vllm_fix
-from conftest import SEED_KEY, clean_env, open_llm_instance, run, run_python, write_config
+from conftest import SEED_KEY, clean_env, open_llm_instance, run, run_python, run_script, write_config
 from metagpt_vllm_fix.fixes import RequestFix, fail_fast, wrapping_order
 from metagpt_vllm_fix.server import DEFAULT_MODEL, VLLMServer
 
@@ -46,9 +46,9 @@ def chats(server):
 
 
 def metagpt_command(home: Path, **env: str) -> subprocess.CompletedProcess:
-    metagpt = Path(sys.executable).with_name("metagpt")
-    return subprocess.run([str(metagpt), "write a hello world cli", "--n-round", "2"], capture_output=True, text=True,
-                          env=clean_env(home, METAGPT_PROJECT_ROOT=str(home), **env), cwd=str(home), timeout=600)
+    """The ``metagpt`` console script as a user runs it (in a zygote child: its start-up ran the .pth line)."""
+    return run_script("metagpt", "write a hello world cli", "--n-round", "2",
+                      env=clean_env(home, METAGPT_PROJECT_ROOT=str(home), **env), cwd=home, timeout=600)
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_loops_imported_after_the_fix_are_reached_at_the_first_refusal(key_serve
             error = [type(exc).__name__, type(exc.last_attempt.exception()).__name__]
         print("@@" + json.dumps({"loaded": loaded, "before": before, "after": ff.armed_loops(), "error": error}))
     """
-    proc = run_python(code, home=home, METAGPT_PROJECT_ROOT=str(home), timeout=300)
+    proc = run_python(code, home=home, METAGPT_PROJECT_ROOT=str(home), timeout=300, forked=True)
     lines = [line[2:] for line in proc.stdout.splitlines() if line.startswith("@@")]
     assert lines, proc.stderr[-3000:]
     result = json.loads(lines[-1])

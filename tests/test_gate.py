@@ -61,7 +61,7 @@ print(json.dumps({"active": s.active, "code": s.code, "reason": s.reason, "versi
 @pytest.mark.parametrize("version, code", [("0.6.13", "unsupported-old"), ("0.8.2", "fixed-upstream")])
 def test_other_versions_are_left_alone_with_reason(other_metagpt, tmp_path, version, code):
     target = other_metagpt(version)
-    proc = run_python(STATUS_PROBE, cwd=tmp_path, PYTHONPATH=str(target))
+    proc = run_python(STATUS_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(target))
     assert proc.returncode == 0, proc.stderr
     status = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (status["active"], status["code"], status["version"]) == (False, code, version)

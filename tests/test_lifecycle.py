@@ -65,25 +65,25 @@ def site_packages(python) -> Path:
 # --- building ---------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def dists(tmp_path_factory) -> dict:
-    """sdist (hatchling's PEP 517 build_sdist in a throwaway venv), wheel from the tree, and wheel from the sdist."""
+def dists(tmp_path_factory, built_wheel) -> dict:
+    """sdist (hatchling's PEP 517 build_sdist in a throwaway venv), wheel from the tree (the session's
+    ``built_wheel``: the same ``pip wheel --no-deps`` of this checkout, built once for every test that needs it),
+    and wheel from the sdist."""
     root = tmp_path_factory.mktemp("dists")
     hatch = root / "hatch-venv"
     proc = install_into(new_venv(hatch), "hatchling>=1.21")
     if proc.returncode != 0:
         pytest.fail(f"could not install hatchling into a throwaway venv (PyPI reachable?):\n{proc.stderr[-2000:]}")
-    sdist_dir, tree_dir, from_sdist_dir = root / "sdist", root / "wheel-from-tree", root / "wheel-from-sdist"
+    sdist_dir, from_sdist_dir = root / "sdist", root / "wheel-from-sdist"
     build = subprocess.run([str(venv_python(hatch)), "-c",
                             f"from hatchling.build import build_sdist; print(build_sdist({str(sdist_dir)!r}))"],
                            cwd=str(REPO), capture_output=True, text=True, env=clean_env())
     assert build.returncode == 0, build.stderr
     (sdist,) = sdist_dir.glob("metagpt_vllm_fix-*.tar.gz")
-    for source, out in ((REPO, tree_dir), (sdist, from_sdist_dir)):
-        proc = pip(sys.executable, "wheel", "-q", "--no-deps", "-w", str(out), str(source))
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    (tree_wheel,) = tree_dir.glob("*.whl")
+    proc = pip(sys.executable, "wheel", "-q", "--no-deps", "-w", str(from_sdist_dir), str(sdist))
+    assert proc.returncode == 0, proc.stderr[-3000:]
     (sdist_wheel,) = from_sdist_dir.glob("*.whl")
-    return {"sdist": sdist, "wheel": tree_wheel, "wheel_from_sdist": sdist_wheel}
+    return {"sdist": sdist, "wheel": built_wheel, "wheel_from_sdist": sdist_wheel}
 
 
 def test_wheel_puts_the_boot_module_and_the_pth_at_the_root(dists):

@@ -86,7 +86,7 @@ def test_metagpt_files_keep_their_hashes_after_patched_and_unpatched_use(metagpt
     patched = ask_metagpt(user_home, PYTHONPATH=str(metagpt_target))
     unpatched = ask_metagpt(user_home, PYTHONPATH=str(metagpt_target), METAGPT_VLLM_FIX="0")
     removed = run_python("import metagpt.provider.open_llm_api, metagpt_vllm_fix as f; f.apply(); f.remove(); "
-                         "print(f.status().code)", home=user_home, PYTHONPATH=str(metagpt_target))
+                         "print(f.status().code)", home=user_home, forked=True, PYTHONPATH=str(metagpt_target))
     assert patched["ok"] is True and (unpatched["ok"], unpatched["status"]) == (False, 401)
     assert removed.returncode == 0 and removed.stdout.strip() == "removed", removed.stderr
     checked, problems = record_problems(metagpt_target)

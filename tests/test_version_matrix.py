@@ -1,10 +1,13 @@
 """Version matrix: the seed's scenario on every published MetaGPT 0.7.x, and the plugin on every Python 3.9-3.11 here.
 
 How a MetaGPT version is swapped in: only the ``metagpt`` wheel changes. Each release is installed with
-``pip install --no-deps --target <dir>`` (uv's when it can be had; a session cache), and the child interpreter of
-``.venv`` (which holds MetaGPT 0.7.7's pinned dependencies and this plugin) runs with ``PYTHONPATH=<dir>``, so that
+``pip install --no-deps --target <dir>`` (uv's when it can be had; a session cache), and a process of ``.venv``
+(which holds MetaGPT 0.7.7's pinned dependencies and this plugin) runs with ``PYTHONPATH=<dir>``, so that
 ``import metagpt`` and ``importlib.metadata.version("metagpt")`` both find that release first. Every child reports
-what it really imported, and the test checks it before it looks at the answer.
+what it really imported, and the test checks it before it looks at the answer. The processes are zygote children
+(tests/zygote.py), which put PYTHONPATH where start-up does: the main zygote's for a MetaGPT release (it never
+imported metagpt), one started with httpx 0.28's directory on PYTHONPATH for httpx 0.28 (the main one imported
+httpx 0.27 already).
 
 The full Python matrix (a MetaGPT 0.7.7 environment per interpreter, ~70 s each) is ``scripts/python-matrix``;
 here every other 3.9-3.11 on the machine gets the cheap part (the wheel installs, the start-up hook loads, the
@@ -30,6 +33,7 @@ from conftest import (
     imported_at_startup,
     install_into,
     new_venv,
+    run_module,
     run_python,
     write_config,
 )
@@ -246,7 +250,7 @@ print(json.dumps({"applied": applied, "removed": removed, "same": vars(m.OpenLLM
 
 
 def test_httpx_028_remove_restores_openllms_own_attributes(httpx_028, tmp_path):
-    proc = run_python(HTTPX_REMOVE_PROBE, cwd=tmp_path, PYTHONPATH=str(httpx_028))
+    proc = run_python(HTTPX_REMOVE_PROBE, cwd=tmp_path, forked=True, PYTHONPATH=str(httpx_028))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["applied"] == {"_get_proxy_params": "FunctionWrapper", "_make_client_kwargs": "FunctionWrapper"}
@@ -258,8 +262,8 @@ def doctor_checks(home: Path, config: str, **env: str) -> dict:
     path = home / "config2.yaml"
     home.mkdir(parents=True, exist_ok=True)
     path.write_text(config)
-    proc = subprocess.run([sys.executable, "-m", "metagpt_vllm_fix", "doctor", "--config", str(path), "--json"],
-                          capture_output=True, text=True, env=clean_env(home, **env), cwd=str(home), timeout=300)
+    proc = run_module("metagpt_vllm_fix", "doctor", "--config", str(path), "--json", env=clean_env(home, **env),
+                      cwd=home, timeout=300)
     document = json.loads(proc.stdout)
     return {check["id"]: (check["level"], check["message"]) for check in document["checks"]}
 

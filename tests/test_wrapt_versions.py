@@ -49,6 +49,6 @@ def test_remove_restores_the_original_on_newer_wrapt(user_home, wrapt_dirs, requ
         metagpt_vllm_fix.remove()
         assert OpenLLM.__dict__["_make_client_kwargs"] is original
         print("restored")
-    """, home=user_home, PYTHONPATH=str(target))
+    """, home=user_home, forked=True, PYTHONPATH=str(target))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("restored")

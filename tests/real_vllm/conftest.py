@@ -19,25 +19,13 @@ from typing import Any, Optional
 
 import pytest
 
+from opt_in import items_if_asked
+
 from . import vllm_process
 from .vllm_process import RealVLLM
 
 HERE = Path(__file__).resolve().parent
 TEST_TIMEOUT = int(vllm_process.START_TIMEOUT) + 180  # the first test also pays for the server's start
-
-
-def _under_here(path: Path) -> bool:
-    return path == HERE or HERE in path.parents
-
-
-def _asked_for_explicitly(config: pytest.Config) -> bool:
-    """True when a command-line argument names this directory or something in it."""
-    base = Path(config.invocation_params.dir)
-    for arg in config.args:
-        target = (base / arg.split("::", 1)[0]).resolve()
-        if _under_here(target):
-            return True
-    return False
 
 
 # The servers the suite can start, by fixture name: (template kind of the model, --max-model-len, extra args).
@@ -179,12 +167,8 @@ def _server_order(item: pytest.Item) -> tuple[int, int]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    mine = [item for item in items if _under_here(Path(str(item.path)).resolve())]
+    mine = items_if_asked(config, items, HERE)
     if not mine:
-        return
-    if not _asked_for_explicitly(config):
-        config.hook.pytest_deselected(items=mine)
-        items[:] = [item for item in items if item not in mine]
         return
     for item in mine:
         if item.get_closest_marker("timeout") is None:

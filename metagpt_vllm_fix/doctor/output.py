@@ -1,0 +1,89 @@
+"""The doctor's report, text or ``--json``: the findings in order, the verdict and the exit code that follow."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+from .. import __version__
+from ..masking import mask
+from ..report import OK, PROBLEM, Report, scrub_obj, worst
+from .check import Finding
+from .facts import CHAT, AskResult, Facts, not_asked
+
+EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
+CONFIG_ERROR = "config"  #: the check whose finding means MetaGPT cannot load the configuration (exit 2)
+
+
+def exit_code(findings: Sequence[Finding]) -> int:
+    if any(f.id == CONFIG_ERROR for f in findings):
+        return EXIT_CONFIG
+    return EXIT_PROBLEM if worst(f.level for f in findings) == PROBLEM else EXIT_OK
+
+
+def verdict(findings: Sequence[Finding]) -> str:
+    return "error" if exit_code(findings) == EXIT_CONFIG else worst(f.level for f in findings)
+
+
+def secrets(facts: Facts) -> list[str]:
+    """What no output may show in full: the key as written and trimmed, a password in base_url."""
+    if facts.config is None:
+        return []
+    key = facts.config.api_key
+    return [key, key.strip(), urlsplit(facts.config.base_url).password or ""]
+
+
+def print_text(findings: Sequence[Finding], facts: Facts, report: Report, only: Sequence[str] = ()) -> None:
+    report.secret(*secrets(facts))
+    report.title("metagpt-vllm-fix doctor" + (f" ({', '.join(only)})" if only else ""))
+    for finding in findings:
+        report.check(finding.level, finding.message)
+    code = exit_code(findings)
+    advice = {EXIT_OK: "all good" if verdict(findings) == OK else "works; see the warnings above",
+              EXIT_PROBLEM: "fix the problems above",
+              EXIT_CONFIG: "fix the configuration: MetaGPT 0.7 cannot load it"}[code]
+    report.line(f"verdict: {verdict(findings)} (exit {code}): {advice}")
+
+
+def _config(facts: Facts) -> dict[str, Any]:
+    document: dict[str, Any] = {"source": "--config" if facts.config_path else "default", "files": [],
+                                "searched": [], "error": facts.config_error}
+    found = facts.config
+    if found is not None:
+        document.update(files=[os.path.abspath(p) for p in found.files],
+                        searched=[os.path.abspath(p) for p in found.searched], api_type=found.api_type,
+                        base_url=found.base_url, model=found.model, api_key=mask(found.api_key),
+                        max_token=found.max_token, calc_usage=found.calc_usage, proxy=bool(found.proxy))
+    return document
+
+
+def _plugin(facts: Facts) -> dict[str, Any]:
+    document: dict[str, Any] = {"version": __version__}
+    st = facts.status
+    if st is not None:
+        document.update(dataclasses.asdict(st))
+        document["automatic"] = st.automatic
+        document["fixes_in_effect"] = {f.name: facts.fix_on(f.name)[0] for f in st.fixes}
+    return document
+
+
+def as_json(findings: Sequence[Finding], facts: Facts) -> dict[str, Any]:
+    """The ``--json`` document (docs/cli.md): the verdict from the findings, the facts they were judged on."""
+    asked: Optional[AskResult] = facts.asks.get(CHAT)
+    payload = {
+        "version": 1,
+        "verdict": verdict(findings),
+        "exit_code": exit_code(findings),
+        "metagpt_version": facts.metagpt.version if facts.metagpt is not None else None,
+        "plugin": _plugin(facts),
+        "config": _config(facts),
+        "server": facts.server.as_json() if facts.server is not None else {"probed": False},
+        "ask": (asked or not_asked("the ask check was not run" if facts.config else "no configuration to ask with"))
+        .as_json(),
+        "checks": [dataclasses.asdict(f) for f in findings],
+    }
+    scrubbed: dict[str, Any] = scrub_obj(payload, secrets(facts))
+    return scrubbed
