@@ -69,5 +69,17 @@ installer_uninstall() {
   fi
 }
 
+# installer_compile PROG VENV: byte-compile VENV's site-packages once, so that no later process compiles it again.
+# uv does not compile, and where PYTHONDONTWRITEBYTECODE is set (as on some CI machines) Python never keeps what it
+# compiles: measured here, MetaGPT 0.7.7's import then costs 13 CPU-seconds instead of 2.7 in every process, and
+# vLLM's server import 22 instead of 9 (twice per server: the API server and its engine). Files that do not compile
+# (Python 2 test data inside some packages) are skipped, as pip skips them.
+installer_compile() {
+  local venv=$2 site
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  installer_step "$1" "byte-compiling $venv's packages (once; later imports read the byte-code)" python
+  "$venv/bin/python" -m compileall -q -j 0 "$site" >/dev/null 2>&1 || true
+}
+
 # installer_step PROG TEXT [TOOL]: the progress line of one step (what, by which tool), with the time so far.
 installer_step() { echo "$1: [${SECONDS} s] $2, with ${3:-$INSTALLER}"; }

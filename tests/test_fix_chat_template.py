@@ -27,27 +27,26 @@ def echo(layout="llama-2", messages=(SYSTEM, {"role": "user", "content": PROMPT}
     return "echo: " + chat_layout.render(layout, list(messages))
 
 
-# (vLLM release, context, requests of the first call, of the second): 0.32 refuses max_tokens 4096 > 512 before the
-# template; 0.10.2 and 0.11 apply the template first, then refuse prompt + 4096 > 4096 on /v1/completions too. The
-# second call goes straight to /v1/completions, its max_tokens sent as configured first (the max_tokens fix trusts no
-# context it was told before).
-FIRST_CALL = [
-    ("0.32.0", 4096, [(CHAT, 400), (COMPLETIONS, 200)], [(COMPLETIONS, 200)]),
-    ("0.32.0", 512, [(CHAT, 400), (CHAT, 400), (COMPLETIONS, 200)], [(COMPLETIONS, 400), (COMPLETIONS, 200)]),
-    ("0.11.0", 4096, [(CHAT, 400), (COMPLETIONS, 400), (COMPLETIONS, 200)], [(COMPLETIONS, 400), (COMPLETIONS, 200)]),
-    ("0.10.2", 8192, [(CHAT, 400), (COMPLETIONS, 200)], [(COMPLETIONS, 200)]),
+# (vLLM release, context, the requests of each call): every call is sent as MetaGPT sent it, so each pays for its
+# own refusal. 0.32 refuses max_tokens 4096 > 512 before the template; 0.10.2 and 0.11 apply the template first,
+# then 0.11 refuses prompt + 4096 > 4096 on /v1/completions too, and the max_tokens fix's retry without it is, again,
+# sent as MetaGPT sent it: chat first.
+EACH_CALL = [
+    ("0.32.0", 4096, [(CHAT, 400), (COMPLETIONS, 200)]),
+    ("0.32.0", 512, [(CHAT, 400), (CHAT, 400), (COMPLETIONS, 200)]),
+    ("0.11.0", 4096, [(CHAT, 400), (COMPLETIONS, 400), (CHAT, 400), (COMPLETIONS, 200)]),
+    ("0.10.2", 8192, [(CHAT, 400), (COMPLETIONS, 200)]),
 ]
 
 
-@pytest.mark.parametrize("version,context,first,second", FIRST_CALL)
-def test_seed_config_answers_verbatim_against_a_model_without_a_chat_template(tmp_path, version, context, first,
-                                                                              second):
+@pytest.mark.parametrize("version,context,each_call", EACH_CALL)
+def test_seed_config_answers_verbatim_against_a_model_without_a_chat_template(tmp_path, version, context, each_call):
     with VLLMServer(api_keys=[SEED_KEY], max_model_len=context, vllm_version=version, chat_template="none") as server:
         answers, stderr = seed_asks(tmp_path, server)
         seen = v1_paths(server)
     assert answers == [{"answer": echo()}, {"answer": echo()}]
-    assert seen == first + second  # one template refusal per process, then straight to /v1/completions
-    assert stderr.count("chat_template: ") == 1
+    assert seen == each_call * 2  # the second call asks chat first again: one refused round trip per request
+    assert stderr.count("chat_template: ") == 1  # the log says it once per server and model
     assert 'Remedy: start vLLM with --chat-template "$(metagpt-vllm-fix chat-template llama-2)"' in stderr
 
 
@@ -81,7 +80,24 @@ def test_a_server_that_answers_chat_sees_one_unchanged_request(version, chat_tem
     assert (request.path, request.status) == (CHAT, 200)
     assert request.body == {"messages": [SYSTEM, {"role": "user", "content": PROMPT}], "max_tokens": 4096, "n": 1,
                             "temperature": 0.3, "model": DEFAULT_MODEL}
-    assert chat_template.known_layouts() == {}
+
+
+@pytest.mark.usefixtures("fresh_fixes")
+def test_a_server_restarted_with_a_chat_template_on_the_same_port_answers_the_next_request_as_sent(caplog):
+    """One process, one LLM; the server at its URL is restarted with the remedy (``--chat-template``): the next
+    request goes to /v1/chat/completions as MetaGPT sent it, and is answered there."""
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, chat_template="none") as before, \
+            caplog.at_level(logging.WARNING, logger="metagpt_vllm_fix"):
+        llm = open_llm_instance(before.base_url)
+        assert run(llm.aask(PROMPT, stream=False)) == echo()
+        port, first = before.port, v1_paths(before)
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, chat_template="llama-2-chat", port=port) as after:
+        streamed, plain = run(llm.aask(PROMPT, stream=True)), run(llm.aask(PROMPT, stream=False))
+        second = [(r.path, r.status, r.body["messages"]) for r in after.requests]
+    assert first == [(CHAT, 400), (COMPLETIONS, 200)]
+    assert streamed == plain == "echo: " + PROMPT  # the server's own template's answer, not the client's layout
+    assert second == [(CHAT, 200, [SYSTEM, {"role": "user", "content": PROMPT}])] * 2
+    assert len([r for r in caplog.records if getattr(r, "fix", None) == "chat_template"]) == 1
 
 
 @pytest.mark.usefixtures("fresh_fixes")
@@ -97,17 +113,20 @@ def test_rerouted_request_keeps_metagpts_parameters_and_the_usage_fixs_stream_op
 
 
 @pytest.mark.usefixtures("fresh_fixes")
-def test_a_server_refusing_add_special_tokens_gets_the_prompt_without_its_bos_once_and_from_then_on():
+def test_a_server_refusing_add_special_tokens_gets_the_prompt_without_its_bos_until_a_request_to_it_fails():
     with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, chat_template="none",
                     reject_unknown_fields=True) as server:
         llm = open_llm_instance(server.base_url)
         first = run(llm.aask(PROMPT, stream=False))
         second = run(llm.aask(PROMPT, stream=False))
+        with pytest.raises(openai.NotFoundError):  # a failed request: the server may have been replaced since
+            run(open_llm_instance(server.base_url, model="not-served").aask(PROMPT, stream=False))
+        third = run(llm.aask(PROMPT, stream=False))
         seen = [(r.path, r.status, r.body.get("prompt", "")[:9]) for r in server.requests]
     messages = [SYSTEM, {"role": "user", "content": PROMPT}]
-    assert first == second == "echo: " + chat_layout.completion_prompt("llama-2", messages)
-    assert seen == [(CHAT, 400, ""), (COMPLETIONS, 400, "<s>[INST]"), (COMPLETIONS, 200, "[INST] <<"),
-                    (COMPLETIONS, 200, "[INST] <<")]
+    assert first == second == third == "echo: " + chat_layout.completion_prompt("llama-2", messages)
+    asked = [(CHAT, 400, ""), (COMPLETIONS, 400, "<s>[INST]"), (COMPLETIONS, 200, "[INST] <<")]
+    assert seen == asked + [(CHAT, 400, ""), (COMPLETIONS, 200, "[INST] <<")] + [(CHAT, 404, "")] + asked
 
 
 @pytest.mark.usefixtures("fresh_fixes")
@@ -125,7 +144,7 @@ def test_answers_are_counted_with_the_usage_of_the_completion(version):
     words = len(chat_layout.llama_2([SYSTEM, {"role": "user", "content": PROMPT}]).split())
     assert streamed == plain == echo()
     assert recorded == [(words, words + 1)] * 2  # the emulator counts words; the answer is "echo:" + the prompt
-    assert seen == [(CHAT, 400), (COMPLETIONS, 200), (COMPLETIONS, 200)]
+    assert seen == [(CHAT, 400), (COMPLETIONS, 200)] * 2
 
 
 @pytest.mark.usefixtures("fresh_fixes")
@@ -138,7 +157,7 @@ def test_function_call_request_is_not_rerouted_and_the_log_names_the_remedy(capl
             run(llm.aclient.chat.completions.create(model=DEFAULT_MODEL, messages=[SYSTEM], tools=tools,
                                                     tool_choice="none"))  # "auto" meets the tool-parser 400 first
         run(llm.aask(PROMPT, stream=False))  # a plain request of the same LLM is still answered
-        with pytest.raises(openai.BadRequestError):  # known by now, and still not rerouted
+        with pytest.raises(openai.BadRequestError):  # refused again, and again not rerouted
             run(llm.aclient.chat.completions.create(model=DEFAULT_MODEL, messages=[SYSTEM], tools=tools,
                                                     tool_choice="none"))
         seen = v1_paths(server)
@@ -162,18 +181,81 @@ def test_other_refusals_are_not_rerouted():
 
 
 @pytest.mark.usefixtures("fresh_fixes")
-def test_remove_restores_the_refusal_and_forgets_what_was_learnt():
-    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, chat_template="none") as server:
+def test_remove_restores_the_refusal_and_a_reapplied_fix_warns_afresh(caplog):
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=8192, chat_template="none") as server, \
+            caplog.at_level(logging.WARNING, logger="metagpt_vllm_fix"):
         run(open_llm_instance(server.base_url).aask(PROMPT, stream=False))
-        assert list(chat_template.known_layouts().values()) == ["llama-2"]
         (line,) = [f.reason for f in metagpt_vllm_fix.status().fixes if f.name == "chat_template"]
-        assert line.endswith(f"; answering {DEFAULT_MODEL} at {server.base_url}/ in the llama-2 layout")
+        assert line == f"{chat_template.FIX.summary}; {chat_template.layout_status()}"  # no server's state in it
         metagpt_vllm_fix.remove()
-        assert chat_template.known_layouts() == {}
-        metagpt_vllm_fix.apply()  # MetaGPT's module is loaded: the fixes go straight back on, knowing nothing
+        metagpt_vllm_fix.apply()  # MetaGPT's module is loaded: the fixes go straight back on
+        run(open_llm_instance(server.base_url).aask(PROMPT, stream=False))
         llm = open_llm_instance(server.base_url)
         metagpt_vllm_fix.remove()  # the client built while applied is unwrapped too
         with pytest.raises(openai.BadRequestError):
             run(llm.aask(PROMPT, stream=False))
         seen = v1_paths(server)
-    assert seen == [(CHAT, 400), (COMPLETIONS, 200), (CHAT, 400)]
+    assert seen == [(CHAT, 400), (COMPLETIONS, 200)] * 2 + [(CHAT, 400)]
+    assert len([r for r in caplog.records if getattr(r, "fix", None) == "chat_template"]) == 2  # once per apply()
+
+
+class NoCompletionsServer:
+    """A server that is not vLLM, on 127.0.0.1: its chat endpoint refuses for want of a chat template in
+    transformers' own words (as a server built on ``apply_chat_template`` says it), and it has no
+    ``/v1/completions`` at all (aiohttp's own 404 for a route it does not have)."""
+
+    def __init__(self) -> None:
+        from aiohttp import web
+
+        self.seen: list[tuple[str, int]] = []
+
+        @web.middleware
+        async def record(request, handler):
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:
+                self.seen.append((request.path, exc.status))
+                raise
+            self.seen.append((request.path, response.status))
+            return response
+
+        async def chat(request):
+            await request.json()
+            return web.json_response({"error": {"message": NO_TEMPLATE_MESSAGES[1], "type": "BadRequestError",
+                                                "param": None, "code": 400}}, status=400)
+
+        app = web.Application(middlewares=[record])
+        app.router.add_post("/v1/chat/completions", chat)
+        self._runner = web.AppRunner(app, access_log=None)
+
+    async def __aenter__(self) -> NoCompletionsServer:
+        from aiohttp import web
+
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.base_url = f"http://127.0.0.1:{self._runner.addresses[0][1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+@pytest.mark.usefixtures("fresh_fixes")
+def test_a_server_without_v1_completions_leaves_metagpt_its_own_no_template_400_with_one_log_line(caplog):
+    async def ask_twice():
+        async with NoCompletionsServer() as server:
+            llm = open_llm_instance(server.base_url)
+            errors = []
+            for stream in (True, False):
+                with pytest.raises(openai.BadRequestError) as refused:
+                    await llm.aask(PROMPT, stream=stream)
+                errors.append(refused.value)
+            return errors, server.seen
+
+    with caplog.at_level(logging.WARNING, logger="metagpt_vllm_fix"):
+        errors, seen = run(ask_twice())
+    assert seen == [(CHAT, 400), (COMPLETIONS, 404)] * 2  # asked each time: the server might have changed
+    assert all(NO_TEMPLATE_MESSAGES[1] in str(e) and e.status_code == 400 for e in errors)  # not the 404
+    (record,) = [r for r in caplog.records if getattr(r, "fix", None) == "chat_template"]
+    assert "no /v1/completions to answer through instead (404: not vLLM), so its 400 stands" in record.getMessage()

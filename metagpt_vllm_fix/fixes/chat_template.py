@@ -5,8 +5,19 @@ in transformers' default layout for the tokenizer's class (transformers <= 4.43)
 vLLM with transformers >= 4.44, refuse every chat request with 400 (the wordings are in ``vllm_versions``). On
 that refusal this fix lays the conversation out as transformers did (``chat_layout``) and asks the same server's
 ``/v1/completions`` with the same client and the same parameters, then hands MetaGPT the chat objects it reads.
-Once a server has refused a model, that model's requests go to ``/v1/completions`` at once. A function-call
-request is not rerouted (a completion cannot call tools): it gets the server's error, and the log the remedy.
+A function-call request is not rerouted (a completion cannot call tools): it gets the server's error, and the log
+the remedy. A server with no ``/v1/completions`` (404 or 405: not vLLM) leaves MetaGPT the server's own 400, the
+clearer error.
+
+Every request is sent as MetaGPT sent it first, even after the server refused an earlier one: what a server said
+once is not trusted for later requests. The server at that URL may since have been restarted with
+``--chat-template`` (the remedy the log names), upgraded in place, or be one of several behind a router or a
+Kubernetes Service; rerouting at once would answer a request that server answers as sent with the client's guess
+of a layout instead of the server's template. Only the request's own refusal reroutes it, at the cost of one quick
+round trip with no generation; the warning (once per server and model) names the remedy that avoids it. What is
+kept is only which servers' ``/v1/completions`` refused ``add_special_tokens``: it decides how a rerouted prompt is
+sent, never whether a request is rerouted, and it is dropped after any failed request to that server, so a server
+replaced behind the URL is asked again.
 
 It wraps ``create`` inside the ``max_tokens`` and ``usage`` fixes, so a rerouted request still carries usage's
 ``stream_options`` and a ``max_tokens`` refusal of ``/v1/completions`` reaches the max_tokens fix as the refusal of
@@ -27,9 +38,11 @@ from . import RequestFix, error_message, refuses_field, server_of, status_code
 log = logging.getLogger("metagpt_vllm_fix")
 
 _Key = tuple[str, str]  # (server base URL, model)
-_rerouted: dict[_Key, str] = {}  # (server, model) -> layout, for the models a server refused for want of a template
-_warned: set[tuple[_Key, str]] = set()
-_plain_servers: set[str] = set()  # servers whose /v1/completions refused add_special_tokens
+_warned: set[tuple[_Key, str]] = set()  # what the log said once per (server, model); no request depends on it
+# Servers whose /v1/completions refused add_special_tokens: how a rerouted prompt is sent, never whether a request is
+# rerouted. A server leaves it after any failed request to it (another server may answer at that URL now).
+_plain_servers: set[str] = set()
+_NO_ENDPOINT = (404, 405)  # no /v1/completions there: a server that is not vLLM
 TEXT_AS_TEMPLATE = {"add_special_tokens": False}  # vLLM: tokenize the prompt as a chat template's output
 _lock = threading.Lock()
 
@@ -73,8 +86,15 @@ def _warn(key: _Key, layout: str, why: str, message: str) -> None:
     if not _first(key, "rerouted"):
         return
     log.warning("chat_template: %s has no chat template for %s (%s); answering its chat requests through "
-                "/v1/completions in the %s layout (%s). Remedy: %s.",
+                "/v1/completions in the %s layout (%s), each after its own refusal (one extra round trip per "
+                "request). Remedy: %s.",
                 key[0], key[1], message[:160], layout, why, remedy(layout), extra={"fix": "chat_template"})
+
+
+def _replaced(server: str) -> None:
+    """A request to ``server`` failed: forget how its /v1/completions took a prompt (it may be another server now)."""
+    with _lock:
+        _plain_servers.discard(server)
 
 
 def _chunk(completion_chunk: Any, first: bool) -> Any:
@@ -140,49 +160,47 @@ async def _ask_completions(completions: Any, server: str, layout: str, kwargs: d
 
     The prompt is the template's text, sent with vLLM's ``add_special_tokens: false``: tokenized exactly as vLLM
     tokenizes a chat template's output, ``<s>`` included. A server that refuses that field gets the text without
-    its leading ``<s>``, which its own BOS then replaces (once per server; token ids may then differ at a turn's
-    start, as tokenizers that prefix a space to the text's start do).
+    its leading ``<s>``, which its own BOS then replaces (token ids may then differ at a turn's start, as
+    tokenizers that prefix a space to the text's start do), and is not asked with it again until a request to it
+    fails.
     """
     carried = {name: value for name, value in kwargs.items() if name != "messages"}
     messages, extra = kwargs["messages"], carried.get("extra_body")
     with _lock:
         plain = server in _plain_servers
-    if not plain and (extra is None or isinstance(extra, dict)):
-        try:
-            answer = await completions.create(prompt=chat_layout.render(layout, messages),
-                                              **{**carried, "extra_body": {**(extra or {}), **TEXT_AS_TEMPLATE}})
-            return ChatStream(answer) if kwargs.get("stream") else _completion(answer)
-        except Exception as exc:
-            if not refuses_field(exc, "add_special_tokens"):  # not vLLM's CompletionRequest
-                raise
-            with _lock:
-                _plain_servers.add(server)
-    answer = await completions.create(prompt=chat_layout.completion_prompt(layout, messages), **carried)
+    try:
+        if not plain and (extra is None or isinstance(extra, dict)):
+            try:
+                answer = await completions.create(prompt=chat_layout.render(layout, messages),
+                                                  **{**carried, "extra_body": {**(extra or {}), **TEXT_AS_TEMPLATE}})
+                return ChatStream(answer) if kwargs.get("stream") else _completion(answer)
+            except Exception as exc:
+                if not refuses_field(exc, "add_special_tokens"):  # not vLLM's CompletionRequest
+                    raise
+                with _lock:
+                    _plain_servers.add(server)
+        answer = await completions.create(prompt=chat_layout.completion_prompt(layout, messages), **carried)
+    except Exception:
+        _replaced(server)
+        raise
     return ChatStream(answer) if kwargs.get("stream") else _completion(answer)
-
-
-def known_layouts() -> dict[_Key, str]:
-    """What this process has learnt: (server, model) -> the layout its chat requests are answered in."""
-    with _lock:
-        return dict(_rerouted)
 
 
 async def answer_without_template(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                                   kwargs: dict[str, Any]) -> Any:
-    """wrapt wrapper of ``chat.completions.create``: after the no-template 400, ``/v1/completions`` answers."""
+    """wrapt wrapper of ``chat.completions.create``: the request as MetaGPT sent it; after its own no-template
+    400, ``/v1/completions`` (or, where the server has none, that 400)."""
     if args:  # openai's create() takes keywords only; anything else is not MetaGPT's call
         return await wrapped(*args, **kwargs)
-    key = (server_of(wrapped, instance), str(kwargs.get("model")))
-    with _lock:
-        layout = _rerouted.get(key)
-    completions = _completions_of(instance, wrapped)
-    if layout is not None and completions is not None and _reroutable(kwargs):
-        return await _ask_completions(completions, key[0], layout, kwargs)
     try:
         return await wrapped(*args, **kwargs)
     except Exception as exc:
+        server = server_of(wrapped, instance)
+        completions = _completions_of(instance, wrapped)
         if not refuses_for_template(exc) or completions is None:
+            _replaced(server)
             raise
+        key = (server, str(kwargs.get("model")))
         layout, why = chat_layout.choose(key[1])
         if not _reroutable(kwargs):
             if _first(key, "not rerouted"):
@@ -192,16 +210,25 @@ async def answer_without_template(wrapped: Callable[..., Any], instance: Any, ar
                             "through /v1/completions, so it gets the server's 400. Remedy: %s.", key[0], key[1],
                             ", ".join(calls), remedy(layout), extra={"fix": "chat_template"})
             raise
-        with _lock:
-            _rerouted[key] = layout
-        _warn(key, layout, why, error_message(exc))
-    return await _ask_completions(completions, key[0], layout, kwargs)
+        refusal = exc
+    try:
+        answer = await _ask_completions(completions, server, layout, kwargs)
+    except Exception as exc:
+        if status_code(exc) not in _NO_ENDPOINT:  # the server's answer to the rerouted request (max_tokens ...)
+            _warn(key, layout, why, error_message(refusal))
+            raise
+        if _first(key, "no completions"):
+            log.warning("chat_template: %s has no chat template for %s and no /v1/completions to answer through "
+                        "instead (%s: not vLLM), so its 400 stands. Remedy: serve the model with a chat template.",
+                        server, key[1], status_code(exc), extra={"fix": "chat_template"})
+        raise refusal from None  # MetaGPT gets the chat request's own 400, the clearer error
+    _warn(key, layout, why, error_message(refusal))
+    return answer
 
 
 def forget() -> None:
-    """Drop what was learnt (``remove()`` calls it, so a re-applied fix starts afresh)."""
+    """Drop what was said and noted (``remove()`` calls it, so a re-applied fix starts afresh)."""
     with _lock:
-        _rerouted.clear()
         _warned.clear()
         _plain_servers.clear()
 
@@ -219,16 +246,14 @@ def layout_status() -> str:
 
 class ChatTemplateFix(RequestFix):
     name = "chat_template"
-    summary = ("a model without a chat template answers through /v1/completions, laid out as transformers <= 4.43 "
-               "did")
+    summary = ("each chat request refused for want of a chat template is answered through /v1/completions, laid out "
+               "as transformers <= 4.43 did (one refused round trip per request)")
     upstream = ("every chat request to a model without a chat template gets 400 (vLLM 0.5.5+, or transformers "
                 ">= 4.44)")
     call = staticmethod(answer_without_template)
 
     def describe(self) -> str:
-        learnt = "".join(f"; answering {model} at {server} in the {layout} layout"
-                         for (server, model), layout in sorted(known_layouts().items())[:3])
-        return f"{self.summary}; {layout_status()}{learnt}"
+        return f"{self.summary}; {layout_status()}"
 
     def forget(self) -> None:
         forget()

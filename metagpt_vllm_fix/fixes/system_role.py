@@ -4,9 +4,14 @@ MetaGPT 0.7 starts every conversation with a system message. Mistral-7B-Instruct
 ("Conversation roles must alternate user/assistant/user/assistant/..."), Gemma's too ("System role not
 supported"); vLLM returns the template's words as a 400 (``vllm_versions``). On exactly that 400, for a request
 that has a system message, the same request goes once more with the system message(s) folded into the first user
-message, the way such models' own instructions are written. Once the folded request got past the template, later
-requests to that server and model are folded at once. No other 400 is touched, and a request is never sent a
+message, the way such models' own instructions are written. No other 400 is touched, and a request is never sent a
 third time.
+
+Every request is sent as MetaGPT sent it first, even after the server refused an earlier one: what a server said
+once is not trusted for later requests. The server at that URL may since have been restarted with a template that
+takes the system role, upgraded, or be one of several behind a router; folding at once would change a
+conversation that server answers as sent. Only the request's own refusal folds it, at the cost of one quick round
+trip with no generation; the warning (once per server and model) says so.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from . import RequestFix, error_message, server_of, status_code
 log = logging.getLogger("metagpt_vllm_fix")
 
 _Key = tuple[str, str]  # (server base URL, model)
-_folding: set[_Key] = set()  # the models whose template refused a system message
+_warned: set[_Key] = set()  # the (server, model) pairs the log has named once; no request depends on it
 _lock = threading.Lock()
 
 
@@ -69,62 +74,49 @@ async def fold_refused_system(wrapped: Callable[..., Any], instance: Any, args: 
     messages: Any = kwargs.get("messages")
     if args or not _has_system(messages):
         return await wrapped(*args, **kwargs)
-    key = (server_of(wrapped, instance), str(kwargs.get("model")))
-    with _lock:
-        known = key in _folding
-    if known:
-        return await wrapped(*args, **{**kwargs, "messages": fold_system(messages)})
     try:
         return await wrapped(*args, **kwargs)
     except Exception as exc:
         if not refuses_system_role(exc):
             raise
         refusal = error_message(exc)
+    key = (server_of(wrapped, instance), str(kwargs.get("model")))
     try:
         answer = await wrapped(*args, **{**kwargs, "messages": fold_system(messages)})
     except Exception as exc:
         # Refused in the same words again: the roles were the trouble, not the system message (Llama-2-chat's
-        # template says the same of two user turns in a row). Nothing is learnt, and that refusal is the answer.
-        # Anything else (a max_tokens 400 ...) means the folded request got past the template.
+        # template says the same of two user turns in a row), and that refusal is the answer. Anything else (a
+        # max_tokens 400 ...) means the folded request got past the template.
         if not refuses_system_role(exc):
-            _learn(key, refusal)
+            _warn(key, refusal)
         raise
-    _learn(key, refusal)
+    _warn(key, refusal)
     return answer
 
 
-def _learn(key: _Key, refusal: str) -> None:
+def _warn(key: _Key, refusal: str) -> None:
     with _lock:
-        first = key not in _folding
-        _folding.add(key)
+        first = key not in _warned
+        _warned.add(key)
     if first:
-        log.warning("system_role: the chat template of %s on %s refuses the system role (%s); sending MetaGPT's "
-                    "system message as the start of the first user message from now on.", key[1], key[0],
-                    refusal[:120], extra={"fix": "system_role"})
-
-
-def known_folding() -> set[_Key]:
-    """What this process has learnt: the (server, model) pairs whose template refuses the system role."""
-    with _lock:
-        return set(_folding)
+        log.warning("system_role: the chat template of %s on %s refuses the system role (%s); each request it refuses "
+                    "for that is sent once more with MetaGPT's system message as the start of the first user message "
+                    "(one extra round trip per request).", key[1], key[0], refusal[:120], extra={"fix": "system_role"})
 
 
 def forget() -> None:
-    """Drop what was learnt (``remove()`` calls it, so a re-applied fix starts afresh)."""
+    """Drop what was said (``remove()`` calls it, so a re-applied fix starts afresh)."""
     with _lock:
-        _folding.clear()
+        _warned.clear()
 
 
 class SystemRoleFix(RequestFix):
     name = "system_role"
-    summary = "a chat template that refuses the system role gets MetaGPT's system text in the first user message"
+    summary = ("a request whose chat template refuses the system role is sent once more with MetaGPT's system text in "
+               "the first user message (one refused round trip per request)")
     upstream = ("every request to a model whose template refuses the system role (Mistral-Instruct v0.1/v0.2, "
                 "Gemma) gets 400: MetaGPT always sends a system message first")
     call = staticmethod(fold_refused_system)
-
-    def describe(self) -> str:
-        learnt = "".join(f"; folding for {model} at {server}" for server, model in sorted(known_folding())[:3])
-        return self.summary + learnt
 
     def forget(self) -> None:
         forget()

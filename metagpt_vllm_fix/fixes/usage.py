@@ -7,7 +7,9 @@ chunk (0.3) or, asked with ``stream_options.include_usage`` (newer vLLM, 0.10.2+
 it through ``extra_body``), on a last chunk with no choices. This fix asks for it, watches the stream for it, and
 hands it to ``_calc_usage``'s caller. Without it (a server that sends none) ``token_count`` counts locally, never
 waiting long. A server that refuses the extra field (its error names it) gets the request again without it,
-once, and, when that is answered, never again.
+once, and, when that is answered, not again until a request to it fails (another server may answer at that URL
+by then: a restart, an upgrade, a pool). Leaving the field out sends the request exactly as MetaGPT does: only
+the count's source can differ, never the answer.
 Non-streamed answers already carry the server's usage: untouched.
 """
 
@@ -31,7 +33,8 @@ STREAM_OPTIONS = {"include_usage": True}
 _KEEP = 256  # streams whose usage waits for _calc_usage at once; a bound, not a cache
 
 _lock = threading.Lock()
-_refusers: set[str] = set()  # servers that answered 400/422 to stream_options
+_refusers: set[str] = set()  # servers that answered 400/422 to stream_options, until a request to them fails
+_warned: set[str] = set()  # the servers the log has named as refusing them: once each
 # (id(messages), id(task)) -> (messages, counts): the stream is read in the task that then calls _calc_usage, so two
 # concurrent streams of the same messages list (two LLMs, or a gather) keep their own counts.
 _captured: OrderedDict[tuple[int, int], tuple[Any, tuple[int, int]]] = OrderedDict()
@@ -113,8 +116,15 @@ async def ask_for_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[
         return await wrapped(*args, **kwargs)
     server = server_of(wrapped, instance)
     extra = kwargs.get("extra_body")
-    if server in _refusers or (isinstance(extra, dict) and "stream_options" in extra) or \
-            (extra is not None and not isinstance(extra, dict)):
+    if server in _refusers:
+        try:
+            stream = await wrapped(*args, **kwargs)
+        except Exception:
+            with _lock:
+                _refusers.discard(server)  # asked with the field again next time
+            raise
+        return _watched(stream, kwargs.get("messages"))
+    if (isinstance(extra, dict) and "stream_options" in extra) or (extra is not None and not isinstance(extra, dict)):
         return _watched(await wrapped(*args, **kwargs), kwargs.get("messages"))
     try:
         stream = await wrapped(*args, **{**kwargs, "extra_body": {**(extra or {}), "stream_options": STREAM_OPTIONS}})
@@ -123,11 +133,12 @@ async def ask_for_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[
             raise
         stream = await wrapped(*args, **kwargs)  # remembered only once the request without the field is answered
         with _lock:
-            first = server not in _refusers
+            first = server not in _warned
             _refusers.add(server)
+            _warned.add(server)
         if first:
-            log.warning("usage: %s refused stream_options (%s); asking it without them from now on.", server,
-                        error_message(exc)[:120], extra={"fix": FIX_NAME})
+            log.warning("usage: %s refused stream_options (%s); asking it without them until a request to it fails.",
+                        server, error_message(exc)[:120], extra={"fix": FIX_NAME})
     return _watched(stream, kwargs.get("messages"))
 
 
@@ -155,6 +166,7 @@ def use_server_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
 def forget() -> None:
     with _lock:
         _refusers.clear()
+        _warned.clear()
         _captured.clear()
 
 

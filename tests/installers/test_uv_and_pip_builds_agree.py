@@ -89,8 +89,9 @@ def test_each_build_says_which_installer_it_used(builds):
     assert re.search(pip_line, builds["pip"]["stdout"], re.M)
     for tool in ("uv", "pip"):
         steps = [line for line in builds[tool]["stdout"].splitlines() if re.match(r"bootstrap: \[\d+ s\] ", line)]
-        assert len(steps) == 5, steps
-        assert all(line.endswith((f", with {tool}", ", with pip")) for line in steps), steps
+        assert len(steps) == 6, steps
+        assert all(line.endswith((f", with {tool}", ", with pip", ", with python")) for line in steps), steps
+        assert any("byte-compiling" in line and line.endswith(", with python") for line in steps), steps
         assert builds[tool]["stdout"].splitlines()[-1].startswith("bootstrap: ready in ")
 
 

@@ -52,6 +52,7 @@ class Servers:
         self.running: dict[str, RealVLLM] = {}
         self.last_user: dict[str, str] = {}  # fixture name -> node id of the last test using it
         self.figures: dict[str, dict[str, float]] = {}  # for the report: start seconds, memory
+        self.lives: Optional[Lives] = None  # the servers a test module starts on ports of its own (see Lives)
 
     def get(self, name: str) -> RealVLLM:
         if name in self.running:
@@ -59,8 +60,8 @@ class Servers:
         problem = vllm_process.missing_setup()
         if problem:
             pytest.fail(problem, pytrace=False)  # never a skip: a suite that quietly tests nothing proves nothing
-        if len(self.running) >= MAX_RUNNING:
-            pytest.fail(f"would start {name} while {sorted(self.running)} run (at most {MAX_RUNNING}): "
+        if self.count() >= MAX_RUNNING:
+            pytest.fail(f"would start {name} while {self.names()} run (at most {MAX_RUNNING}): "
                         "the suite's order (pytest_collection_modifyitems) is wrong", pytrace=False)
         kind, max_model_len, extra_args = SERVERS[name]
         for arg in extra_args:
@@ -76,11 +77,63 @@ class Servers:
                               "rss_mb_after_start": server.rss_bytes_after_start // 2**20}
         return server
 
+    def count(self) -> int:
+        return len(self.running) + (len(self.lives.running) if self.lives else 0)
+
+    def names(self) -> list[str]:
+        return sorted(self.running) + (sorted(self.lives.running) if self.lives else [])
+
     def stop(self, name: str) -> None:
         server = self.running.pop(name, None)
         if server is not None:
             self.figures[name]["rss_mb_before_stop"] = server.rss_bytes() // 2**20
             server.stop()
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+        if self.lives:
+            self.lives.stop_all()
+
+
+class Lives:
+    """Servers a test module starts itself, each on a port of its own that outlives it: ``serve(port_name, kind,
+    max_model_len, extra_args)`` reuses the server on that port if it is the one asked for, else stops it and starts
+    the one asked for on the same port (a user restarting their server). Counted with the suite's own servers
+    against MAX_RUNNING; its tests use no SERVERS fixture, so they run before any of those start."""
+
+    def __init__(self, servers: Servers) -> None:
+        self.servers = servers
+        self.ports: dict[str, int] = {}
+        self.running: dict[str, tuple[tuple[str, int, tuple[str, ...]], RealVLLM]] = {}
+
+    def serve(self, name: str, kind: str, max_model_len: int, extra_args: tuple[str, ...] = ()) -> RealVLLM:
+        wanted = (kind, max_model_len, tuple(extra_args))
+        if name in self.running and self.running[name][0] == wanted:
+            return self.running[name][1]
+        self.stop(name)
+        problem = vllm_process.missing_setup()
+        if problem:
+            pytest.fail(problem, pytrace=False)
+        if self.servers.count() >= MAX_RUNNING:
+            pytest.fail(f"would start {kind} on port {name} while {self.servers.names()} run (at most "
+                        f"{MAX_RUNNING})", pytrace=False)
+        port = self.ports.setdefault(name, vllm_process.free_port())
+        try:
+            server = vllm_process.start(model_dir=vllm_process.MODEL_DIRS[kind], max_model_len=max_model_len,
+                                        extra_args=extra_args, port=port)
+        except vllm_process.VLLMStartError as exc:
+            pytest.fail(str(exc), pytrace=False)
+        self.running[name] = (wanted, server)
+        extra = "".join(f" {Path(arg).name}" for arg in extra_args)  # --chat-template llama-2.jinja
+        label = f"port {name}: kind {kind}, --max-model-len {max_model_len}{extra}"
+        self.servers.figures[label] = {"start_seconds": round(server.start_seconds, 1),
+                                       "rss_mb_after_start": server.rss_bytes_after_start // 2**20}
+        return server
+
+    def stop(self, name: str) -> None:
+        if name in self.running:
+            self.running.pop(name)[1].stop()
 
     def stop_all(self) -> None:
         for name in list(self.running):
@@ -159,6 +212,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     if SERVERS_IN_USE.figures:
         terminalreporter.write_sep("-", "real vLLM servers (start to healthy, resident memory of the group)")
         for name, figures in SERVERS_IN_USE.figures.items():
+            if name not in SERVERS:  # a Lives server: its label says what it is
+                terminalreporter.write_line(f"{name}: {figures}")
+                continue
             kind, max_model_len, extra_args = SERVERS[name]
             terminalreporter.write_line(f"{name}: kind {kind}, --max-model-len {max_model_len}"
                                         f"{' ' + ' '.join(extra_args) if extra_args else ''}: {figures}")
@@ -207,3 +263,15 @@ def real_vllm_chat() -> Iterator[RealVLLM]:
 def real_vllm_chat_tools() -> Iterator[RealVLLM]:
     """tiny-llama-chat started with --enable-auto-tool-choice --tool-call-parser hermes, 4096 tokens."""
     yield from _serving("real_vllm_chat_tools")
+
+
+@pytest.fixture(scope="module")
+def lives() -> Iterator[Lives]:
+    """Servers on ports of the test module's own, restarted there as the tests ask (see Lives); all stopped after
+    the module's last test."""
+    SERVERS_IN_USE.lives = Lives(SERVERS_IN_USE)
+    try:
+        yield SERVERS_IN_USE.lives
+    finally:
+        SERVERS_IN_USE.lives.stop_all()
+        SERVERS_IN_USE.lives = None

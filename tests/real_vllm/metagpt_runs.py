@@ -8,11 +8,14 @@ uvicorn log) gives the path and status of every request, in order.
 from __future__ import annotations
 
 import json
+import queue
 import re
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from conftest import RESULT_MARK, clean_env, run_python, write_config
 
@@ -76,6 +79,38 @@ async def main():
 asyncio.run(main())
 """
 DI_STEP_NAMES = ("code", "task_type", "recommend_tools", "improved_impl")
+
+# One MetaGPT program that asks whenever the test says so (a JSON line on stdin: the calls' stream flags, and whether
+# they run one after another or together with asyncio.gather); prints one JSON line per order. Its LLM, client and
+# plugin state live across the orders, as in a long-running MetaGPT program.
+SESSION = """
+import asyncio, json, sys
+from metagpt.llm import LLM
+
+async def call(llm, stream, prompt):
+    try:
+        return {{"ok": True, "answer": await llm.aask(prompt, stream=stream)}}
+    except Exception as exc:
+        return {{"ok": False, "error": type(exc).__name__, "status": getattr(exc, "status_code", None),
+                "message": str(exc)[:600]}}
+
+async def main():
+    llm = LLM()
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line.strip():
+            return
+        order = json.loads(line)
+        if order["together"]:
+            results = await asyncio.gather(*(call(llm, s, order["prompt"]) for s in order["streams"]))
+        else:
+            results = [await call(llm, s, order["prompt"]) for s in order["streams"]]
+        print({mark!r} + json.dumps(results), flush=True)
+
+asyncio.run(main())
+"""
+
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 NO_TEMPLATE = ("As of transformers v4.44, default chat template is no longer allowed, so you must provide a chat "
@@ -144,3 +179,64 @@ def metagpt_command(home: Path, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(metagpt), "write a hello world command line program", "--n-round", "2"],
                           capture_output=True, text=True, env=clean_env(home, METAGPT_PROJECT_ROOT=str(home), **env),
                           cwd=str(home), timeout=600)
+
+
+class MetaGPTSession:
+    """One MetaGPT process (a fresh interpreter of ``.venv``, the config in ``home``, the plugin through its ``.pth``)
+    that asks when told to: what one of its requests met can only reach the next through that process."""
+
+    def __init__(self, home: Path, **env: str) -> None:
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._proc = subprocess.Popen([sys.executable, "-c", SESSION.format(mark=RESULT_MARK)], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=self._stderr, text=True,
+                                      env=clean_env(home, **env), cwd=str(home))
+        self._lines: queue.Queue[Optional[str]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def ask(self, streams: tuple[bool, ...], together: bool = False, prompt: str = "Say hello.",
+            timeout: float = 600) -> list[dict[str, Any]]:
+        """``aask`` once per flag (streamed or not), one after another or all at once; each call's result."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps({"streams": streams, "together": together, "prompt": prompt}) + "\n")
+        self._proc.stdin.flush()
+        while True:
+            try:
+                line = self._lines.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"no answer from MetaGPT within {timeout:.0f} s:\n"
+                                     f"{self.stderr()[-3000:]}") from None
+            if line is None:
+                raise AssertionError(f"MetaGPT exited ({self._proc.wait()}):\n{self.stderr()[-3000:]}")
+            if line.startswith(RESULT_MARK):
+                return list(json.loads(line[len(RESULT_MARK):]))
+
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()
+
+    def close(self) -> str:
+        """End the process (an empty order); return everything it wrote to stderr."""
+        if self._proc.poll() is None:
+            try:
+                assert self._proc.stdin is not None
+                self._proc.stdin.write("\n")
+                self._proc.stdin.close()
+                self._proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+        text = self.stderr()
+        self._stderr.close()
+        return text
+
+    def __enter__(self) -> MetaGPTSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -198,12 +198,13 @@ def wait_healthy(url: str, process: subprocess.Popen, log_path: Path, timeout: f
 
 def start(python: Path = PYTHON, model_dir: Path = MODEL_DIR, api_key: str = SEED_KEY, model: str = SEED_MODEL,
           max_model_len: int = MAX_MODEL_LEN, extra_args: tuple[str, ...] = (), timeout: float = START_TIMEOUT,
-          workdir: Optional[Path] = None) -> RealVLLM:
+          workdir: Optional[Path] = None, port: Optional[int] = None) -> RealVLLM:
     """Start the server and return once ``GET /health`` answers 200; on failure, stop it and raise (the private
-    directory with the server's log is kept for a look; the message names it)."""
+    directory with the server's log is kept for a look; the message names it). ``port``: a given one (a server
+    started again where another was, as a user restarts theirs), else a free one."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="real-vllm-"))
     log_path = workdir / "server.log"
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = server_command(python, model_dir, port, api_key, model, max_model_len, tuple(extra_args))
     t0 = time.monotonic()

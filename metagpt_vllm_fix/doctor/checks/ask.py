@@ -92,8 +92,8 @@ def ask_verdict(result: AskResult, off: Mapping[str, str], model: str = "", note
         by = f", through the {' and '.join(acted)} fix{'es' if len(acted) > 1 else ''}" if acted else ""
         needs = [name for name in acted if name in SERVER_SIDE]
         if needs:
-            return WARNING, (f"{what}: {got}{by}, in {result.seconds:g} s. Handled, at one refused request per "
-                             f"process; without the {' and '.join(needs)} fix every request gets 400. The fix's "
+            return WARNING, (f"{what}: {got}{by}, in {result.seconds:g} s. Handled, at one refused round trip per "
+                             f"request; without the {' and '.join(needs)} fix every request gets 400. The fix's "
                              f"line below says why and what to change on the server.{tail}")
         return OK, f"{what}: {got}{by}, in {result.seconds:g} s{tail}"
     return PROBLEM, f"{what}: no answer. {explain(result, off, model, key_unsendable)}{tail}"
