@@ -159,7 +159,7 @@ async def _code_step(llm: Any) -> Any:
 
     for module in ("metagpt.actions.di.write_analysis_code", "metagpt.actions.mi.write_analysis_code"):
         try:
-            action = getattr(importlib.import_module(module), "WriteCodeWithoutTools")()
+            action = importlib.import_module(module).WriteCodeWithoutTools()
         except (ImportError, AttributeError):
             continue
         action.llm = llm
