@@ -30,14 +30,13 @@ import argparse
 import asyncio
 import logging
 import os
-import statistics
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
+
+from per_call import real_vllm, timed
 
 os.environ.setdefault("METAGPT_PROJECT_ROOT", tempfile.mkdtemp(prefix="metagpt-root-"))
 REPO = Path(__file__).resolve().parents[1]
@@ -59,16 +58,6 @@ def messages() -> list[dict[str, str]]:
             {"role": "user", "content": TASK}]
 
 
-async def timed(calls: int, make: Callable[[], Any]) -> tuple[float, float]:
-    """Median wall ms and mean client CPU ms of ``calls`` awaits of ``make()`` (two warm-up calls first)."""
-    for _ in range(2):
-        await make()
-    walls, cpu = [], time.process_time()
-    for _ in range(calls):
-        started = time.perf_counter()
-        await make()
-        walls.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(walls), (time.process_time() - cpu) * 1e3 / calls
 
 
 async def aask_code(llm: Any) -> None:
@@ -159,6 +148,10 @@ def measure(name: str, base_url: str, model: str, calls: int, max_token: int, ta
     loop.close()
 
 
+def real_server(tool_flags: bool) -> Any:
+    return real_vllm("llama-2-chat", TOOL_FLAGS if tool_flags else ())
+
+
 @contextmanager
 def emulator(tool_flags: bool) -> Iterator[tuple[str, str]]:
     from metagpt_vllm_fix.server import VLLMServer
@@ -168,17 +161,6 @@ def emulator(tool_flags: bool) -> Iterator[tuple[str, str]]:
         yield server.base_url, server.model
 
 
-@contextmanager
-def real_vllm(tool_flags: bool) -> Iterator[tuple[str, str]]:
-    sys.path.insert(0, str(REPO / "tests"))
-    from real_vllm import vllm_process  # stdlib only: the MetaGPT environment can start it
-
-    server = vllm_process.start(model_dir=vllm_process.MODEL_DIRS["llama-2-chat"], max_model_len=4096,
-                                extra_args=TOOL_FLAGS if tool_flags else ())
-    try:
-        yield server.base_url, server.model
-    finally:
-        server.stop()
 
 
 def main() -> None:
@@ -196,7 +178,7 @@ def main() -> None:
     runs = [("the emulator (vLLM 0.32.0 rules, answers without a model)", emulator, 4096,
              args.calls or (20 if args.quick else 200))]
     if args.real:
-        runs.append(("real vLLM 0.32.0, tiny-llama-chat, 4096-token context, llm.max_token 64", real_vllm, 64,
+        runs.append(("real vLLM 0.32.0, tiny-llama-chat, 4096-token context, llm.max_token 64", real_server, 64,
                      args.calls or (2 if args.quick else 5)))
     for title, serve, max_token, calls in runs:
         print(f"{title}: median of {calls} calls each, MetaGPT aask_code (the code step: tools=[execute])")

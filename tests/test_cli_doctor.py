@@ -335,10 +335,11 @@ def test_server_version_and_generation_are_in_the_json(runs):
     (check,) = [c for c in document["checks"] if c["id"] == "max-token"]
     assert check["level"] == "ok"
     assert [f["name"] for f in document["plugin"]["fixes"]] == ["api_key", "max_tokens", "usage", "chat_template",
-                                                                "system_role", "httpx", "fail_fast"]
+                                                                "system_role", "httpx", "fail_fast", "tools"]
     assert document["plugin"]["fixes_in_effect"] == {"api_key": True, "max_tokens": True, "usage": True,
                                                      "chat_template": True, "system_role": True,
-                                                     "httpx": False, "fail_fast": True}  # httpx 0.27: idle
+                                                     "httpx": False, "fail_fast": True,
+                                                     "tools": True}  # httpx 0.27: idle
 
 
 def test_max_token_leaving_little_room_is_ok_where_vllm_clamps(runs):
@@ -450,7 +451,7 @@ def test_a_disable_word_naming_no_fix_is_a_warning_in_the_fixes_line(runs):
     assert warning.startswith("warning fixes: api_key active, max_tokens active, usage off (METAGPT_VLLM_FIX_DISABLE), "
                               "chat_template active, system_role active, httpx idle")
     assert ("METAGPT_VLLM_FIX_DISABLE names no fix: max_token (the fixes are api_key, max_tokens, usage, "
-            "chat_template, system_role, httpx, fail_fast)") in warning
+            "chat_template, system_role, httpx, fail_fast, tools)") in warning
     assert run.stderr == ""
     assert_clean(run)
 
@@ -483,8 +484,10 @@ def test_automatic_activation_off_is_a_problem_for_open_llm(runs):
 def test_api_type_openai_at_a_self_hosted_server_suggests_open_llm(runs):
     run = runs["api-type-openai"]
     assert run.returncode == 0, run
-    (warning,) = lines(run, "warning")
+    warning, function_call = lines(run, "warning")
     assert "api_type openai pointed at 127.0.0.1" in warning and "open_llm" in warning
+    # the fixes act on open_llm only: the server's refusal of MetaGPT's function call stands
+    assert "asked as the Data Interpreter does" in function_call and "tools fix is not in effect" in function_call
     assert "server answers with this key" in run.stdout
     (ask,) = [line for line in lines(run, "ok") if line.startswith("ok      asked as MetaGPT does")]
     assert "(its openai provider from this config" in ask and "an answer came back" in ask

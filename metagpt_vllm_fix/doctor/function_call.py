@@ -4,7 +4,9 @@ A server that answers chat may still refuse ``tools`` (a vLLM started without to
 shows it. So the doctor sends what ``OpenAILLM.aask_code`` sends for the code step -- its ``_achat_completion_function``
 with MetaGPT's own ``execute`` tool, not streamed -- through the provider built from the user's config with the fixes
 as installed, and notes what came back: a tool call, content (which MetaGPT reads as code only inside one code fence),
-or the error. The requests and the fixes' records are collected as for the chat ask (asking.py).
+or the error. The requests and the fixes' records are collected as for the chat ask (asking.py). Where MetaGPT's chat
+request was sent and got no answer (a wrong key, a model not served, no time left), the function call is not sent:
+it would meet the same wall, and the ``ask`` line already says which.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .asking import AASK_TIMEOUT, SHOWN_CHARS, ask_through_provider
-from .facts import FUNCTION_CALL, AskResult, Facts
+from .facts import CHAT, FUNCTION_CALL, AskResult, Facts, not_asked
 
 PROMPT = "Write Python code that prints the first ten square numbers."
 
@@ -47,5 +49,9 @@ def gather_function_call(facts: Facts, scratch: Path, deadline: float) -> Facts:
     """``asks["aask_code"]``: MetaGPT's function-call request, as MetaGPT runs in this environment send it."""
     if facts.config is None:
         return facts
-    result = ask_through_provider(facts, scratch, deadline, _ask_code)
+    chat = facts.asks.get(CHAT)
+    if chat is not None and chat.asked and not chat.answered:
+        result = not_asked("MetaGPT's chat request got no answer (the ask line says why)")
+    else:
+        result = ask_through_provider(facts, scratch, deadline, _ask_code)
     return dataclasses.replace(facts, asks={**facts.asks, FUNCTION_CALL: result})

@@ -206,7 +206,9 @@ async def answer_function_call(wrapped: Callable[..., Any], instance: Any, args:
         generation = await server_generation(instance, wrapped, key[0])
         if not generation.ignores_tools:
             return answer  # it understood tools and chose to answer in words: its tool handling is the server's
-    why = f"answered without the function call MetaGPT reads ({missing} tool_calls)"
+    said = {"empty": "an empty tool_calls list", "none": "content and no tool_calls", "unreadable": "no readable "
+            "function call"}
+    why = f"answered without the function call MetaGPT reads ({said.get(missing or '', missing)})"
     answered = await _constrained(wrapped, instance, kwargs, chosen, key, why, generation)
     return answer if answered is None else answered
 
