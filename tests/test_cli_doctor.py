@@ -249,10 +249,11 @@ def runs(server, server_033, server_none, server_mistral, tmp_path_factory) -> d
 ASKED = "asked as MetaGPT does (its open_llm provider from this config, system + user message, streamed"
 
 
-def ask_line(run: Run) -> list[str]:
-    """The ``ask`` check: its first line (with its mark) and the continuation lines under it."""
+def ask_line(run: Run, asked: str = ASKED) -> list[str]:
+    """The ``ask`` check (or the one whose line holds ``asked``): its first line (with its mark) and the continuation
+    lines under it."""
     out = run.stdout.splitlines()
-    (start,) = [i for i, line in enumerate(out) if ASKED in line]
+    (start,) = [i for i, line in enumerate(out) if asked in line]
     rest = [line.strip() for line in itertools.takewhile(lambda line: line.startswith("  "), out[start + 1:])]
     return [out[start], *rest]
 
@@ -632,6 +633,17 @@ def test_the_seed_server_without_a_chat_template_answers_through_the_chat_templa
     assert [line.split()[0] for line in lines(run, "warning")] == ["warning"]
     assert "verdict: warning (exit 0)" in run.stdout
     assert_clean(run)
+
+
+def test_the_seed_servers_function_call_line_names_every_fix_that_acted_though_the_ask_drew_their_warnings(runs):
+    first, *details = ask_line(runs["none-seed"], "asked as the Data Interpreter does")
+    assert first.startswith("ok ") and "a function call came back through the tools fix" in first, first
+    assert details[:4] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 400",
+                           "GET /version -> 200",
+                           f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 400",
+                           f"POST /v1/completions (Bearer {mask(KEY)}, max_tokens 512) -> 200"], details
+    acted = [line.split(" fix acted: ")[0] for line in details if " fix acted: " in line]
+    assert acted == ["the chat_template", "the tools"], details
 
 
 def test_the_chat_template_fix_switched_off_is_named_by_the_400_and_its_remedy_exit_1(runs):

@@ -233,6 +233,14 @@ def ask_through_provider(facts: Facts, scratch: Path, deadline: float, call: Cal
                 provider = create_llm_instance(config.llm)
             except Exception as exc:  # noqa: BLE001  (the provider check reports it)
                 return not_asked(f"the provider cannot be built: {type(exc).__name__}", note)
+            # Each ask is told what a fresh MetaGPT process is told: the fixes' once-per-server warnings, which an
+            # earlier ask of this doctor already drew, are forgotten, so every fix that acts says so under its line.
+            from ..fixes import all_fixes
+
+            for fix in all_fixes():
+                forget = getattr(fix, "forget", None)  # request fixes keep once-only warnings; the others nothing
+                if forget is not None:
+                    forget()
         return dataclasses.replace(ask(provider, seconds, call), note=note)
     finally:
         if plain:
