@@ -64,9 +64,9 @@ SCENES = (
           ((401,), (400,), (400, 200)), f"max_tokens {CONTEXT} does not fit the context"),
     Scene("Today: vLLM 0.32.0, started with the seed's command as published (the base model has no chat template)",
           "0.32.0", {"chat_template": "none"}, ((401,), (400,), (400, 200)), "the model has no chat template"),
-    Scene("The Data Interpreter's code step on that server (MetaGPT's WriteCodeWithoutTools: a function call, and "
-          "vLLM started without tool flags)", "0.32.0", {"chat_template": "none"}, ((401,), (400,), (400, 400, 200)),
-          "vLLM refuses tools without --enable-auto-tool-choice", step="code"),
+    Scene("The Data Interpreter's code step, on a server started the same way (MetaGPT's WriteCodeWithoutTools: a "
+          "function call, and vLLM started without tool flags)", "0.32.0", {"chat_template": "none"},
+          ((401,), (400,), (400, 400, 200)), "vLLM refuses tools without --enable-auto-tool-choice", step="code"),
 )
 PROXIES_TYPE_ERROR = "unexpected keyword argument 'proxies'"  # LLM() as shipped on httpx 0.28 (MetaGPT #1617)
 STEPS = ("MetaGPT as shipped (plugin removed)", "With the api_key fix alone ({disable})",
@@ -77,6 +77,7 @@ STEPS = ("MetaGPT as shipped (plugin removed)", "With the api_key fix alone ({di
 class Attempt:
     """One ``aask`` through MetaGPT's open_llm provider, and what the server saw."""
 
+    methods: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     headers: list[Optional[str]] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
@@ -142,7 +143,9 @@ async def _ask_once(llm_config: Any, server: Any, attempt: Attempt, step: str) -
         attempt.error = f"LLM() raised {where}{type(exc).__name__}: {exc}"
     else:
         await _aask(llm, attempt, step)
-    seen = [r for r in server.requests if r.path.startswith("/v1")]
+    # MetaGPT's requests, and the tools fix's GET /version (the only other request a fix makes)
+    seen = [r for r in server.requests if r.path.startswith("/v1") or r.path == "/version"]
+    attempt.methods = [r.method for r in seen]
     attempt.paths = [r.path for r in seen]
     attempt.headers = [r.authorization for r in seen]
     attempt.statuses = [r.status for r in seen]
@@ -236,8 +239,11 @@ async def _story(llm_config: Any, server: Any, step: str) -> tuple[Attempt, Atte
 
 
 def _describe(report: Report, attempt: Attempt) -> None:
-    for path, header, status, max_tokens in zip(attempt.paths, attempt.headers, attempt.statuses,
-                                                attempt.max_tokens):
+    for method, path, header, status, max_tokens in zip(attempt.methods, attempt.paths, attempt.headers,
+                                                        attempt.statuses, attempt.max_tokens):
+        if method == "GET":  # the tools fix asks which field constrains an answer on this vLLM: no key, no tokens
+            report.field("server saw", f"GET {path} -> {status}", indent="     ")
+            continue
         note = ("   <- MetaGPT's hard-coded placeholder, not the configured key"
                 if header == f"Bearer {PLACEHOLDER_KEY}" else "")
         asked = f"max_tokens {max_tokens}" if max_tokens is not None else "no max_tokens"
@@ -276,9 +282,11 @@ def _differences(scene: Scene, attempts: tuple[Attempt, Attempt, Attempt], key: 
     for number, (step, attempt, statuses) in enumerate(zip(STEPS, attempts, expect), 1):
         what = f"{scene.vllm_version}, step {number} ({step.split(' (')[0].lower()})"
         sent = placeholder if number == 1 else configured
-        if tuple(attempt.statuses) != statuses or any(h != sent for h in attempt.headers):
+        posts = [(status, header) for method, status, header in zip(attempt.methods, attempt.statuses,
+                                                                     attempt.headers) if method == "POST"]
+        if tuple(s for s, _ in posts) != statuses or any(h != sent for _, h in posts):
             found.append(f"{what}: the server should answer {list(statuses)} to {show_authorization(sent)}; it "
-                         f"answered {attempt.statuses} to {[show_authorization(h) for h in attempt.headers]}")
+                         f"answered {[s for s, _ in posts]} to {[show_authorization(h) for _, h in posts]}")
         if attempt.ok != (number == 3):
             found.append(f"{what}: " + (f"MetaGPT should fail; it returned {attempt.answer!r}" if attempt.ok else
                                         f"MetaGPT should answer; it failed: {attempt.status or ''} {attempt.error}"))

@@ -14,7 +14,7 @@ KEY = "demo-key-for-the-test-0123456789"
 NOISE = ("Package root set to", "PROJECT_ROOT set", "usage calculation failed", "FutureWarning", "Traceback",
          "Warning: model not found")
 TODAY = "Today: vLLM 0.32.0, started with the seed's command as published (the base model has no chat template)"
-DATA_INTERPRETER = "The Data Interpreter's code step on that server"
+DATA_INTERPRETER = "The Data Interpreter's code step, on a server started the same way"
 
 
 def run_demo(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -85,7 +85,7 @@ def test_demo_shows_the_data_interpreters_code_step_refused_for_tools_then_answe
         in key_only
     # the function call refused, its constrained request refused for want of a template, then answered
     chat_400 = f"/v1/chat/completions, Authorization: Bearer {mask(KEY)}, max_tokens 4096 -> 400"
-    assert fixed.count(chat_400) == 2, fixed
+    assert fixed.count(chat_400) == 2 and "server saw   GET /version -> 200" in fixed, fixed
     assert re.search(rf"/v1/completions, Authorization: Bearer {re.escape(mask(KEY))}, [^\n]*-> 200", fixed), fixed
     # what MetaGPT's own WriteCodeWithoutTools returned: the execute function's arguments, read from a tool call
     assert re.search(r"MetaGPT returned \{'language': 'python', 'code': '[^']+'\} \(\d+ prompt", fixed), fixed
