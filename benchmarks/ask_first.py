@@ -25,14 +25,13 @@ import argparse
 import asyncio
 import logging
 import os
-import statistics
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from per_call import real_vllm, timed
 
 os.environ.setdefault("METAGPT_PROJECT_ROOT", tempfile.mkdtemp(prefix="metagpt-root-"))
 REPO = Path(__file__).resolve().parents[1]
@@ -53,16 +52,6 @@ def llm_for(base_url: str, model: str) -> Any:
     return create_llm_instance(LLMConfig(api_type="open_llm", base_url=base_url, api_key=KEY, model=model))
 
 
-async def timed(calls: int, make: Any) -> tuple[float, float]:
-    """Median wall ms and mean client CPU ms of ``calls`` awaits of ``make()`` (two warm-up calls first)."""
-    for _ in range(2):
-        await make()
-    walls, cpu = [], time.process_time()
-    for _ in range(calls):
-        started = time.perf_counter()
-        await make()
-        walls.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(walls), (time.process_time() - cpu) * 1e3 / calls
 
 
 async def refused_round_trip(base_url: str, model: str, stream: bool) -> None:
@@ -118,16 +107,6 @@ def emulator(kind: str) -> Iterator[tuple[str, str]]:
         yield server.base_url, server.model
 
 
-@contextmanager
-def real_vllm(kind: str) -> Iterator[tuple[str, str]]:
-    sys.path.insert(0, str(REPO / "tests"))
-    from real_vllm import vllm_process  # stdlib only: the MetaGPT environment can start it
-
-    server = vllm_process.start(model_dir=vllm_process.MODEL_DIRS[kind], max_model_len=4096)
-    try:
-        yield server.base_url, server.model
-    finally:
-        server.stop()
 
 
 def main() -> None:

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run a vLLM-compatible test server (no GPU, echo answers)",
         description="A GPU-free stand-in for vLLM's OpenAI-compatible server, playing the vLLM release you name: "
                     "its key check, its 401/404/400 answers and their bodies, /version, its max_tokens rule, its "
-                    "streamed usage; deterministic echo text.",
+                    "streamed usage, its function calls and structured outputs; deterministic echo text (a value "
+                    "valid against the schema where one constrains the answer).",
         epilog="The key may also come from VLLM_API_KEY (which wins over --api-key up to vLLM 0.10, as there). "
                "Ctrl-C or SIGTERM stops the server (exit 0).")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
@@ -115,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the served model's chat template: none (the seed's Llama-2-7b-hf as published: vLLM "
                             "0.5.5+ refuses chat requests), llama-2-chat, mistral-instruct or gemma (both refuse "
                             "MetaGPT's system message) (default: none)")
+    serve.add_argument("--enable-auto-tool-choice", action="store_true",
+                       help="with --tool-call-parser: answer tools without a tool_choice with a tool call (vLLM's "
+                            "flag; the emulator's model always calls, the first tool offered). Without it, such a "
+                            "request gets vLLM's 400")
+    serve.add_argument("--tool-call-parser", metavar="NAME", default=None,
+                       help="answer a named tool_choice with a tool call whose arguments fit the function's "
+                            "parameters (vLLM's flag; any NAME, e.g. hermes: the emulator parses nothing). Without "
+                            "it, vLLM 0.14+ refuses a named tool_choice with 400 (vLLM 0.6.0+)")
 
     template = commands.add_parser(
         "chat-template", help="print the path of a chat template file this package ships",
@@ -212,6 +221,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         report.field("rules", f"vLLM {generation.name} generation: {generation.context_rule}"
                      + ("; refuses unknown request fields" if args.reject_unknown_fields else ""))
         report.field("template", _template_line(args.chat_template, generation.no_template_message is None))
+        report.field("tools", _tools_line(args.tool_call_parser, args.enable_auto_tool_choice))
         if not loopback:
             report.check(WARNING, f"listening on {args.host}, not loopback: anyone who can reach this machine can "
                                   "use this server, and keys travel in clear text over plain http.")
@@ -231,14 +241,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         elif args.chat_template in ("mistral-instruct", "gemma"):
             report.line("  (this template refuses the system role: the plugin's system_role fix puts MetaGPT's system "
                         "message into the first user message)")
+        if not args.enable_auto_tool_choice:
+            report.line("  (no --enable-auto-tool-choice: the plugin's tools fix answers MetaGPT's function calls, "
+                        "aask_code, with JSON constrained by the function's schema)")
         report.line("Requests are listed below as they come (keys masked). Ctrl-C stops the server.")
 
     log = _RequestLog(report, show_authorization)
     try:
         srv.run(host=args.host, port=args.port, api_keys=[key] if key else [], model=model,
                 max_model_len=args.max_model_len, vllm_version=version,
-                reject_unknown_fields=args.reject_unknown_fields, chat_template=args.chat_template, ready=ready,
-                recorder=log)
+                reject_unknown_fields=args.reject_unknown_fields, chat_template=args.chat_template,
+                tool_parser=args.tool_call_parser, enable_auto_tool_choice=args.enable_auto_tool_choice,
+                ready=ready, recorder=log)
     except OSError as exc:
         report.check(PROBLEM, f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return 1
@@ -253,6 +267,24 @@ def _template_line(kind: str, answers_without: bool) -> str:
     if kind == "llama-2-chat":
         return "llama-2-chat (one system message, then user/assistant alternating)"
     return f"{kind} (refuses a system message with 400)"
+
+
+def _check_tool_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """vLLM's own start-up checks of its tool flags (a usage error, exit 2)."""
+    from .vllm_versions import DEFAULT_VERSION, for_version
+
+    version = args.vllm_version or DEFAULT_VERSION
+    if args.enable_auto_tool_choice and not args.tool_call_parser:
+        parser.error("serve: --enable-auto-tool-choice requires --tool-call-parser")
+    if args.tool_call_parser and for_version(version).ignores_tools:
+        parser.error(f"serve: vLLM {version} has no tool calling (--tool-call-parser came with vLLM 0.6.0)")
+
+
+def _tools_line(parser: Optional[str], auto: bool) -> str:
+    if parser is None:
+        return "no tool flags (function calls are refused or ignored, as the release did)"
+    choice = "tools with or without a tool_choice" if auto else "a named tool_choice"
+    return f"--tool-call-parser {parser}{' --enable-auto-tool-choice' if auto else ''}: {choice} answered with a call"
 
 
 def cmd_chat_template(name: str) -> int:
@@ -272,6 +304,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if unknown(args.checks):
             parser.error(f"doctor: no check named {', '.join(map(repr, unknown(args.checks)))} "
                          "(`metagpt-vllm-fix doctor --list-checks` lists them)")
+    if args.command == "serve":
+        _check_tool_flags(parser, args)
     try:
         if args.command == "status":
             return cmd_status(args.json)

@@ -6,7 +6,10 @@ published (the base model has no chat template). MetaGPT 0.7 loads the seed's co
 ``max_token`` line, so MetaGPT asks for 4096, and ``calc_usage`` on -- and asks each server three times through its
 ``open_llm`` provider, streamed as ``aask`` does by default: as upstream ships it (401: "sk-xxx"), with the
 ``api_key`` fix alone (400: on 0.3.3 prompt + 4096 > 4096, on 0.32 no chat template), and with every fix (an
-answer). The servers record what they saw each time. On httpx 0.28, which openai 1.6.0 cannot build a client with,
+answer). A third scene is MetaGPT 0.7's Data Interpreter taking a code step on the second server: its own
+``WriteCodeWithoutTools`` asks through ``aask_code``, a function call, which vLLM started without tool flags refuses
+(400) until the ``tools`` fix asks for the function's arguments as a constrained answer. The servers record what
+they saw each time. On httpx 0.28, which openai 1.6.0 cannot build a client with,
 MetaGPT as shipped fails at ``LLM()`` before any request, as upstream does there; the ``httpx`` fix stays on for
 the other two calls.
 """
@@ -29,6 +32,7 @@ from .masking import mask, show_authorization
 from .report import OK, PROBLEM, Report
 
 PROMPT = "Say hello to the vLLM server."
+CODE_TASK = "Print the first ten square numbers."  #: the Data Interpreter scene's user message
 CALL_TIMEOUT = 20.0  # seconds per call: MetaGPT retries connection errors for minutes, the demo must not hang
 CONTEXT = 4096  # Llama-2-7b's
 SEED_COMMAND = "python -m vllm.entrypoints.openai.api_server --model meta-llama/Llama-2-7b-hf --api-key KEY"
@@ -52,6 +56,7 @@ class Scene:
     server: dict[str, Any]  #: VLLMServer's other arguments
     expect: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
     why_key_only_fails: str
+    step: str = "aask"  #: "aask": ``LLM().aask`` streamed; "code": the Data Interpreter's code step (``aask_code``)
 
 
 SCENES = (
@@ -59,6 +64,9 @@ SCENES = (
           ((401,), (400,), (400, 200)), f"max_tokens {CONTEXT} does not fit the context"),
     Scene("Today: vLLM 0.32.0, started with the seed's command as published (the base model has no chat template)",
           "0.32.0", {"chat_template": "none"}, ((401,), (400,), (400, 200)), "the model has no chat template"),
+    Scene("The Data Interpreter's code step, on a server started the same way (MetaGPT's WriteCodeWithoutTools: a "
+          "function call, and vLLM started without tool flags)", "0.32.0", {"chat_template": "none"},
+          ((401,), (400,), (400, 400, 200)), "vLLM refuses tools without --enable-auto-tool-choice", step="code"),
 )
 PROXIES_TYPE_ERROR = "unexpected keyword argument 'proxies'"  # LLM() as shipped on httpx 0.28 (MetaGPT #1617)
 STEPS = ("MetaGPT as shipped (plugin removed)", "With the api_key fix alone ({disable})",
@@ -69,11 +77,12 @@ STEPS = ("MetaGPT as shipped (plugin removed)", "With the api_key fix alone ({di
 class Attempt:
     """One ``aask`` through MetaGPT's open_llm provider, and what the server saw."""
 
+    methods: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     headers: list[Optional[str]] = field(default_factory=list)
     statuses: list[int] = field(default_factory=list)
     max_tokens: list[Optional[int]] = field(default_factory=list)
-    answer: Optional[str] = None
+    answer: Any = None  #: aask's text, or the code step's dict ({"language": ..., "code": ...})
     error: Optional[str] = None
     status: Optional[int] = None
     message: Optional[str] = None  #: the server's error message
@@ -98,7 +107,7 @@ def _yaml_scalar(text: str) -> str:
     return text if isinstance(plain, dict) and plain.get("k") == text else json.dumps(text)
 
 
-async def _ask(llm_config: Any, server: Any) -> Attempt:
+async def _ask(llm_config: Any, server: Any, step: str) -> Attempt:
     attempt = Attempt()
     server.clear_requests()
     listener = _Collect(attempt.said)
@@ -106,7 +115,7 @@ async def _ask(llm_config: Any, server: Any) -> Attempt:
     plugin_log.addHandler(listener)
     plugin_log.propagate, propagate = False, plugin_log.propagate
     try:
-        return await _ask_once(llm_config, server, attempt)
+        return await _ask_once(llm_config, server, attempt, step)
     finally:
         plugin_log.removeHandler(listener)
         plugin_log.propagate = propagate
@@ -124,7 +133,7 @@ class _Collect(logging.Handler):
             self.into.append(record.getMessage())
 
 
-async def _ask_once(llm_config: Any, server: Any, attempt: Attempt) -> Attempt:
+async def _ask_once(llm_config: Any, server: Any, attempt: Attempt, step: str) -> Attempt:
     from metagpt.llm import LLM
 
     try:
@@ -133,8 +142,10 @@ async def _ask_once(llm_config: Any, server: Any, attempt: Attempt) -> Attempt:
         where = "" if type(exc).__module__ == "builtins" else f"{type(exc).__module__}."
         attempt.error = f"LLM() raised {where}{type(exc).__name__}: {exc}"
     else:
-        await _aask(llm, attempt)
-    seen = [r for r in server.requests if r.path.startswith("/v1")]
+        await _aask(llm, attempt, step)
+    # MetaGPT's requests, and the tools fix's GET /version (the only other request a fix makes)
+    seen = [r for r in server.requests if r.path.startswith("/v1") or r.path == "/version"]
+    attempt.methods = [r.method for r in seen]
     attempt.paths = [r.path for r in seen]
     attempt.headers = [r.authorization for r in seen]
     attempt.statuses = [r.status for r in seen]
@@ -142,13 +153,31 @@ async def _ask_once(llm_config: Any, server: Any, attempt: Attempt) -> Attempt:
     return attempt
 
 
-async def _aask(llm: Any, attempt: Attempt) -> None:
+async def _code_step(llm: Any) -> Any:
+    """The Data Interpreter's code step as MetaGPT takes it: its own ``WriteCodeWithoutTools`` (0.7.4 and later;
+    ``mi`` in 0.7.1-0.7.3) with ``llm`` as its LLM; on a MetaGPT without it, the same ``aask_code`` call directly."""
+    import importlib
+
+    from metagpt.schema import Message
+
+    for module in ("metagpt.actions.di.write_analysis_code", "metagpt.actions.mi.write_analysis_code"):
+        try:
+            action = importlib.import_module(module).WriteCodeWithoutTools()
+        except (ImportError, AttributeError):
+            continue
+        action.llm = llm
+        return await action.run([Message(content=CODE_TASK, role="user")])
+    return await llm.aask_code([{"role": "user", "content": CODE_TASK}])
+
+
+async def _aask(llm: Any, attempt: Attempt, step: str = "aask") -> None:
     import openai
 
     from .vllm_versions import error_fields
 
     try:
-        attempt.answer = await asyncio.wait_for(llm.aask(PROMPT), CALL_TIMEOUT)  # streamed, aask's default
+        asked = _code_step(llm) if step == "code" else llm.aask(PROMPT)  # aask: streamed, its default
+        attempt.answer = await asyncio.wait_for(asked, CALL_TIMEOUT)
         costs = llm.get_costs()
         attempt.usage = (costs.total_prompt_tokens, costs.total_completion_tokens)
     except openai.APIStatusError as exc:
@@ -186,7 +215,7 @@ def key_fix_alone() -> str:
     return ",".join(name for name in NAMES if name not in ("api_key", "httpx"))
 
 
-async def _story(llm_config: Any, server: Any) -> tuple[Attempt, Attempt, Attempt]:
+async def _story(llm_config: Any, server: Any, step: str) -> tuple[Attempt, Attempt, Attempt]:
     """Upstream (plugin removed), the api_key fix alone, every fix; one event loop for the three calls."""
     from . import apply, remove
     from ._activation import DISABLE
@@ -195,10 +224,10 @@ async def _story(llm_config: Any, server: Any) -> tuple[Attempt, Attempt, Attemp
     saved = os.environ.get(DISABLE)
     remove()
     try:
-        upstream = await _ask(llm_config, server)
+        upstream = await _ask(llm_config, server, step)
         os.environ[DISABLE] = key_fix_alone()
         apply()
-        key_only = await _ask(llm_config, server)
+        key_only = await _ask(llm_config, server, step)
     finally:
         remove()
         if saved is None:
@@ -206,12 +235,15 @@ async def _story(llm_config: Any, server: Any) -> tuple[Attempt, Attempt, Attemp
         else:
             os.environ[DISABLE] = saved
         apply()
-    return upstream, key_only, await _ask(llm_config, server)
+    return upstream, key_only, await _ask(llm_config, server, step)
 
 
 def _describe(report: Report, attempt: Attempt) -> None:
-    for path, header, status, max_tokens in zip(attempt.paths, attempt.headers, attempt.statuses,
-                                                attempt.max_tokens):
+    for method, path, header, status, max_tokens in zip(attempt.methods, attempt.paths, attempt.headers,
+                                                        attempt.statuses, attempt.max_tokens):
+        if method == "GET":  # the tools fix asks which field constrains an answer on this vLLM: no key, no tokens
+            report.field("server saw", f"GET {path} -> {status}", indent="     ")
+            continue
         note = ("   <- MetaGPT's hard-coded placeholder, not the configured key"
                 if header == f"Bearer {PLACEHOLDER_KEY}" else "")
         asked = f"max_tokens {max_tokens}" if max_tokens is not None else "no max_tokens"
@@ -250,13 +282,18 @@ def _differences(scene: Scene, attempts: tuple[Attempt, Attempt, Attempt], key: 
     for number, (step, attempt, statuses) in enumerate(zip(STEPS, attempts, expect), 1):
         what = f"{scene.vllm_version}, step {number} ({step.split(' (')[0].lower()})"
         sent = placeholder if number == 1 else configured
-        if tuple(attempt.statuses) != statuses or any(h != sent for h in attempt.headers):
+        posts = [(status, header) for method, status, header in zip(attempt.methods, attempt.statuses,
+                                                                     attempt.headers) if method == "POST"]
+        if tuple(s for s, _ in posts) != statuses or any(h != sent for _, h in posts):
             found.append(f"{what}: the server should answer {list(statuses)} to {show_authorization(sent)}; it "
-                         f"answered {attempt.statuses} to {[show_authorization(h) for h in attempt.headers]}")
+                         f"answered {[s for s, _ in posts]} to {[show_authorization(h) for _, h in posts]}")
         if attempt.ok != (number == 3):
             found.append(f"{what}: " + (f"MetaGPT should fail; it returned {attempt.answer!r}" if attempt.ok else
                                         f"MetaGPT should answer; it failed: {attempt.status or ''} {attempt.error}"))
     fixed = attempts[2]
+    if fixed.ok and scene.step == "code" and not (isinstance(fixed.answer, dict) and fixed.answer.get("code")):
+        found.append(f"{scene.vllm_version}, the code step: MetaGPT should read a function call's code; it read "
+                     f"{fixed.answer!r}")
     if fixed.ok and not (fixed.usage and all(fixed.usage)):
         found.append(f"{scene.vllm_version}: with every fix MetaGPT should record the server's token counts; it "
                      f"recorded {fixed.usage}")
@@ -271,7 +308,7 @@ def _play(scene: Scene, key: str, scratch: Path, report: Report) -> list[str]:
 
     with VLLMServer(api_keys=[key], model=DEFAULT_MODEL, max_model_len=CONTEXT, vllm_version=scene.vllm_version,
                     **scene.server) as server:
-        config_path = scratch / scene.vllm_version / "config2.yaml"
+        config_path = scratch / f"{scene.vllm_version}-{scene.step}" / "config2.yaml"
         config_path.parent.mkdir(parents=True)
         config_path.write_text(SEED_CONFIG.format(base_url=server.base_url, model=DEFAULT_MODEL,
                                                   api_key=_yaml_scalar(key)), encoding="utf-8")
@@ -279,7 +316,7 @@ def _play(scene: Scene, key: str, scratch: Path, report: Report) -> list[str]:
         report.line(f"{scene.title}")
         report.field("server", f"{server.base_url}  answers as vLLM {scene.vllm_version}, model {DEFAULT_MODEL} "
                                f"(context {CONTEXT}), --api-key {mask(key)}")
-        attempts = asyncio.run(_story(llm_config, server))
+        attempts = asyncio.run(_story(llm_config, server, scene.step))
     for number, (step, attempt) in enumerate(zip(STEPS, attempts), 1):
         report.line(f"  {number}. {step.format(disable='METAGPT_VLLM_FIX_DISABLE=' + key_fix_alone())}")
         _describe(report, attempt)
@@ -328,7 +365,8 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
                                f"({'given' if api_key else 'random, this run only'}); no max_token line (MetaGPT asks "
                                f"for {CONTEXT}), calc_usage true")
         report.field("asks", "MetaGPT's own Config.from_yaml_file(...).llm -> LLM(llm_config).aask(...), streamed, "
-                             "three times per server")
+                             "three times per scene; the Data Interpreter's scene: WriteCodeWithoutTools().run(...), "
+                             "which asks through aask_code")
         report.field("seed's vLLM", SEED_COMMAND.replace("KEY", mask(key)))
         if _shipped_fails_at_llm():
             from .fixes.httpx_client import httpx_version
@@ -341,7 +379,8 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
         elapsed = time.monotonic() - imported
         if not differences:
             report.check(OK, f"The seed's config works as written, on vLLM 0.3.3 and on vLLM 0.32: the key is sent, "
-                             f"max_tokens fits, a model without a chat template answers, usage comes from the server. "
+                             f"max_tokens fits, a model without a chat template answers, usage comes from the server, "
+                             f"and the Data Interpreter's code step gets its function call. "
                              f"({elapsed:.1f} s after MetaGPT's import, {time.monotonic() - started:.1f} s in all)")
             return 0
         report.check(PROBLEM, "The demo did not go as expected:\n" + "\n".join(f"- {d}" for d in differences))

@@ -19,8 +19,9 @@ from re import Pattern
 from typing import Any, Optional
 
 __all__ = [
-    "CURRENT", "DEFAULT_VERSION", "GENERATIONS", "NO_TEMPLATE_MESSAGES", "SYSTEM_ROLE_MESSAGES", "Generation",
-    "Refusal", "classify_refusal", "for_version", "is_system_role_refusal", "is_template_missing", "parse_version",
+    "CURRENT", "DEFAULT_VERSION", "GENERATIONS", "NO_TEMPLATE_MESSAGES", "SYSTEM_ROLE_MESSAGES", "TOOLS_REFUSALS",
+    "Generation", "Refusal", "classify_refusal", "for_version", "is_system_role_refusal", "is_template_missing",
+    "is_tools_refusal", "parse_version", "structured_output",
 ]
 
 DEFAULT_VERSION = "0.32.0"  #: the release the emulator plays unless told otherwise (the one CI runs for real)
@@ -60,11 +61,39 @@ class Generation:
     auto_tool_choice_message: Optional[str] = None  #: 400 for ``tools`` with ``tool_choice`` "auto" (or left out) on
     #: a server started without --enable-auto-tool-choice (0.6+); None: ``tools`` ignored
     named_tool_choice_message: Optional[str] = None  #: 400 for a named ``tool_choice`` (MetaGPT's aask_code) on a
-    #: server without --tool-call-parser, ``{name}`` the function's (measured on 0.32.0; since when is not known)
+    #: server without --tool-call-parser, ``{name}`` the function's (0.14 on; 0.26+'s words, measured on 0.32.0)
+    ignores_tools: bool = False  #: ``tools`` / ``tool_choice`` are dropped: a plain answer, no ``tool_calls`` key
+    #: (0.3.3 - 0.4.1; 0.4.2 - 0.4.3 refuse them as extra fields, TOOLS_REFUSALS)
+    named_tool_call_guided: bool = False  #: a named ``tool_choice`` is answered with a tool call whose arguments are
+    #: constrained by the function's parameters, without tool flags (0.5.0 - 0.11.0)
+    empty_tool_calls: bool = False  #: an answer without a tool call carries ``"tool_calls": []`` (0.5.0 - 0.23;
+    #: absent before and after)
+    structured_output_fields: tuple[str, ...] = ("guided_json",)  #: the request fields that constrain an answer to
+    #: a JSON schema, chat and completions alike, the last one sent winning: ``guided_json`` (0.3.3 - 0.11.x, a
+    #: schema), ``structured_outputs`` (0.11.0 on, ``{"json": schema}``; it wins over ``guided_json`` in 0.11);
+    #: a field not listed is ignored (refused as an extra field on 0.4.2 - 0.6.4). vllm-tools-facts.md §1a-1c
+    response_format_json_schema: tuple[str, ...] = ()  #: the endpoints ("chat", "completions") on which
+    #: ``response_format: {"type": "json_schema"}`` constrains, overriding the fields above: chat from 0.6.0 (not
+    #: 0.6.3), completions from 0.11.1 (facts §1a, §1b, §1c); elsewhere it is ignored
+    json_schema_missing_message: Optional[str] = None  #: 400 (param ``response_format``) for a json_schema
+    #: response_format without its ``json_schema`` (facts §5; measured on 0.32.0)
+    structured_outputs_or_tools_message: Optional[str] = None  #: 400 for ``structured_outputs`` beside a named
+    #: ``tool_choice`` (0.23 on, ``check_structured_outputs_count``: facts §1c; measured on 0.32.0)
+    uncompilable_schema_keys: tuple[str, ...] = ()  #: JSON-schema keywords the server cannot compile into a
+    #: grammar, present anywhere in the schema with any value: 400 after the prompt is checked (0.32's default
+    #: "auto" backend: xgrammar refuses, guidance's fallback too; facts §5, measured on 0.32.0)
+    uncompilable_schema_message: Optional[str] = None  #: that 400's message, ``{keys}`` the keywords found
+    tool_call_id_hex: int = 32  #: hex digits after ``chatcmpl-tool-`` in a tool call's id: ``uuid4().hex`` up to
+    #: 0.11.1, 16 from 0.12.0 (facts §3)
     prompt_missing_message: Optional[str] = None  #: 400 for a completion request without ``prompt`` (0.32.0
     #: measured: ``prompt_embeds`` may stand in for it); None: the field-validation 400
     bad_request_type: str = "BadRequestError"
     not_found_type: str = "NotFoundError"
+
+    @property
+    def structured_output(self) -> str:
+        """The field a client constrains an answer with on this generation (the one that wins)."""
+        return self.structured_output_fields[-1]
 
     @property
     def context_rule(self) -> str:
@@ -132,7 +161,24 @@ _UNTRUSTED_TEMPLATE = ("Chat template is passed with request, but --trust-reques
                        "request with untrusted chat template.")
 _AUTO_TOOL_CHOICE = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
 _NAMED_TOOL_CHOICE = 'tool_choice=function "{name}" requires --tool-call-parser to be set'
+# Every refusal of a function-call request by a server started without tool flags (read from the wheels): "auto"
+# (tools without tool_choice) from 0.6.0, a named tool_choice in 0.14 - 0.25's words and in 0.26+'s, and 0.4.2 -
+# 0.4.3's refusal of ``tools`` as an extra field (pydantic v2 inside any fastapi's rendering of the error list).
+TOOLS_REFUSALS = (
+    _AUTO_TOOL_CHOICE,
+    _NAMED_TOOL_CHOICE,
+    "tool_choice=\"function=ChatCompletionNamedFunction(name='{name}') type='function'\" requires "
+    "--tool-call-parser to be set",
+    "'type': 'extra_forbidden', 'loc': ('body', 'tools')",
+)
 _PROMPT_MISSING = "Either prompt or prompt_embeds must be provided and non-empty. (parameter=prompt)"
+# Structured outputs on 0.32.0 (measured; vllm-tools-facts.md §1c, §5): a json_schema response_format without its
+# schema; structured_outputs beside a named tool_choice; and a schema keyword that neither xgrammar nor the guidance
+# fallback of the default "auto" backend compiles (guidance's words; {keys} sorted, each in double quotes).
+_JSON_SCHEMA_MISSING = ("When response_format type is 'json_schema', the 'json_schema' field must be provided. "
+                        "(parameter=response_format)")
+_NOT_BOTH = "You can only either use constraints for structured outputs or tools, not both."
+_UNIMPLEMENTED_KEYS = "Grammar error: Unimplemented keys: [{keys}]"
 
 GENERATIONS: tuple[Generation, ...] = (
     # MetaGPT 0.7's time. One check for everything: prompt + max_tokens <= context. A model without a chat template
@@ -144,7 +190,8 @@ GENERATIONS: tuple[Generation, ...] = (
                max_tokens_message=_V03_MAX_TOKENS, max_tokens_param=None,
                prompt_message=_V03_PROMPT, prompt_param=None, unknown_model_message=_UNKNOWN_MODEL,
                unknown_model_param=None, usage_details=False, request_checks=False,
-               no_template_message=None, chat_error_cause=False, checks_max_tokens_first=False),
+               no_template_message=None, chat_error_cause=False, checks_max_tokens_first=False,
+               ignores_tools=True),
     # Nested error bodies (0.10.2), /version, stream_options; the key check is still exact.
     Generation(since=(0, 10, 2), name="0.10.2", key_scheme_any_case=False, env_key_wins=True, nested_errors=True,
                version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True,
@@ -153,7 +200,8 @@ GENERATIONS: tuple[Generation, ...] = (
                prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL,
                unknown_model_param=None, usage_details=False, request_checks=False,
                no_template_message=_NO_TEMPLATE, chat_error_cause=True, checks_max_tokens_first=False,
-               auto_tool_choice_message=_AUTO_TOOL_CHOICE),
+               auto_tool_choice_message=_AUTO_TOOL_CHOICE, named_tool_call_guided=True, empty_tool_calls=True,
+               response_format_json_schema=("chat",)),
     # Several keys, constant-time compare, case-insensitive scheme; --api-key wins over VLLM_API_KEY.
     Generation(since=(0, 11, 0), name="0.11", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
                version_endpoint=True, clamps_max_tokens=False, checks_prompt_alone=True,
@@ -162,7 +210,9 @@ GENERATIONS: tuple[Generation, ...] = (
                prompt_message=_V010_PROMPT, prompt_param="input_tokens", unknown_model_message=_UNKNOWN_MODEL,
                unknown_model_param=None, usage_details=False, request_checks=False,
                no_template_message=_NO_TEMPLATE, chat_error_cause=True, checks_max_tokens_first=False,
-               untrusted_template_message=_UNTRUSTED_TEMPLATE, auto_tool_choice_message=_AUTO_TOOL_CHOICE),
+               untrusted_template_message=_UNTRUSTED_TEMPLATE, auto_tool_choice_message=_AUTO_TOOL_CHOICE,
+               named_tool_call_guided=True, empty_tool_calls=True,
+               structured_output_fields=("guided_json", "structured_outputs"), response_format_json_schema=("chat",)),
     # max_tokens is clamped to the room left; only max_tokens > context is refused (measured on 0.32.0).
     Generation(since=(0, 18, 0), name="0.18+", key_scheme_any_case=True, env_key_wins=False, nested_errors=True,
                version_endpoint=True, clamps_max_tokens=True, checks_prompt_alone=True,
@@ -173,7 +223,11 @@ GENERATIONS: tuple[Generation, ...] = (
                usage_details=True, request_checks=True,
                no_template_message=_NO_TEMPLATE, chat_error_cause=False, checks_max_tokens_first=True,
                untrusted_template_message=_UNTRUSTED_TEMPLATE, auto_tool_choice_message=_AUTO_TOOL_CHOICE,
-               named_tool_choice_message=_NAMED_TOOL_CHOICE, prompt_missing_message=_PROMPT_MISSING),
+               named_tool_choice_message=_NAMED_TOOL_CHOICE, prompt_missing_message=_PROMPT_MISSING,
+               structured_output_fields=("structured_outputs",), response_format_json_schema=("chat", "completions"),
+               json_schema_missing_message=_JSON_SCHEMA_MISSING, structured_outputs_or_tools_message=_NOT_BOTH,
+               uncompilable_schema_keys=("contains", "maxContains", "minContains", "uniqueItems"),
+               uncompilable_schema_message=_UNIMPLEMENTED_KEYS, tool_call_id_hex=16),
 )
 CURRENT = GENERATIONS[-1]
 
@@ -214,7 +268,7 @@ class Refusal:
         return self.prompt_tokens is None or self.context is None or self.prompt_tokens < self.context
 
 
-_TEXT_FIELDS = frozenset({"model", "served"})
+_TEXT_FIELDS = frozenset({"model", "served", "name"})
 
 
 def _pattern(template: str) -> Pattern[str]:
@@ -276,6 +330,23 @@ def classify_refusal(message: str) -> Optional[Refusal]:
 def is_template_missing(message: str) -> bool:
     """Is this a refusal of a chat request because the model has no chat template (any vLLM, any transformers)?"""
     return any(known in (message or "") for known in NO_TEMPLATE_MESSAGES)
+
+
+@functools.cache
+def _tools_patterns() -> tuple[Pattern[str], ...]:
+    return tuple(_pattern(template) for template in TOOLS_REFUSALS)
+
+
+def is_tools_refusal(message: str) -> bool:
+    """Is this a refusal of ``tools`` / ``tool_choice`` by a server started without tool flags (any generation)?"""
+    return any(pattern.search(message or "") for pattern in _tools_patterns())
+
+
+def structured_output(generation: Generation, schema: Mapping[str, Any]) -> dict[str, Any]:
+    """The request field(s) that constrain an answer to ``schema`` on that generation (chat and completions)."""
+    if generation.structured_output == "structured_outputs":
+        return {"structured_outputs": {"json": dict(schema)}}
+    return {"guided_json": dict(schema)}
 
 
 def is_system_role_refusal(message: str) -> bool:

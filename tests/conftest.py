@@ -308,6 +308,15 @@ def imported_at_startup(python, *args: str, env: Optional[dict[str, str]] = None
     return {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
 
 
+def metagpt_with_placeholder_config() -> None:
+    """Give this process's MetaGPT project root a config2.yaml, so that modules which load MetaGPT's config when
+    imported (the Data Interpreter's actions) import; the provider tests build their LLMs from their own config."""
+    path = Path(os.environ["METAGPT_PROJECT_ROOT"]) / "config" / "config2.yaml"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(SEED_CONFIG.format(base_url="http://127.0.0.1:9/v1", model=DEFAULT_MODEL, api_key=SEED_KEY))
+
+
 def open_llm_instance(base_url: str, api_key: str = SEED_KEY, model: str = DEFAULT_MODEL, **extra):
     """MetaGPT 0.7's provider for the seed's ``llm:`` block (plus ``extra`` fields), built as ``LLM()`` builds it."""
     from metagpt.configs.llm_config import LLMConfig

@@ -37,6 +37,9 @@ class Probe:
     body: Any = None  #: JSON body (a dict), or raw bytes
     headers: dict[str, str] = field(default_factory=dict)
     kind: str = "none"  #: the template kind of the server this probe is meant for
+    schema: Optional[dict[str, Any]] = None  #: whether the answer validates against this schema is compared
+    finish: bool = False  #: the answer's finish_reason is compared (a constrained answer's; a random model's
+    #: unconstrained text ends where it likes)
 
 
 def chat(*, prompt: str = "Say hello.", **extra: Any) -> dict[str, Any]:
@@ -62,6 +65,22 @@ def completion(*, prompt: str = "Hi", **extra: Any) -> dict[str, Any]:
 LAID_OUT = "[INST] <<SYS>>\nYou are a helpful assistant.\n<</SYS>>\n\nSay hello. [/INST]"
 TOOLS = [{"type": "function", "function": {"name": "noop", "description": "Does nothing.",
                                            "parameters": {"type": "object", "properties": {}}}}]
+NAMED = {"type": "function", "function": {"name": "noop"}}
+# Small schemas with bounded values (an enum, a boolean), so that a random-weight model, which pads JSON with
+# whitespace, finishes well within max_tokens (CONTEXT.md §14); the seed makes its sampling repeatable.
+SCHEMA = {"type": "object", "properties": {"language": {"type": "string", "enum": ["python", "shell"]},
+                                           "ok": {"type": "boolean"}},
+          "required": ["language", "ok"], "additionalProperties": False}
+OTHER_SCHEMA = {"type": "object", "properties": {"task": {"type": "string", "enum": ["eda", "other"]}},
+                "required": ["task"], "additionalProperties": False}
+UNIQUE_ITEMS = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string", "enum": ["a"]},
+                                                          "uniqueItems": True}}}  # vLLM 0.32 cannot compile it
+ROOM = {"max_tokens": 1500, "seed": 7}
+
+
+def json_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's response_format asking for ``schema``."""
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}
 
 
 PROBES: list[Probe] = [
@@ -120,6 +139,16 @@ PROBES: list[Probe] = [
           body=metagpt_chat(tools=TOOLS, tool_choice={"type": "function", "function": {"name": "noop"}})),
     Probe("chat, assistant message first", "POST", "/v1/chat/completions",
           body={"model": MODEL, "messages": [{"role": "assistant", "content": "Hi."}]}),
+    Probe("chat, structured_outputs (no chat template)", "POST", "/v1/chat/completions",
+          body=metagpt_chat(structured_outputs={"json": SCHEMA}, max_tokens=8), schema=SCHEMA),
+    Probe("chat, structured_outputs beside a named tool_choice", "POST", "/v1/chat/completions",
+          body=metagpt_chat(structured_outputs={"json": SCHEMA}, tools=TOOLS, tool_choice=NAMED)),
+    Probe("chat, response_format json_schema without its json_schema", "POST", "/v1/chat/completions",
+          body=metagpt_chat(response_format={"type": "json_schema"})),
+    Probe("completions, structured_outputs, a schema with uniqueItems", "POST", "/v1/completions",
+          body=completion(max_tokens=8, structured_outputs={"json": UNIQUE_ITEMS})),
+    Probe("completions, stream, a schema with uniqueItems", "POST", "/v1/completions",
+          body=completion(max_tokens=8, stream=True, structured_outputs={"json": UNIQUE_ITEMS})),
     Probe("completions, max_tokens 8", "POST", "/v1/completions", body=completion(max_tokens=8)),
     Probe("completions, max_tokens > context", "POST", "/v1/completions", body=completion(max_tokens=CONTEXT + 88)),
     Probe("completions, max_tokens == context", "POST", "/v1/completions", body=completion(max_tokens=CONTEXT)),
@@ -186,6 +215,37 @@ PROBES: list[Probe] = [
           body={"model": MODEL, "messages": [{"role": "assistant", "content": "Hi."}]}, kind="llama-2-chat"),
     Probe("llama-2-chat: completions, max_tokens 8", "POST", "/v1/completions", body=completion(max_tokens=8),
           kind="llama-2-chat"),
+    # Structured outputs (vllm-tools-facts.md §1): what constrains an answer on 0.32, and what it cannot compile.
+    Probe("llama-2-chat: chat, structured_outputs", "POST", "/v1/chat/completions",
+          body=metagpt_chat(structured_outputs={"json": SCHEMA}, **ROOM), kind="llama-2-chat", schema=SCHEMA,
+          finish=True),
+    Probe("llama-2-chat: chat, stream, structured_outputs", "POST", "/v1/chat/completions",
+          body=metagpt_chat(structured_outputs={"json": SCHEMA}, stream=True, **ROOM), kind="llama-2-chat",
+          schema=SCHEMA, finish=True),
+    Probe("llama-2-chat: chat, response_format json_schema", "POST", "/v1/chat/completions",
+          body=metagpt_chat(response_format=json_schema(SCHEMA), **ROOM), kind="llama-2-chat", schema=SCHEMA,
+          finish=True),
+    Probe("llama-2-chat: chat, response_format json_schema over structured_outputs", "POST", "/v1/chat/completions",
+          body=metagpt_chat(structured_outputs={"json": SCHEMA}, response_format=json_schema(OTHER_SCHEMA), **ROOM),
+          kind="llama-2-chat", schema=OTHER_SCHEMA, finish=True),
+    Probe("llama-2-chat: chat, guided_json (removed in 0.12: ignored)", "POST", "/v1/chat/completions",
+          body=metagpt_chat(guided_json=SCHEMA, max_tokens=16, seed=7), kind="llama-2-chat", schema=SCHEMA),
+    Probe("llama-2-chat: chat, structured_outputs, max_tokens 3", "POST", "/v1/chat/completions",
+          body=metagpt_chat(structured_outputs={"json": SCHEMA}, max_tokens=3, seed=7), kind="llama-2-chat",
+          schema=SCHEMA, finish=True),
+    Probe("llama-2-chat: chat, structured_outputs, a schema with uniqueItems", "POST", "/v1/chat/completions",
+          body=metagpt_chat(structured_outputs={"json": UNIQUE_ITEMS}, max_tokens=8), kind="llama-2-chat"),
+    Probe("llama-2-chat: chat, stream, a schema with uniqueItems", "POST", "/v1/chat/completions",
+          body=metagpt_chat(structured_outputs={"json": UNIQUE_ITEMS}, max_tokens=8, stream=True),
+          kind="llama-2-chat"),
+    Probe("llama-2-chat: completions, structured_outputs", "POST", "/v1/completions",
+          body=completion(structured_outputs={"json": SCHEMA}, **ROOM), kind="llama-2-chat", schema=SCHEMA,
+          finish=True),
+    Probe("llama-2-chat: completions, response_format json_schema", "POST", "/v1/completions",
+          body=completion(response_format=json_schema(SCHEMA), **ROOM), kind="llama-2-chat", schema=SCHEMA,
+          finish=True),
+    Probe("llama-2-chat: completions, guided_json (removed in 0.12: ignored)", "POST", "/v1/completions",
+          body=completion(guided_json=SCHEMA, max_tokens=16, seed=7), kind="llama-2-chat", schema=SCHEMA),
 ]
 
 
@@ -205,9 +265,27 @@ def _blank_numbers(text: str) -> str:
     return re.sub(r"\d+", "#", text)
 
 
+def validates(text: Optional[str], schema: dict[str, Any]) -> bool:
+    """Whether an answer's text is JSON valid against ``schema`` (by jsonschema, not by hand)."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(json.loads(text or ""), schema)
+    except (ValueError, jsonschema.ValidationError):
+        return False
+    return True
+
+
+def _stream_text(chunks: list[dict[str, Any]]) -> str:
+    """The text a stream's chunks carry (``delta.content`` or ``text``), joined."""
+    return "".join(str(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
+                   for chunk in chunks for choice in chunk.get("choices") or [])
+
+
 def _stream_facts(text: str) -> dict[str, Any]:
     events = [line[len("data: "):] for line in text.splitlines() if line.startswith("data: ")]
     chunks = [json.loads(e) for e in events if e != "[DONE]"]
+    errors = [c["error"] for c in chunks if isinstance(c.get("error"), dict)]
     return {
         "ends_with_done": bool(events) and events[-1] == "[DONE]",
         "usage_chunk_without_choices": any(c.get("choices") == [] and c.get("usage") for c in chunks),
@@ -216,15 +294,33 @@ def _stream_facts(text: str) -> dict[str, Any]:
         "objects": sorted({str(c.get("object")) for c in chunks}),
         "text_in": sorted({key for c in chunks for choice in c.get("choices") or []
                            for key in ("text", "delta") if key in choice}),
+        **({"errors": [[e.get("type"), e.get("param"), _blank_numbers(str(e.get("message")))] for e in errors]}
+           if errors else {}),  # a stream refused after it began: one error event, then [DONE]
     }
 
 
-def fingerprint(response: httpx.Response) -> dict[str, Any]:
+def _finish(chunks: list[dict[str, Any]]) -> Optional[str]:
+    return next((choice.get("finish_reason") for c in chunks for choice in c.get("choices") or []
+                 if choice.get("finish_reason")), None)
+
+
+def _answer_facts(text: Optional[str], finish: Optional[str], probe: Optional[Probe]) -> dict[str, Any]:
+    """For a probe with a schema: whether the answer validates (and its finish_reason, where it is compared)."""
+    if probe is None or probe.schema is None:
+        return {}
+    return {"validates": validates(text, probe.schema), **({"finish_reason": finish} if probe.finish else {})}
+
+
+def fingerprint(response: httpx.Response, probe: Optional[Probe] = None) -> dict[str, Any]:
     """What must agree between two servers for one probe."""
     content_type = response.headers.get("content-type", "").split(";")[0].strip()
     facts: dict[str, Any] = {"status": response.status_code, "content_type": content_type}
     if content_type == "text/event-stream":
         facts["stream"] = _stream_facts(response.text)
+        if not facts["stream"].get("errors"):
+            chunks = [json.loads(line[len("data: "):]) for line in response.text.splitlines()
+                      if line.startswith("data: ") and line != "data: [DONE]"]
+            facts.update(_answer_facts(_stream_text(chunks), _finish(chunks), probe))
         return facts
     if content_type != "application/json":
         return facts
@@ -239,6 +335,12 @@ def fingerprint(response: httpx.Response) -> dict[str, Any]:
     elif response.status_code == 200 and isinstance(body, dict) and "choices" in body:
         facts["usage"] = sorted(body.get("usage") or {})
         facts["object"] = body.get("object")
+        choice = (body.get("choices") or [{}])[0]
+        message = choice.get("message")
+        if isinstance(message, dict):  # 0.24+ leave tool_calls out of an answer without a call (facts §3)
+            facts["tool_calls"] = message.get("tool_calls", "absent")
+        text = message.get("content") if isinstance(message, dict) else choice.get("text")
+        facts.update(_answer_facts(text, choice.get("finish_reason"), probe))
     return facts
 
 
@@ -258,9 +360,9 @@ def send(url: str, probe: Probe, timeout: float = 120) -> httpx.Response:
         return response
 
 
-def observe(url: str, probe: Probe, timeout: float = 120) -> dict[str, Any]:
+def observe(url: str, probe: Probe, timeout: float = 300) -> dict[str, Any]:
     """Send one probe to the server at ``url`` (no /v1) and fingerprint the answer."""
-    return fingerprint(send(url, probe, timeout))
+    return fingerprint(send(url, probe, timeout), probe)
 
 
 def raw(url: str, probe: Probe, timeout: float = 120) -> dict[str, Any]:
@@ -302,11 +404,21 @@ def differences(a: dict[str, dict[str, Any]], b: dict[str, dict[str, Any]]) -> d
     return found
 
 
+def _validity(facts: dict[str, Any]) -> str:
+    if "validates" not in facts:
+        return ""
+    finish = f", finish {facts['finish_reason']}" if "finish_reason" in facts else ""
+    return (", valid against the schema" if facts["validates"] else ", not valid against the schema") + finish
+
+
 def _cell(facts: dict[str, Any]) -> str:
     if "stream" in facts:
+        if facts["stream"].get("errors"):
+            _, _, message = facts["stream"]["errors"][0]
+            return f"{facts['status']} stream of one error: \"{message[:34].rstrip()}…\""
         where = ("last chunk, no choices" if facts["stream"]["usage_chunk_without_choices"] else
                  "finish chunk" if facts["stream"]["usage_on_a_chunk_with_choices"] else "none")
-        return f"{facts['status']} stream, usage: {where}"
+        return f"{facts['status']} stream, usage: {where}{_validity(facts)}"
     shape = facts.get("shape")
     kind = {"{error:str}": " Unauthorized", "{detail:str}": " detail"}.get(shape or "", "")
     if facts.get("type"):
@@ -315,7 +427,7 @@ def _cell(facts: dict[str, Any]) -> str:
         message = str(facts.get("message") or "")
         if facts["type"] == "BadRequestError" and message:
             kind += f": \"{message[:34].rstrip()}…\""
-    return f"{facts['status']}{kind}"
+    return f"{facts['status']}{kind}{_validity(facts)}"
 
 
 def table(real: dict[str, dict[str, Any]], emulated: dict[str, dict[str, Any]],

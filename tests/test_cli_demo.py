@@ -14,6 +14,7 @@ KEY = "demo-key-for-the-test-0123456789"
 NOISE = ("Package root set to", "PROJECT_ROOT set", "usage calculation failed", "FutureWarning", "Traceback",
          "Warning: model not found")
 TODAY = "Today: vLLM 0.32.0, started with the seed's command as published (the base model has no chat template)"
+DATA_INTERPRETER = "The Data Interpreter's code step, on a server started the same way"
 
 
 def run_demo(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -21,6 +22,11 @@ def run_demo(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
     home = tmp_path / "home"
     home.mkdir()
     return run_module("metagpt_vllm_fix", "demo", *args, env=clean_env(home, **env), cwd=tmp_path, timeout=120)
+
+
+def scene(out: str, title: str) -> str:
+    """One scene's lines: from its title to the blank line that ends it."""
+    return out.split(title)[1].split("\n\n")[0]
 
 
 def steps(scene: str) -> tuple[str, str, str]:
@@ -56,7 +62,7 @@ def test_demo_shows_the_seed_server_of_today_401_then_no_chat_template_400_then_
     assert proc.returncode == 0, out + proc.stderr
     assert f"python -m vllm.entrypoints.openai.api_server --model meta-llama/Llama-2-7b-hf --api-key {mask(KEY)}" \
         in out
-    today = out.split(TODAY)[1]
+    today = scene(out, TODAY)
     upstream, key_only, fixed = steps(today)
     assert "answers as vLLM 0.32.0" in today
     assert "/v1/chat/completions, Authorization: Bearer sk-xxx, max_tokens 4096 -> 401" in upstream
@@ -67,6 +73,23 @@ def test_demo_shows_the_seed_server_of_today_401_then_no_chat_template_400_then_
     assert re.search(rf"/v1/completions, Authorization: Bearer {re.escape(mask(KEY))}, [^\n]*-> 200", fixed), fixed
     assert "MetaGPT returned '" in fixed and "the server's own count" in fixed
     assert "--chat-template" in fixed, "the chat_template fix's warning names the server-side remedy"
+
+
+def test_demo_shows_the_data_interpreters_code_step_refused_for_tools_then_answered_as_a_function_call(tmp_path):
+    proc = run_demo(tmp_path, "--api-key", KEY)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    upstream, key_only, fixed = steps(scene(out, DATA_INTERPRETER))
+    assert "/v1/chat/completions, Authorization: Bearer sk-xxx, max_tokens 4096 -> 401" in upstream
+    assert '400 openai.BadRequestError: "auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser' \
+        in key_only
+    # the function call refused, its constrained request refused for want of a template, then answered
+    chat_400 = f"/v1/chat/completions, Authorization: Bearer {mask(KEY)}, max_tokens 4096 -> 400"
+    assert fixed.count(chat_400) == 2 and "server saw   GET /version -> 200" in fixed, fixed
+    assert re.search(rf"/v1/completions, Authorization: Bearer {re.escape(mask(KEY))}, [^\n]*-> 200", fixed), fixed
+    # what MetaGPT's own WriteCodeWithoutTools returned: the execute function's arguments, read from a tool call
+    assert re.search(r"MetaGPT returned \{'language': 'python', 'code': '[^']+'\} \(\d+ prompt", fixed), fixed
+    assert "tools: " in fixed and "--enable-auto-tool-choice" in fixed, "the tools fix names the server-side remedy"
 
 
 def test_demo_never_prints_the_key_and_stays_quiet(tmp_path):
@@ -86,7 +109,7 @@ def test_demo_random_key_is_shown_masked_only(tmp_path):
     assert re.fullmatch(r"[\w-]{3}\.\.\.[\w-]{3}", masked)
     # secrets.token_urlsafe(24) is 32 characters of [A-Za-z0-9_-]; nothing that long may appear
     long_words = set(re.findall(r"[A-Za-z0-9_-]{24,}", proc.stdout + proc.stderr))
-    assert not long_words - {"METAGPT_VLLM_FIX_DISABLE"}
+    assert not long_words - {"METAGPT_VLLM_FIX_DISABLE", "--enable-auto-tool-choice"}
 
 
 def test_demo_on_httpx_028_shows_upstreams_typeerror_at_llm_then_goes_on(tmp_path, httpx_028):  # noqa: F811
@@ -95,14 +118,14 @@ def test_demo_on_httpx_028_shows_upstreams_typeerror_at_llm_then_goes_on(tmp_pat
     assert proc.returncode == 0, out + proc.stderr
     assert proc.stderr == "", "the half-built client's failed close is the same failure, not told twice"
     assert f"httpx        {HTTPX_028}, which no longer takes the proxies= openai 1.6.0 passes" in out
-    then, today = out.split("MetaGPT 0.7's time: vLLM 0.3.3")[1].split(TODAY)
-    for scene in (then, today):
-        upstream, key_only, fixed = steps(scene)
+    then, today = scene(out, "MetaGPT 0.7's time: vLLM 0.3.3"), scene(out, TODAY)
+    for told in (then, today, scene(out, DATA_INTERPRETER)):
+        upstream, key_only, fixed = steps(told)
         assert "server saw   no request" in upstream
         assert "LLM() raised TypeError: AsyncClient.__init__() got an unexpected keyword argument 'proxies'" \
             in upstream
         assert f"/v1/chat/completions, Authorization: Bearer {mask(KEY)}, max_tokens 4096 -> 400" in key_only
-        assert "MetaGPT returned '" in fixed and "the server's own count" in fixed
+        assert "MetaGPT returned " in fixed and "the server's own count" in fixed
     assert "This model's maximum context length is 4096 tokens" in steps(then)[1]
     assert "default chat template is no longer allowed" in steps(today)[1]
     assert "ok      The seed's config works as written, on vLLM 0.3.3 and on vLLM 0.32" in out

@@ -249,10 +249,11 @@ def runs(server, server_033, server_none, server_mistral, tmp_path_factory) -> d
 ASKED = "asked as MetaGPT does (its open_llm provider from this config, system + user message, streamed"
 
 
-def ask_line(run: Run) -> list[str]:
-    """The ``ask`` check: its first line (with its mark) and the continuation lines under it."""
+def ask_line(run: Run, asked: str = ASKED) -> list[str]:
+    """The ``ask`` check (or the one whose line holds ``asked``): its first line (with its mark) and the continuation
+    lines under it."""
     out = run.stdout.splitlines()
-    (start,) = [i for i, line in enumerate(out) if ASKED in line]
+    (start,) = [i for i, line in enumerate(out) if asked in line]
     rest = [line.strip() for line in itertools.takewhile(lambda line: line.startswith("  "), out[start + 1:])]
     return [out[start], *rest]
 
@@ -335,10 +336,11 @@ def test_server_version_and_generation_are_in_the_json(runs):
     (check,) = [c for c in document["checks"] if c["id"] == "max-token"]
     assert check["level"] == "ok"
     assert [f["name"] for f in document["plugin"]["fixes"]] == ["api_key", "max_tokens", "usage", "chat_template",
-                                                                "system_role", "httpx", "fail_fast"]
+                                                                "system_role", "httpx", "fail_fast", "tools"]
     assert document["plugin"]["fixes_in_effect"] == {"api_key": True, "max_tokens": True, "usage": True,
                                                      "chat_template": True, "system_role": True,
-                                                     "httpx": False, "fail_fast": True}  # httpx 0.27: idle
+                                                     "httpx": False, "fail_fast": True,
+                                                     "tools": True}  # httpx 0.27: idle
 
 
 def test_max_token_leaving_little_room_is_ok_where_vllm_clamps(runs):
@@ -450,7 +452,7 @@ def test_a_disable_word_naming_no_fix_is_a_warning_in_the_fixes_line(runs):
     assert warning.startswith("warning fixes: api_key active, max_tokens active, usage off (METAGPT_VLLM_FIX_DISABLE), "
                               "chat_template active, system_role active, httpx idle")
     assert ("METAGPT_VLLM_FIX_DISABLE names no fix: max_token (the fixes are api_key, max_tokens, usage, "
-            "chat_template, system_role, httpx, fail_fast)") in warning
+            "chat_template, system_role, httpx, fail_fast, tools)") in warning
     assert run.stderr == ""
     assert_clean(run)
 
@@ -483,8 +485,10 @@ def test_automatic_activation_off_is_a_problem_for_open_llm(runs):
 def test_api_type_openai_at_a_self_hosted_server_suggests_open_llm(runs):
     run = runs["api-type-openai"]
     assert run.returncode == 0, run
-    (warning,) = lines(run, "warning")
+    warning, function_call = lines(run, "warning")
     assert "api_type openai pointed at 127.0.0.1" in warning and "open_llm" in warning
+    # the fixes act on open_llm only: the server's refusal of MetaGPT's function call stands
+    assert "asked as the Data Interpreter does" in function_call and "tools fix is not in effect" in function_call
     assert "server answers with this key" in run.stdout
     (ask,) = [line for line in lines(run, "ok") if line.startswith("ok      asked as MetaGPT does")]
     assert "(its openai provider from this config" in ask and "an answer came back" in ask
@@ -629,6 +633,17 @@ def test_the_seed_server_without_a_chat_template_answers_through_the_chat_templa
     assert [line.split()[0] for line in lines(run, "warning")] == ["warning"]
     assert "verdict: warning (exit 0)" in run.stdout
     assert_clean(run)
+
+
+def test_the_seed_servers_function_call_line_names_every_fix_that_acted_though_the_ask_drew_their_warnings(runs):
+    first, *details = ask_line(runs["none-seed"], "asked as the Data Interpreter does")
+    assert first.startswith("ok ") and "a function call came back through the tools fix" in first, first
+    assert details[:4] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 400",
+                           "GET /version -> 200",
+                           f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 400",
+                           f"POST /v1/completions (Bearer {mask(KEY)}, max_tokens 512) -> 200"], details
+    acted = [line.split(" fix acted: ")[0] for line in details if " fix acted: " in line]
+    assert acted == ["the chat_template", "the tools"], details
 
 
 def test_the_chat_template_fix_switched_off_is_named_by_the_400_and_its_remedy_exit_1(runs):

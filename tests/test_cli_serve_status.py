@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -93,6 +94,42 @@ def test_serve_plays_the_seeds_model_without_a_chat_template_unless_told_otherwi
     assert ("the plugin's system_role fix" in text) is ("mistral-instruct" in args)
 
 
+EXECUTE = {"name": "execute", "parameters": {"type": "object", "properties": {"code": {"type": "string"}},
+                                            "required": ["code"]}}
+CODE_STEP = {**SEED_CHAT, "tools": [{"type": "function", "function": EXECUTE}]}  # MetaGPT's aask_code: no tool_choice
+
+
+@pytest.mark.parametrize("args, status, line", [
+    ((), 400, "tools        no tool flags (function calls are refused or ignored, as the release did)"),
+    (("--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--chat-template", "llama-2-chat"), 200,
+     "tools        --tool-call-parser hermes --enable-auto-tool-choice: tools with or without a tool_choice answered "
+     "with a call"),
+])
+def test_serve_with_vllms_tool_flags_answers_metagpts_function_call_with_a_tool_call(tmp_path, args, status, line):
+    proc, base_url, out = start_serve(tmp_path, *args)
+    answer = httpx.post(base_url + "/chat/completions", json=CODE_STEP, timeout=5)
+    code, stderr = stop(proc, signal.SIGTERM)
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert answer.status_code == status, answer.text
+    if status == 200:
+        (call,) = answer.json()["choices"][0]["message"]["tool_calls"]
+        assert call["function"]["name"] == "execute" and json.loads(call["function"]["arguments"]) == {"code": "echo"}
+    else:  # refused before the (missing) chat template is looked at
+        assert answer.json()["error"]["message"].startswith('"auto" tool choice requires --enable-auto-tool-choice')
+    assert line in out.read_text()
+    assert ("the plugin's tools fix answers MetaGPT's function calls" in out.read_text()) is (status == 400)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--enable-auto-tool-choice",), "--enable-auto-tool-choice requires --tool-call-parser"),
+    (("--tool-call-parser", "hermes", "--vllm-version", "0.3.3"), "vLLM 0.3.3 has no tool calling"),
+])
+def test_serve_refuses_tool_flags_vllm_would_refuse(tmp_path, args, message):
+    proc = subprocess.run([*CLI, "serve", *args], capture_output=True, text=True, env=clean_env(tmp_path),
+                          cwd=str(tmp_path), timeout=30)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
 def test_serve_refuses_a_vllm_version_it_cannot_place(tmp_path):
     proc = subprocess.run([*CLI, "serve", "--vllm-version", "0.2.7"], capture_output=True, text=True,
                           env=clean_env(tmp_path), cwd=str(tmp_path), timeout=30)
@@ -136,11 +173,11 @@ def test_status_prints_one_line_about_this_process_and_automatic_activation(tmp_
     assert proc.returncode == 0
     line, *fixes = proc.stdout.splitlines()
     assert line.startswith("pending: will patch when metagpt.provider.open_llm_api is imported (MetaGPT 0.7.7; "
-                           "fixes api_key, max_tokens, usage, chat_template, system_role, httpx, fail_fast).")
+                           "fixes api_key, max_tokens, usage, chat_template, system_role, httpx, fail_fast, tools).")
     assert automatic in line
     assert [f.split()[:2] for f in fixes] == [["api_key", "pending"], ["max_tokens", "pending"], ["usage", "pending"],
                                               ["chat_template", "pending"], ["system_role", "pending"],
-                                              ["httpx", "pending"], ["fail_fast", "pending"]]
+                                              ["httpx", "pending"], ["fail_fast", "pending"], ["tools", "pending"]]
     assert "layout by model name: Llama-2's for Llama-family names, ChatML otherwise" in fixes[3]
 
 
@@ -152,8 +189,8 @@ def test_status_names_each_fix_and_the_ones_disabled_by_name(tmp_path):
     document = json.loads(proc.stdout)
     assert [(f["name"], f["state"]) for f in document["fixes"]] == [
         ("api_key", "pending"), ("max_tokens", "off"), ("usage", "off"), ("chat_template", "pending"),
-        ("system_role", "off"), ("httpx", "pending"), ("fail_fast", "pending")]
-    assert "fixes api_key, chat_template, httpx, fail_fast)" in document["line"]
+        ("system_role", "off"), ("httpx", "pending"), ("fail_fast", "pending"), ("tools", "pending")]
+    assert "fixes api_key, chat_template, httpx, fail_fast, tools)" in document["line"]
 
 
 def test_status_warns_once_about_a_name_that_is_no_fix(tmp_path):
@@ -162,7 +199,8 @@ def test_status_warns_once_about_a_name_that_is_no_fix(tmp_path):
     proc = run_python(code, home=tmp_path, forked=True, METAGPT_VLLM_FIX_DISABLE="usage,tiktoken")
     assert proc.returncode == 0, proc.stderr
     assert ("[('api_key', 'active'), ('max_tokens', 'active'), ('usage', 'off'), ('chat_template', 'active'), "
-            "('system_role', 'active'), ('httpx', 'idle'), ('fail_fast', 'active')]") in proc.stdout
+            "('system_role', 'active'), ('httpx', 'idle'), ('fail_fast', 'active'), ('tools', 'active')]"
+            ) in proc.stdout
     assert proc.stderr.count("METAGPT_VLLM_FIX_DISABLE names no fix: tiktoken") == 1
 
 

@@ -24,7 +24,7 @@ from metagpt_vllm_fix.server import VLLMServer
 CLI = [sys.executable, "-m", "metagpt_vllm_fix"]
 IDS = ["metagpt", "activation", "fixes", "httpx", "config", "config-files", "llm", "api-key-whitespace",
        "api-key-control", "cleartext", "api-type", "provider", "server-version", "server", "model", "max-token", "ask",
-       "tiktoken"]
+       "function-call", "tiktoken"]
 
 
 def test_every_check_id_of_the_report_is_a_named_check_in_display_order():
@@ -36,7 +36,7 @@ def test_the_slow_checks_come_last_and_the_ask_among_them_before_tiktoken():
     slow = [dr.slow(c) for c in CHECKS]
     assert slow == sorted(slow), "a fast check after a slow one"
     assert [c.name for c in CHECKS if dr.slow(c)] == ["server-version", "server", "model", "max-token", "ask",
-                                                       "tiktoken"]
+                                                       "function-call", "tiktoken"]
 
 
 def test_every_check_needs_only_known_gatherers_and_gets_them_in_order():
@@ -105,7 +105,7 @@ def test_json_report_carries_the_findings_and_the_facts_never_the_key():
     found = facts(config=config(api_key=f" {KEY} "), asks={CHAT: AskResult(asked=True, answered=True, message=KEY)})
     document = as_json([Finding("server", PROBLEM, f"refuses {KEY}")], found)
     assert list(document) == ["version", "verdict", "exit_code", "metagpt_version", "plugin", "config", "server",
-                              "ask", "checks"]
+                              "ask", "function_call", "checks"]
     assert (document["verdict"], document["exit_code"], document["metagpt_version"]) == (PROBLEM, 1, "0.7.7")
     assert document["checks"] == [{"id": "server", "level": PROBLEM, "message": f"refuses {mask(KEY)}"}]
     assert document["config"]["api_key"] == mask(f" {KEY} ") and document["server"]["generation"] == "0.18+"

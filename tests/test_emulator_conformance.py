@@ -52,6 +52,9 @@ EXPECTED_0_3_3 = {
     "chat, tools, tool_choice left out (MetaGPT's aask_code)": (200, None),
     "chat, tools, tool_choice none": (200, None), "chat, tools, a named tool_choice": (200, None),
     "chat, assistant message first": (400, FLAT),
+    "chat, structured_outputs (no chat template)": (200, None),
+    "chat, structured_outputs beside a named tool_choice": (200, None),
+    "chat, response_format json_schema without its json_schema": (200, None),
     "completions, max_tokens 8": (200, None), "completions, max_tokens > context": (400, FLAT),
     "completions, max_tokens == context": (400, FLAT), "completions, max_tokens 4096 (MetaGPT's default)": (400, FLAT),
     "completions, prompt + max_tokens > context": (400, FLAT), "completions, no max_tokens": (200, None),
@@ -64,6 +67,8 @@ EXPECTED_0_3_3 = {
     "completions, stream, prompt alone > context": (400, FLAT),
     "completions, no key": (401, UNAUTHORIZED), "completions, unknown model": (404, FLAT),
     "completions, no prompt": (400, FLAT),
+    "completions, structured_outputs, a schema with uniqueItems": (200, None),
+    "completions, stream, a schema with uniqueItems": (200, FINISH_USAGE_TEXT),
     "unknown /v1 path, no key": (401, UNAUTHORIZED), "unknown /v1 path, key": (404, DETAIL),
     "wrong method on chat": (405, DETAIL), "OPTIONS models, no key": (401, UNAUTHORIZED),
     "mistral-instruct: chat, MetaGPT's messages (system first)": (400, FLAT),
@@ -80,7 +85,22 @@ EXPECTED_0_3_3 = {
     "llama-2-chat: chat, stream + include_usage, MetaGPT's messages": (200, FINISH_USAGE),
     "llama-2-chat: chat, assistant message first": (400, FLAT),
     "llama-2-chat: completions, max_tokens 8": (200, None),
+    "llama-2-chat: chat, structured_outputs": (200, None),
+    "llama-2-chat: chat, stream, structured_outputs": (200, FINISH_USAGE),
+    "llama-2-chat: chat, response_format json_schema": (200, None),
+    "llama-2-chat: chat, response_format json_schema over structured_outputs": (200, None),
+    "llama-2-chat: chat, guided_json (removed in 0.12: ignored)": (200, None),
+    "llama-2-chat: chat, structured_outputs, max_tokens 3": (200, None),
+    "llama-2-chat: chat, structured_outputs, a schema with uniqueItems": (200, None),
+    "llama-2-chat: chat, stream, a schema with uniqueItems": (200, FINISH_USAGE),
+    "llama-2-chat: completions, structured_outputs": (200, None),
+    "llama-2-chat: completions, response_format json_schema": (200, None),
+    "llama-2-chat: completions, guided_json (removed in 0.12: ignored)": (200, None),
 }
+# vLLM 0.3.3 constrains with guided_json alone (chat and completions); structured_outputs and response_format did
+# not exist (vllm-tools-facts.md §1a, §1b).
+CONSTRAINED_0_3_3 = {"llama-2-chat: chat, guided_json (removed in 0.12: ignored)",
+                     "llama-2-chat: completions, guided_json (removed in 0.12: ignored)"}
 ROLES = "Conversation roles must alternate user/assistant/user/assistant/..."
 
 
@@ -99,6 +119,7 @@ def test_emulator_as_vllm_0_3_3_answers_as_its_source_does():
     assert {name for name, facts in observed.items() if facts.get("message") == ROLES} == {
         name for name in EXPECTED_0_3_3 if name.startswith("mistral-instruct: chat") and "folded" not in name
         and "no key" not in name} | {"chat, assistant message first", "llama-2-chat: chat, assistant message first"}
+    assert {name for name, facts in observed.items() if facts.get("validates")} == CONSTRAINED_0_3_3
 
 
 def test_emulator_as_vllm_0_32_0_matches_the_recorded_real_servers():

@@ -251,7 +251,7 @@ def test_a_fix_whose_gate_refuses_is_left_off_alone_and_the_others_apply(tmp_pat
     assert (status["import_error"], status["code"], status["active"]) == (None, "supported", True)
     assert status["fixes"] == {"api_key": "active", "max_tokens": "refused", "usage": "active",
                                "chat_template": "active", "system_role": "active", "httpx": "idle",
-                               "fail_fast": "active"}
+                               "fail_fast": "active", "tools": "active"}
     (warning,) = lines_with(proc.stderr, "not applying the max_tokens fix")
     assert "no longer sends max_tokens as MetaGPT 0.7 does" in warning
 
@@ -266,7 +266,7 @@ def test_strict_mode_covers_every_fix(tmp_path):
     # nothing stays half-applied behind the refusal, and status says which fix refused
     assert status["fixes"] == {"api_key": "inactive", "max_tokens": "refused", "usage": "inactive",
                                "chat_template": "inactive", "system_role": "inactive", "httpx": "inactive",
-                               "fail_fast": "inactive"}
+                               "fail_fast": "inactive", "tools": "inactive"}
 
 
 # --- broken or missing dist-info metadata (on a copy of the real MetaGPT 0.7.7) -------------------------------

@@ -165,7 +165,7 @@ def test_function_call_request_is_not_rerouted_and_the_log_names_the_remedy(capl
     assert seen == [(CHAT, 400), (CHAT, 400), (COMPLETIONS, 200), (CHAT, 400)]
     records = [r for r in caplog.records if getattr(r, "fix", None) == "chat_template"]
     assert len(records) == 2  # one for the function call, one for the reroute: not one per request
-    assert "; a request with tools, tool_choice cannot be answered through /v1/completions" in records[0].getMessage()
+    assert "; a request with tools, tool_choice is not sent to /v1/completions" in records[0].getMessage()
     assert "; answering its chat requests through /v1/completions in the llama-2 layout" in records[1].getMessage()
     assert all("--chat-template" in r.getMessage() for r in records)
 

@@ -27,6 +27,7 @@ import pytest
 
 from conftest import (
     REPO,
+    RESULT_MARK,
     SEED_KEY,
     ask_metagpt,
     clean_env,
@@ -107,6 +108,15 @@ def test_open_llm_module_is_the_same_file_in_every_07_release(metagpt_release):
     assert 'api_key="sk-xxx"' in (metagpt_release("0.7.7") / "metagpt/provider/open_llm_api.py").read_text()
 
 
+def test_the_function_call_path_is_the_same_file_in_every_07_release(metagpt_release):
+    """aask_code's request and its reading (openai_api.py) and the default function (constant.py) are
+    byte-identical across 0.7.0-0.7.7: the tools fix fits them all."""
+    for path in ("metagpt/provider/openai_api.py", "metagpt/provider/constant.py"):
+        digests = {v: hashlib.sha256((metagpt_release(v) / path).read_bytes()).hexdigest() for v in PUBLISHED_07}
+        assert len(set(digests.values())) == 1, (path, digests)
+    assert "GENERAL_FUNCTION_SCHEMA" in (metagpt_release("0.7.0") / "metagpt/provider/openai_api.py").read_text()
+
+
 def auth_headers(server):
     return [r.authorization for r in server.requests if r.path.startswith("/v1")]
 
@@ -149,6 +159,67 @@ def test_every_07_release_fails_the_seed_config_and_the_plugin_makes_it_answer(v
     assert seen == [(f"Bearer {SEED_KEY}", 400, 4096), (f"Bearer {SEED_KEY}", 200, None)]
     assert "Warning: model not found" not in patched["stdout"]
     assert "usage calculation failed" not in patched["stderr"]
+
+
+# The Data Interpreter's code step (aask_code: tools=[execute], no tool_choice) in one child: with every fix, then
+# with the tools fix off by name (remove, the switch, apply: what a process started with it would have).
+AASK_CODE_SCRIPT = """
+import asyncio, json, os, sys
+{prelude}
+import metagpt_vllm_fix
+from metagpt.llm import LLM
+
+MESSAGES = [{{"role": "system", "content": "You are Code Interpreter."}}, {{"role": "user", "content": "Plot it."}}]
+
+
+async def code_step():
+    try:
+        return {{"ok": True, "answer": await LLM().aask_code(MESSAGES)}}
+    except Exception as exc:
+        return {{"ok": False, "error": type(exc).__name__, "status": getattr(exc, "status_code", None),
+                 "message": str(exc)}}
+
+
+async def main():
+    on = await code_step()
+    metagpt_vllm_fix.remove()
+    os.environ["METAGPT_VLLM_FIX_DISABLE"] = "tools"
+    metagpt_vllm_fix.apply()
+    print({mark!r} + json.dumps({{"on": on, "off": await code_step()}}), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture(scope="module")
+def seed_server_032():
+    """The seed's server on today's vLLM: 0.32.0 started without tool flags, the seed's model (no chat template)."""
+    with VLLMServer(api_keys=[SEED_KEY], max_model_len=4096, vllm_version="0.32.0", chat_template="none") as server:
+        yield server
+
+
+@pytest.mark.parametrize("version", PUBLISHED_07)
+def test_every_07_releases_aask_code_gets_a_tool_call_with_the_tools_fix_and_400_without(version, metagpt_release,
+                                                                                      seed_server_032, tmp_path):
+    target = metagpt_release(version)
+    home = tmp_path / "home"
+    write_config(home, seed_server_032.base_url)
+    seed_server_032.clear_requests()
+    proc = run_python(AASK_CODE_SCRIPT.format(prelude=IDENTITY_PRELUDE, mark=RESULT_MARK), home=home,
+                      PYTHONPATH=str(target), TIKTOKEN_CACHE_DIR=str(tmp_path))
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    assert lines, proc.stderr[-3000:]
+    identity = _identity(proc.stderr)
+    assert Path(identity["file"]).resolve().is_relative_to(target.resolve()) and identity["version"] == version
+    result = json.loads(lines[-1][len(RESULT_MARK):])
+    assert result["on"]["ok"] is True, result
+    assert set(result["on"]["answer"]) == {"language", "code"} and result["on"]["answer"]["language"] == "python"
+    assert (result["off"]["error"], result["off"]["status"]) == ("BadRequestError", 400)
+    assert '"auto" tool choice requires --enable-auto-tool-choice' in result["off"]["message"]
+    seen = [(r.method, r.path, r.status) for r in seed_server_032.requests]
+    assert seen == [("POST", "/v1/chat/completions", 400), ("GET", "/version", 200),  # with the fix: refused, then
+                    ("POST", "/v1/chat/completions", 400), ("POST", "/v1/completions", 200),  # no template: completions
+                    ("POST", "/v1/chat/completions", 400)]  # without it: upstream's 400
 
 
 # --- MetaGPT 0.7.7 with httpx 0.28 (CONTEXT §12: any package that needs a current httpx brings it in) -----------
@@ -212,6 +283,7 @@ HTTPX_028_EACH_OFF = {
     "system_role": (True, None),
     "httpx": (False, PROXIES_ERROR),
     "fail_fast": (True, None),
+    "tools": (True, None),  # aask sends no tools
 }
 
 

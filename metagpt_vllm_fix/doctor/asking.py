@@ -19,9 +19,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..fixes.api_key import unsendable as unsendable_key
 from ..masking import show_authorization
@@ -141,12 +141,15 @@ async def _read_first_token(llm: Any, result: AskResult) -> None:
         result.error, result.message = "empty", "the server's stream ended without a single chunk"
 
 
-async def ask_async(llm: Any, recorder: Recorder, seconds: float) -> AskResult:
+Call = Callable[[Any, AskResult], Awaitable[None]]  #: one MetaGPT request through the provider, noting the answer
+
+
+async def ask_async(llm: Any, recorder: Recorder, seconds: float, call: Call = _read_first_token) -> AskResult:
     """Ask once, bounded by ``seconds``; close every response and the client afterwards."""
     result = AskResult(asked=True)
     hook_client(llm, recorder)
     try:
-        await asyncio.wait_for(_read_first_token(llm, result), max(0.05, seconds))
+        await asyncio.wait_for(call(llm, result), max(0.05, seconds))
     except asyncio.TimeoutError:
         result.error, result.message = "timeout", f"no answer within {seconds:.3g} s"
     except Exception as exc:  # noqa: BLE001  (whatever MetaGPT's call raises is the finding)
@@ -160,16 +163,16 @@ async def ask_async(llm: Any, recorder: Recorder, seconds: float) -> AskResult:
     return result
 
 
-def ask(llm: Any, seconds: float) -> AskResult:
-    """Ask the way MetaGPT does through the provider ``llm``, within ``seconds`` (in a daemon thread, so that
-    nothing the client does can hold the doctor longer)."""
+def ask(llm: Any, seconds: float, call: Call = _read_first_token) -> AskResult:
+    """Ask the way MetaGPT does through the provider ``llm`` (``call``: aask's streamed chat request unless told),
+    within ``seconds`` (in a daemon thread, so that nothing the client does can hold the doctor longer)."""
     recorder = Recorder()
     box: dict[str, Any] = {}
     started = time.monotonic()
 
     def target() -> None:
         try:
-            box["result"] = asyncio.run(ask_async(llm, recorder, seconds))
+            box["result"] = asyncio.run(ask_async(llm, recorder, seconds, call))
         except BaseException as exc:  # noqa: BLE001 - reported below
             box["error"] = exc
 
@@ -196,6 +199,12 @@ def gather_ask(facts: Facts, scratch: Path, deadline: float) -> Facts:
 
 
 def _ask_chat(facts: Facts, scratch: Path, deadline: float) -> AskResult:
+    return ask_through_provider(facts, scratch, deadline, _read_first_token)
+
+
+def ask_through_provider(facts: Facts, scratch: Path, deadline: float, call: Call) -> AskResult:
+    """``call`` through MetaGPT's provider built from the config as MetaGPT builds it, with the fixes as this
+    environment applies them, within what is left of ``deadline``; why not, when it cannot be asked."""
     config = facts.config
     assert config is not None
     if config.api_type not in OPENAI_COMPATIBLE:
@@ -224,7 +233,15 @@ def _ask_chat(facts: Facts, scratch: Path, deadline: float) -> AskResult:
                 provider = create_llm_instance(config.llm)
             except Exception as exc:  # noqa: BLE001  (the provider check reports it)
                 return not_asked(f"the provider cannot be built: {type(exc).__name__}", note)
-        return dataclasses.replace(ask(provider, seconds), note=note)
+            # Each ask is told what a fresh MetaGPT process is told: the fixes' once-per-server warnings, which an
+            # earlier ask of this doctor already drew, are forgotten, so every fix that acts says so under its line.
+            from ..fixes import all_fixes
+
+            for fix in all_fixes():
+                forget = getattr(fix, "forget", None)  # request fixes keep once-only warnings; the others nothing
+                if forget is not None:
+                    forget()
+        return dataclasses.replace(ask(provider, seconds, call), note=note)
     finally:
         if plain:
             with quiet_plugin_log():

@@ -15,6 +15,7 @@ from .._activation import DISABLE, Status
 from ..vllm_versions import GENERATIONS, Generation, for_version
 
 CHAT = "chat"  #: the ask in ``Facts.asks`` that is aask's streamed chat request
+FUNCTION_CALL = "aask_code"  #: the ask that is aask_code's function-call request (the Data Interpreter's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +142,8 @@ class Exchange:
     def __str__(self) -> str:
         asked = f", max_tokens {self.max_tokens}" if self.max_tokens is not None else ", no max_tokens"
         got = str(self.status) if self.status is not None else "no answer"
+        if self.method != "POST":  # a GET (the tools fix's /version) asks for no tokens
+            return f"{self.method} {self.path} -> {got}"
         return f"{self.method} {self.path} ({self.authorization}{asked}) -> {got}"
 
 
@@ -166,6 +169,8 @@ class AskResult:
     message: Optional[str] = None  #: the server's error message, or what went wrong
     seconds: float = 0.0
     note: str = ""  #: how the provider was built when not as usual (e.g. no fix: automatic activation is off)
+    tool_call: bool = False  #: (aask_code) the answer carried a tool call
+    reads: Optional[str] = None  #: (aask_code) what MetaGPT read from the answer, as JSON, shortened
 
     @property
     def fixes_acted(self) -> list[str]:

@@ -20,6 +20,7 @@ from .asking import gather_ask
 from .config_file import gather_config
 from .environment import gather_metagpt, gather_plugin, gather_provider, gather_tiktoken
 from .facts import Facts
+from .function_call import gather_function_call
 from .probe import gather_server
 
 Finish = Callable[[Facts, float], Facts]
@@ -77,6 +78,9 @@ GATHERERS = (  # in the order they run
     Gatherer("server", ("config",), True, lambda f, r: gather_server(f, r.deadline, r.timeout),
              lambda f: f.config is not None and (f.server is None or not f.server.reachable), "server"),
     Gatherer("ask", ("server", "plugin"), True, lambda f, r: gather_ask(f, r.scratch, r.deadline)),
+    # after the chat ask: a function call may take a constrained generation (seconds on a CPU)
+    Gatherer("function_call", ("server", "plugin"), True,
+             lambda f, r: gather_function_call(f, r.scratch, r.deadline)),
 )
 BY_NAME = {gatherer.name: gatherer for gatherer in GATHERERS}
 

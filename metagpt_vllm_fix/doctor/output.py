@@ -12,7 +12,7 @@ from .. import __version__
 from ..masking import mask
 from ..report import OK, PROBLEM, Report, scrub_obj, worst
 from .check import Finding
-from .facts import CHAT, AskResult, Facts, not_asked
+from .facts import CHAT, FUNCTION_CALL, AskResult, Facts, not_asked
 
 EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
 CONFIG_ERROR = "config"  #: the check whose finding means MetaGPT cannot load the configuration (exit 2)
@@ -70,6 +70,14 @@ def _plugin(facts: Facts) -> dict[str, Any]:
     return document
 
 
+def _function_call(result: Optional[AskResult], facts: Facts) -> dict[str, Any]:
+    """MetaGPT's aask_code request: the chat ask's fields, and whether a tool call came and what MetaGPT read."""
+    if result is None:
+        return not_asked("the function-call check was not run" if facts.config else "no configuration to ask with"
+                         ).as_json()
+    return {**result.as_json(), "tool_call": result.tool_call, "metagpt_reads": result.reads}
+
+
 def as_json(findings: Sequence[Finding], facts: Facts) -> dict[str, Any]:
     """The ``--json`` document (docs/cli.md): the verdict from the findings, the facts they were judged on."""
     asked: Optional[AskResult] = facts.asks.get(CHAT)
@@ -83,6 +91,7 @@ def as_json(findings: Sequence[Finding], facts: Facts) -> dict[str, Any]:
         "server": facts.server.as_json() if facts.server is not None else {"probed": False},
         "ask": (asked or not_asked("the ask check was not run" if facts.config else "no configuration to ask with"))
         .as_json(),
+        "function_call": _function_call(facts.asks.get(FUNCTION_CALL), facts),
         "checks": [dataclasses.asdict(f) for f in findings],
     }
     scrubbed: dict[str, Any] = scrub_obj(payload, secrets(facts))

@@ -220,10 +220,10 @@ def mentions(function: Any, text: str) -> bool:
 
 def all_fixes() -> tuple[Fix, ...]:
     """Every fix, in the order of NAMES (how status lists them; imported here so nothing loads before it is needed)."""
-    from . import api_key, chat_template, fail_fast, httpx_client, max_tokens, system_role, usage
+    from . import api_key, chat_template, fail_fast, httpx_client, max_tokens, system_role, tools, usage
 
     return (api_key.FIX, max_tokens.FIX, usage.FIX, chat_template.FIX, system_role.FIX, httpx_client.FIX,
-            fail_fast.FIX)
+            fail_fast.FIX, tools.FIX)
 
 
 def wrapping_order() -> tuple[Fix, ...]:
@@ -232,12 +232,14 @@ def wrapping_order() -> tuple[Fix, ...]:
     ``httpx`` comes after ``api_key`` (it keeps the proxy client that fix adds). ``chat_template`` and
     ``system_role`` go inside ``max_tokens`` and ``usage``: the request they send instead (to ``/v1/completions``,
     or with the system message folded in) still gets usage's ``stream_options``, and its ``max_tokens`` refusal
-    reaches the max_tokens fix like the chat request's own. ``fail_fast`` comes last: its wrapper is then the
-    outermost and sees only the errors every other fix left unhandled.
+    reaches the max_tokens fix like the chat request's own. ``tools`` goes outside all of those: the constrained
+    request it sends instead of a refused function call is a chat request like any other, which they then fit to
+    the server. ``fail_fast`` comes last: its wrapper is then the outermost and sees only the errors every other fix
+    left unhandled.
     """
     by_name = {fix.name: fix for fix in all_fixes()}
     return tuple(by_name[name] for name in ("api_key", "httpx", "chat_template", "system_role", "max_tokens", "usage",
-                                            "fail_fast"))
+                                            "tools", "fail_fast"))
 
 
-NAMES = ("api_key", "max_tokens", "usage", "chat_template", "system_role", "httpx", "fail_fast")
+NAMES = ("api_key", "max_tokens", "usage", "chat_template", "system_role", "httpx", "fail_fast", "tools")

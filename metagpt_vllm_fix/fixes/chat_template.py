@@ -5,9 +5,9 @@ in transformers' default layout for the tokenizer's class (transformers <= 4.43)
 vLLM with transformers >= 4.44, refuse every chat request with 400 (the wordings are in ``vllm_versions``). On
 that refusal this fix lays the conversation out as transformers did (``chat_layout``) and asks the same server's
 ``/v1/completions`` with the same client and the same parameters, then hands MetaGPT the chat objects it reads.
-A function-call request is not rerouted (a completion cannot call tools): it gets the server's error, and the log
-the remedy. A server with no ``/v1/completions`` (404 or 405: not vLLM) leaves MetaGPT the server's own 400, the
-clearer error.
+A function-call request is not rerouted (a completion cannot call tools): the ``tools`` fix, outside this one, answers
+MetaGPT's function calls; any other gets the server's error, and the log the remedy. A server with no
+``/v1/completions`` (404 or 405: not vLLM) leaves MetaGPT the server's own 400, the clearer error.
 
 Every request is sent as MetaGPT sent it first, even after the server refused an earlier one: what a server said
 once is not trusted for later requests. The server at that URL may since have been restarted with
@@ -206,9 +206,10 @@ async def answer_without_template(wrapped: Callable[..., Any], instance: Any, ar
             if _first(key, "not rerouted"):
                 calls = [name for name in _FUNCTION_CALLS if name in kwargs] or \
                     sorted(set(kwargs) - _CARRIED - {"messages"})
-                log.warning("chat_template: %s has no chat template for %s; a request with %s cannot be answered "
-                            "through /v1/completions, so it gets the server's 400. Remedy: %s.", key[0], key[1],
-                            ", ".join(calls), remedy(layout), extra={"fix": "chat_template"})
+                log.warning("chat_template: %s has no chat template for %s; a request with %s is not sent to "
+                            "/v1/completions (a completion cannot call tools): MetaGPT's function calls are the "
+                            "tools fix's to answer, any other such request gets the server's 400. Remedy: %s.",
+                            key[0], key[1], ", ".join(calls), remedy(layout), extra={"fix": "chat_template"})
             raise
         refusal = exc
     try:

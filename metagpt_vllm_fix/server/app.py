@@ -20,7 +20,8 @@ Endpoint = Callable[[Served, web.Request], Awaitable[web.StreamResponse]]
 
 def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_model_len: int = 4096,
               vllm_version: str = DEFAULT_VERSION, reject_unknown_fields: bool = False, done_delay: float = 0.0,
-              chat_template: str = "llama-2-chat",
+              chat_template: str = "llama-2-chat", tool_parser: Optional[str] = None,
+              enable_auto_tool_choice: Optional[bool] = None,
               recorder: Optional[list[RecordedRequest]] = None) -> web.Application:
     """The emulated server as an aiohttp app playing vLLM ``vllm_version``; every response goes to ``recorder``.
 
@@ -28,6 +29,9 @@ def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_m
     one key. ``reject_unknown_fields`` plays an OpenAI-compatible server that refuses fields it does not know
     (vLLM itself ignores them). ``chat_template`` is the served model's, by kind (:data:`TEMPLATE_KINDS`); the
     default, Llama-2-chat's, answers MetaGPT's chat requests (``serve`` plays the seed's ``none``).
+    ``tool_parser`` plays ``--tool-call-parser NAME`` and ``enable_auto_tool_choice`` (by default: with a parser)
+    ``--enable-auto-tool-choice`` (vLLM 0.6+): the server then answers function calls itself, and its "model"
+    always calls (:mod:`.tool_calls`); any parser name is taken.
     """
     if chat_template not in TEMPLATE_KINDS:
         raise ValueError(f"chat_template: {chat_template!r} is not one of {', '.join(TEMPLATE_KINDS)}")
@@ -35,8 +39,14 @@ def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_m
     keys = [k for k in api_keys if k]
     if not generation.key_scheme_any_case and len(keys) > 1:
         raise ValueError(f"vLLM {vllm_version} accepts a single API key; several need vLLM 0.11 or later")
+    auto = tool_parser is not None if enable_auto_tool_choice is None else enable_auto_tool_choice
+    if auto and not tool_parser:  # vLLM's own start-up check
+        raise ValueError("enable_auto_tool_choice needs a tool_parser (vLLM: --tool-call-parser)")
+    if tool_parser and generation.ignores_tools:
+        raise ValueError(f"vLLM {vllm_version} has no tool calling (--tool-call-parser came with 0.6.0)")
     served = Served(model=model, max_model_len=max_model_len, version=vllm_version, generation=generation,
-                    chat_template=chat_template, reject_unknown_fields=reject_unknown_fields, done_delay=done_delay)
+                    chat_template=chat_template, reject_unknown_fields=reject_unknown_fields, done_delay=done_delay,
+                    tool_parser=tool_parser or None, auto_tool_choice=auto)
 
     def route(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         return partial(endpoint, served)

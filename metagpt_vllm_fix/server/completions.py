@@ -1,4 +1,5 @@
-"""``/v1/completions``: one echo per prompt (a string or a list of them), whole or streamed."""
+"""``/v1/completions``: one answer per prompt (a string or a list of them; the echo, or a value valid against the
+request's schema), whole or streamed."""
 from __future__ import annotations
 
 import time
@@ -7,9 +8,10 @@ from typing import Any, Optional
 
 from aiohttp import web
 
+from . import structured
 from .budget import budget
 from .echo import answer, usage, usage_details, words
-from .errors import APIError
+from .errors import APIError, sse_error
 from .parsing import check_model, parse
 from .responses import json_response, sse
 from .served import Served
@@ -27,8 +29,17 @@ async def completions(served: Served, request: web.Request) -> web.StreamRespons
     prompts = [prompt] if isinstance(prompt, str) else prompt
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise APIError("'prompt' is required and must be a string or a list of strings")
+    structured.validate(served, body)
     check_model(served, body)
-    answers = [(words(p), answer(p, budget(served, words(p), max_tokens))) for p in prompts]
+    budgets = [(words(p), budget(served, words(p), max_tokens)) for p in prompts]
+    schema = structured.requested_schema(served, body, "completions")
+    refused = structured.refusal(served, schema) if schema is not None else None
+    if refused is not None and stream:
+        return await sse_error(request, gen, refused, served.done_delay)  # as chat: a 200 stream of one error
+    if refused is not None:
+        raise refused
+    answers = [(size, answer(p, room) if schema is None else structured.answer(schema, room))
+               for p, (size, room) in zip(prompts, budgets)]
     counts = usage(sum(n for n, _ in answers), sum(len(pieces) for _, (pieces, _) in answers))
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": served.model}

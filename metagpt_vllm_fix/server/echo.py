@@ -12,10 +12,15 @@ def words(text: str) -> int:
     return len(text.split())
 
 
-def answer(prompt: str, max_tokens: int) -> tuple[list[str], str]:
-    """Deterministic reply split into word "tokens"; ``"".join`` gives the text back."""
-    pieces = re.findall(r"\S+\s*", "echo: " + prompt)
+def cut(text: str, max_tokens: int) -> tuple[list[str], str]:
+    """``text`` split into word "tokens" (``"".join`` gives it back), cut at ``max_tokens`` with finish "length"."""
+    pieces = re.findall(r"\S+\s*", text)
     return (pieces[:max_tokens], "length") if len(pieces) > max_tokens else (pieces, "stop")
+
+
+def answer(prompt: str, max_tokens: int) -> tuple[list[str], str]:
+    """Deterministic reply: the prompt echoed, in word "tokens"."""
+    return cut("echo: " + prompt, max_tokens)
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

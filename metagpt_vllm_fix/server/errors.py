@@ -7,7 +7,7 @@ from typing import Callable, Optional
 from aiohttp import web
 
 from ..vllm_versions import Generation
-from .responses import json_response
+from .responses import json_response, sse
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
@@ -28,6 +28,14 @@ def invalid(generation: Generation, field: str, kind: str, text: str, items: int
         return APIError(text)
     detail = {"type": kind, "loc": f"body.{field}", "msg": text, "input": f"<dict of {items} items>"}
     return APIError(f"1 validation error:\n  {detail}", "Bad Request", param=f"body.{field}")
+
+
+async def sse_error(request: web.Request, generation: Generation, error: APIError,
+                    done_delay: float = 0.0) -> web.StreamResponse:
+    """A stream refused once it has begun (vLLM 0.32 for a schema it cannot compile): one error event, then
+    ``[DONE]``, under status 200."""
+    return await sse(request, [generation.error_body(error.status, error.message, error.err_type, error.param)],
+                     done_delay)
 
 
 def middleware(generation: Generation) -> Middleware:

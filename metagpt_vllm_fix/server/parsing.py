@@ -10,7 +10,10 @@ from .errors import APIError, invalid
 from .recorder import BODY
 from .served import Served
 
-# Fields of OpenAI's chat and completion requests that a strict server knows (``reject_unknown_fields``).
+# Fields of OpenAI's chat and completion requests that a strict server knows (``reject_unknown_fields``). vLLM's
+# own extensions -- guided_json and the other guided_* fields, structured_outputs, add_special_tokens, a request's
+# chat_template -- are not among them: such a server refuses them (the fixes' fallbacks are tested against that),
+# and so is stream_options, which servers of OpenAI's API before 2024 do not know.
 KNOWN_FIELDS = frozenset({
     "model", "messages", "prompt", "max_tokens", "n", "temperature", "top_p", "stream", "stop", "presence_penalty",
     "frequency_penalty", "logit_bias", "user", "logprobs", "top_logprobs", "echo", "suffix", "best_of", "seed",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from .. import vllm_versions
 from ..vllm_versions import Generation
@@ -34,3 +35,5 @@ class Served:
     chat_template: str  #: a kind of :data:`TEMPLATE_KINDS`
     reject_unknown_fields: bool  #: play an OpenAI-compatible server that refuses fields it does not know
     done_delay: float  #: seconds a stream stays open after its last chunk
+    tool_parser: Optional[str] = None  #: ``--tool-call-parser NAME``: named tool choices are answered with a call
+    auto_tool_choice: bool = False  #: ``--enable-auto-tool-choice``: tools without a choice are answered with a call

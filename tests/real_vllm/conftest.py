@@ -37,6 +37,9 @@ SERVERS: dict[str, tuple[str, int, tuple[str, ...]]] = {
     "real_vllm_4k": ("none", 4096, ()),
     "real_vllm_mistral": ("mistral-instruct", 4096, ()),
     "real_vllm_chat": ("llama-2-chat", 4096, ()),
+    # With the tool flags (a server that calls tools itself); hermes is the generic JSON-in-tags parser: there is
+    # none that fits Llama-2, which was not trained for tools.
+    "real_vllm_chat_tools": ("llama-2-chat", 4096, ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")),
 }
 MAX_RUNNING = 2  # about 3 GB each; the machine is shared
 
@@ -254,6 +257,12 @@ def real_vllm_mistral() -> Iterator[RealVLLM]:
 def real_vllm_chat() -> Iterator[RealVLLM]:
     """tiny-llama-chat (Llama-2-chat's own template: chat answers as it is), 4096 tokens."""
     yield from _serving("real_vllm_chat")
+
+
+@pytest.fixture(scope="session")
+def real_vllm_chat_tools() -> Iterator[RealVLLM]:
+    """tiny-llama-chat started with --enable-auto-tool-choice --tool-call-parser hermes, 4096 tokens."""
+    yield from _serving("real_vllm_chat_tools")
 
 
 @pytest.fixture(scope="module")

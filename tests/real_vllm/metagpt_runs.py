@@ -44,6 +44,42 @@ asyncio.run(main())
 """
 
 
+# The Data Interpreter's function-call steps (MetaGPT 0.7.4+ paths), each as its caller runs it; prints one JSON
+# object: name -> what the step returned, or the error. Each step is one aask_code (CONTEXT.md §14).
+DI_STEPS = """
+import asyncio, json, sys
+from metagpt.schema import Message
+from metagpt.actions.di.write_analysis_code import WriteCodeWithoutTools, WriteCodeWithTools
+from metagpt.actions.di.write_plan import WritePlan
+from metagpt.actions.di.debug_code import DebugCode
+
+STEPS = {{
+    "code": lambda: WriteCodeWithoutTools().run([Message(content="Print the first ten square numbers.",
+                                                         role="user")]),
+    "task_type": lambda: WritePlan().assign_task_type([{{"task_id": "1", "instruction": "Load the iris data set."}},
+                                                      {{"task_id": "2", "instruction": "Train a classifier."}}]),
+    "recommend_tools": lambda: WriteCodeWithTools()._recommend_tool(
+        "Fill the missing values of the data set.",
+        {{"FillMissingValue": "Completing missing values with simple strategies."}}),
+    "improved_impl": lambda: DebugCode().run(
+        context=[Message(content="Write a function add(a, b) returning the sum.", role="user")],
+        code="def add(a, b):\\n    return a - b", runtime_result="AssertionError: add(1, 2) == -1"),
+}}
+
+async def main():
+    out = {{}}
+    for name in {steps!r}:
+        try:
+            out[name] = {{"ok": True, "result": await STEPS[name]()}}
+        except Exception as exc:
+            out[name] = {{"ok": False, "error": type(exc).__name__, "status": getattr(exc, "status_code", None),
+                         "message": str(exc)[:600]}}
+    print({mark!r} + json.dumps(out, default=str), flush=True)
+
+asyncio.run(main())
+"""
+DI_STEP_NAMES = ("code", "task_type", "recommend_tools", "improved_impl")
+
 # One MetaGPT program that asks whenever the test says so (a JSON line on stdin: the calls' stream flags, and whether
 # they run one after another or together with asyncio.gather); prints one JSON line per order. Its LLM, client and
 # plugin state live across the orders, as in a long-running MetaGPT program.
@@ -116,6 +152,14 @@ def ask(home: Path, streams: tuple[bool, ...], prompt: str = "Say hello.", **env
     assert lines, f"no result (rc={proc.returncode})\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
     stdout = "".join(line + "\n" for line in proc.stdout.splitlines() if not line.startswith(RESULT_MARK))
     return {"calls": json.loads(lines[-1][len(RESULT_MARK):]), "stdout": stdout, "stderr": proc.stderr}
+
+
+def data_interpreter(home: Path, steps: tuple[str, ...] = DI_STEP_NAMES, **env: str) -> dict[str, Any]:
+    """The Data Interpreter's function-call steps in a fresh interpreter configured by ``home``."""
+    proc = run_python(DI_STEPS.format(steps=steps, mark=RESULT_MARK), home=home, timeout=600, **env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    assert lines, f"no result (rc={proc.returncode})\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return {"steps": json.loads(lines[-1][len(RESULT_MARK):]), "stderr": proc.stderr}
 
 
 def offline(tmp_path: Path, proxy_url: str) -> dict[str, str]:

@@ -29,9 +29,10 @@ class Exchange:
     response: bytes = b""  # the body as the server sent it (for a stream, every event)
 
     def answer_text(self) -> str:
-        """The text a chat answer carried: ``message.content``, or a stream's ``delta.content`` joined."""
-        if not self.response.lstrip().startswith(b"data:"):
-            return "".join(c["message"]["content"] or "" for c in json.loads(self.response)["choices"])
+        """The text an answer carried: ``message.content`` or ``text``, or a stream's pieces joined."""
+        if not self.response.lstrip().startswith(b"data:"):  # a chat answer's message, a completion's text
+            return "".join((c["message"]["content"] if "message" in c else c.get("text")) or ""
+                           for c in json.loads(self.response)["choices"])
         text = []
         for line in self.response.decode().splitlines():
             if line.startswith("data: ") and line != "data: [DONE]":

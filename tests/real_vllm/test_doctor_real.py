@@ -1,7 +1,7 @@
 """``doctor`` against a real vLLM 0.32.0 started the seed's way: its ``ask`` check is MetaGPT's own request, so exit 0
 means the real server answered it (through the fix that server needs), and with that fix switched off the doctor
 names the failure the real server gives (exit 1). What the doctor reports is checked against the server's own
-access log.
+access log: its ``ask`` requests, then (where the chat request was answered) its ``function-call`` requests.
 """
 
 from __future__ import annotations
@@ -21,7 +21,18 @@ def ask_of(proc: subprocess.CompletedProcess) -> dict[str, Any]:
     ask["exit_code"], ask["verdict"] = document["exit_code"], document["verdict"]
     (check,) = [c for c in document["checks"] if c["id"] == "ask"]
     ask["check"] = check
+    ask["function_call"] = document["function_call"]
     return ask
+
+
+def posts(section: dict[str, Any]) -> list[tuple[str, int]]:
+    """The POSTs a doctor's ask reports (the tools fix's GET /version is not in vLLM's POST lines)."""
+    return [(r["path"], r["status"]) for r in section["requests"] if r["method"] == "POST"]
+
+
+def seen_by_the_server(ask: dict[str, Any]) -> list[tuple[str, int]]:
+    """What the doctor says it sent, in order: MetaGPT's chat request, then its function call."""
+    return posts(ask) + posts(ask["function_call"])
 
 
 def test_doctor_gets_an_answer_from_the_template_less_server_through_the_chat_template_fix(real_vllm, tmp_path):
@@ -31,7 +42,9 @@ def test_doctor_gets_an_answer_from_the_template_less_server_through_the_chat_te
     assert (ask["exit_code"], ask["verdict"], ask["check"]["level"]) == (0, "warning", "warning"), ask
     assert ask["answered"] and ask["first_token"] and ask["fixes_acted"] == ["chat_template"], ask
     assert [(r["path"], r["status"]) for r in ask["requests"]] == [(CHAT, 400), (COMPLETIONS, 200)]
-    assert log.posts() == [(CHAT, 400), (COMPLETIONS, 200)], "the doctor reports what the server saw"
+    assert log.posts() == seen_by_the_server(ask), "the doctor reports what the server saw"
+    # the function call: refused for its tools, then the constrained request through /v1/completions
+    assert posts(ask["function_call"]) == [(CHAT, 400), (CHAT, 400), (COMPLETIONS, 200)], ask["function_call"]
     assert '--chat-template "$(metagpt-vllm-fix chat-template llama-2)"' in ask["check"]["message"]
 
 
@@ -43,7 +56,7 @@ def test_doctor_with_the_chat_template_fix_off_names_the_real_servers_400_and_th
     assert (ask["error"], ask["status"]) == ("status", 400) and NO_TEMPLATE in ask["message"]
     assert "the chat_template fix is off (turned off by METAGPT_VLLM_FIX_DISABLE)" in ask["check"]["message"]
     assert "Remedy: start vLLM with --chat-template" in ask["check"]["message"]
-    assert log.posts() == [(CHAT, 400)]
+    assert log.posts() == [(CHAT, 400)]  # the chat request got no answer: no function call is sent
 
 
 def test_doctor_on_the_seed_config_verbatim_answers_through_both_fixes_the_512_token_server_needs(real_vllm, tmp_path):
@@ -53,7 +66,8 @@ def test_doctor_on_the_seed_config_verbatim_answers_through_both_fixes_the_512_t
     assert sorted(ask["fixes_acted"]) == ["chat_template", "max_tokens"]
     assert [(r["path"], r["max_tokens"], r["status"]) for r in ask["requests"]] == [
         (CHAT, 4096, 400), (CHAT, None, 400), (COMPLETIONS, None, 200)]
-    assert log.posts() == [(CHAT, 400), (CHAT, 400), (COMPLETIONS, 200)]
+    assert log.posts() == seen_by_the_server(ask)
+    assert posts(ask)[-1] == (COMPLETIONS, 200)
 
 
 def test_doctor_against_a_template_refusing_the_system_role_answers_with_the_fix_and_fails_without(
@@ -63,8 +77,10 @@ def test_doctor_against_a_template_refusing_the_system_role_answers_with_the_fix
     on = ask_of(doctor(home, "--timeout", TIMEOUT, "--json"))
     assert (on["exit_code"], on["check"]["level"]) == (0, "warning") and on["fixes_acted"] == ["system_role"], on
     assert [(r["path"], r["status"]) for r in on["requests"]] == [(CHAT, 400), (CHAT, 200)]
-    assert log.posts() == [(CHAT, 400), (CHAT, 200)]
+    assert log.posts() == seen_by_the_server(on)
+    log = AccessLog(real_vllm_mistral.log_path)
     off = ask_of(doctor(home, "--timeout", TIMEOUT, "--json", METAGPT_VLLM_FIX_DISABLE="system_role"))
     assert (off["exit_code"], off["status"]) == (1, 400), off
     assert "Conversation roles must alternate user/assistant/user/assistant/..." in off["message"]
     assert "the system_role fix is off" in off["check"]["message"]
+    assert log.posts() == [(CHAT, 400)]  # the chat request got no answer: no function call is sent

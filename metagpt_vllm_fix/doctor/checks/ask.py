@@ -15,7 +15,7 @@ from ..facts import CHAT, AskResult, Facts, FixNote
 SERVER_SIDE = ("chat_template", "system_role")
 
 
-def _unprefixed(note: FixNote) -> str:
+def unprefixed(note: FixNote) -> str:
     """A fix's message without its own ``name:`` prefix (the line already names the fix)."""
     prefix = note.fix + ": "
     return note.message[len(prefix):] if note.message.startswith(prefix) else note.message
@@ -79,7 +79,7 @@ def ask_verdict(result: AskResult, off: Mapping[str, str], model: str = "", note
     what = (f"asked as MetaGPT does (its {api_type} provider from this config, system + user message, streamed"
             + (f"; {note})" if note else ")"))
     details = [f"  {exchange}" for exchange in result.exchanges]
-    details += [f"  the {n.fix} fix acted: {_unprefixed(n)}" for n in result.fixes]
+    details += [f"  the {n.fix} fix acted: {unprefixed(n)}" for n in result.fixes]
     if not result.exchanges:
         details.append("  (no HTTP request was sent)")
     tail = "\n" + "\n".join(details)
