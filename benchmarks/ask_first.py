@@ -21,9 +21,7 @@ nothing about speed. Run with the project's .venv (MetaGPT 0.7.7):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -31,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from per_call import real_vllm, timed
+from per_call import arguments, quiet_metagpt, real_vllm, timed
 
 os.environ.setdefault("METAGPT_PROJECT_ROOT", tempfile.mkdtemp(prefix="metagpt-root-"))
 REPO = Path(__file__).resolve().parents[1]
@@ -106,23 +104,9 @@ def emulator(kind: str) -> Iterator[tuple[str, str]]:
     with VLLMServer(api_keys=[KEY], max_model_len=8192, chat_template=kind) as server:
         yield server.base_url, server.model
 
-
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls (CI)")
-    parser.add_argument("--real", action="store_true", help="also against real vLLM 0.32.0 (.venv-vllm)")
-    parser.add_argument("--calls", type=int, help="calls per figure (default 200 on the emulator, 10 on real vLLM; "
-                                                  "--quick: 20 and 3)")
-    args = parser.parse_args()
-    import metagpt.provider.open_llm_api  # noqa: F401  (patched on import, as in a user's process)
-    from loguru import logger
-    from metagpt.logs import set_llm_stream_logfunc
-
-    logger.remove()
-    set_llm_stream_logfunc(lambda message: None)
-    logging.getLogger("metagpt_vllm_fix").setLevel(logging.ERROR)  # the fixes' one warning each, not the figures
+    args = arguments(__doc__, 10, 3)
+    quiet_metagpt()
     runs = [("the emulator (vLLM 0.32.0 rules, answers without a model)", emulator,
              args.calls or (20 if args.quick else 200))]
     if args.real:

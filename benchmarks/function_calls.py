@@ -26,9 +26,7 @@ speed. Run with the project's .venv (MetaGPT 0.7.7):
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -36,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
-from per_call import real_vllm, timed
+from per_call import arguments, quiet_metagpt, real_vllm, timed
 
 os.environ.setdefault("METAGPT_PROJECT_ROOT", tempfile.mkdtemp(prefix="metagpt-root-"))
 REPO = Path(__file__).resolve().parents[1]
@@ -160,21 +158,9 @@ def emulator(tool_flags: bool) -> Iterator[tuple[str, str]]:
     with VLLMServer(api_keys=[KEY], max_model_len=8192, chat_template="llama-2-chat", **flags) as server:
         yield server.base_url, server.model
 
-
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer calls (CI)")
-    parser.add_argument("--real", action="store_true", help="also against real vLLM 0.32.0 (.venv-vllm)")
-    parser.add_argument("--calls", type=int, help="calls per figure (default 200 on the emulator, 5 on real vLLM; "
-                                                  "--quick: 20 and 2)")
-    args = parser.parse_args()
-    import metagpt.provider.open_llm_api  # noqa: F401  (patched on import, as in a user's process)
-    from loguru import logger
-
-    logger.remove()
-    logging.getLogger("metagpt_vllm_fix").setLevel(logging.ERROR)  # the fix's one warning, not the figures
+    args = arguments(__doc__, 5, 2)
+    quiet_metagpt()
     runs = [("the emulator (vLLM 0.32.0 rules, answers without a model)", emulator, 4096,
              args.calls or (20 if args.quick else 200))]
     if args.real:

@@ -5,6 +5,8 @@ Imported by those scripts from their own directory (``python benchmarks/NAME.py`
 
 from __future__ import annotations
 
+import argparse
+import logging
 import statistics
 import sys
 import time
@@ -40,3 +42,25 @@ def real_vllm(kind: str, extra_args: tuple[str, ...] = ()) -> Iterator[tuple[str
         yield server.base_url, server.model
     finally:
         server.stop()
+
+
+def arguments(doc: str, real_calls: int, quick_real_calls: int) -> argparse.Namespace:
+    """``--quick``, ``--real`` and ``--calls`` as both benchmarks take them (200 and 20 calls on the emulator)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer calls (CI)")
+    parser.add_argument("--real", action="store_true", help="also against real vLLM 0.32.0 (.venv-vllm)")
+    parser.add_argument("--calls", type=int, help=f"calls per figure (default 200 on the emulator, {real_calls} on "
+                                                  f"real vLLM; --quick: 20 and {quick_real_calls})")
+    return parser.parse_args()
+
+
+def quiet_metagpt() -> None:
+    """Import MetaGPT's provider (the plugin patches it, as in a user's process) and silence its logs and the
+    fixes' one warning each: the figures are the output."""
+    import metagpt.provider.open_llm_api  # noqa: F401
+    from loguru import logger
+    from metagpt.logs import set_llm_stream_logfunc
+
+    logger.remove()
+    set_llm_stream_logfunc(lambda message: None)
+    logging.getLogger("metagpt_vllm_fix").setLevel(logging.ERROR)
