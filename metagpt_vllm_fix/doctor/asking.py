@@ -238,9 +238,7 @@ def ask_through_provider(facts: Facts, scratch: Path, deadline: float, call: Cal
             from ..fixes import all_fixes
 
             for fix in all_fixes():
-                forget = getattr(fix, "forget", None)  # request fixes keep once-only warnings; the others nothing
-                if forget is not None:
-                    forget()
+                fix.forget()
         return dataclasses.replace(ask(provider, seconds, call), note=note)
     finally:
         if plain:

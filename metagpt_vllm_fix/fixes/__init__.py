@@ -10,13 +10,34 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from types import ModuleType
 from typing import Any, Callable, Optional
 
 from .. import wrapping
 
 Target = tuple[str, str, wrapping.Wrapper]  # (class name in the module, attribute, our wrapper)
+
+
+class Once:
+    """What a fix has already said in this process (one warning per server and model, say). Nothing kept here steers
+    a request; ``clear()`` when the fix forgets."""
+
+    def __init__(self) -> None:
+        self._said: set[Hashable] = set()
+        self._lock = threading.Lock()
+
+    def first(self, key: Hashable) -> bool:
+        """True the first time ``key`` comes, False every time after."""
+        with self._lock:
+            if key in self._said:
+                return False
+            self._said.add(key)
+            return True
+
+    def clear(self) -> None:
+        with self._lock:
+            self._said.clear()
 
 
 class Fix:
@@ -51,6 +72,9 @@ class Fix:
     def idle(self, module: ModuleType) -> Optional[str]:
         """Why this fix has nothing to do in this environment (it is then not applied), or None."""
         return None
+
+    def forget(self) -> None:
+        """Drop what the fix said and learnt in this process (a subclass's state), so it starts afresh."""
 
     def _owners(self, module: ModuleType) -> Sequence[tuple[Any, str, wrapping.Wrapper]]:
         return [(getattr(module, c, None), a, w) for c, a, w in self.targets()]
@@ -130,9 +154,6 @@ class RequestFix(Fix):
 
         wrap_new_client.__qualname__ = f"{type(self).__name__}.wrap_new_client"
         return wrap_new_client
-
-    def forget(self) -> None:
-        """Drop what the fix learnt from servers (a subclass's state), so a re-applied fix starts afresh."""
 
     def apply(self, module: ModuleType) -> None:
         with self._lock:

@@ -10,14 +10,13 @@ with one warning, which is what MetaGPT 0.7 sends anyway.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Callable, Optional
 
 from .. import gate, wrapping
 from ..masking import mask
-from . import Fix, Target
+from . import Fix, Once, Target
 
 log = logging.getLogger("metagpt_vllm_fix")
 METHOD = gate.METHOD_NAME
@@ -27,8 +26,7 @@ class InvalidApiKey(ValueError):
     """The configured key cannot travel in an HTTP header; raised only with ``METAGPT_VLLM_FIX=strict``."""
 
 
-_warned: set[int] = set()  # hashes of the unsendable keys already warned about (the key itself is never kept)
-_lock = threading.Lock()
+_said = Once()  # hashes of the unsendable keys already warned about (the key itself is never kept)
 
 
 def unsendable(key: str) -> bool:
@@ -53,10 +51,7 @@ def clean_key(key: Any) -> Any:
                    "HTTP Authorization header cannot carry")
         if boot.mode() == "strict":
             raise InvalidApiKey(f"{problem}; fix the key in your config2.yaml.")
-        with _lock:
-            first = hash(clean) not in _warned
-            _warned.add(hash(clean))
-        if first:
+        if _said.first(hash(clean)):
             log.warning("%s: sending MetaGPT's placeholder 'sk-xxx' instead, as MetaGPT 0.7 does (a vLLM started "
                         "with --api-key answers 401). Fix the key in your config2.yaml.", problem)
         return None

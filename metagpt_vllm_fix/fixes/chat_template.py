@@ -33,12 +33,13 @@ import time
 from typing import Any, Callable
 
 from .. import chat_layout
-from . import RequestFix, error_message, refuses_field, server_of, status_code
+from ..function_calls import FUNCTION_CALL_FIELDS
+from . import Once, RequestFix, error_message, refuses_field, server_of, status_code
 
 log = logging.getLogger("metagpt_vllm_fix")
 
 _Key = tuple[str, str]  # (server base URL, model)
-_warned: set[tuple[_Key, str]] = set()  # what the log said once per (server, model); no request depends on it
+_said = Once()  # (server, model, what): what the log said once
 # Servers whose /v1/completions refused add_special_tokens: how a rerouted prompt is sent, never whether a request is
 # rerouted. A server leaves it after any failed request to it (another server may answer at that URL now).
 _plain_servers: set[str] = set()
@@ -52,7 +53,6 @@ _CARRIED = frozenset({
     "model", "max_tokens", "n", "temperature", "top_p", "stop", "stream", "presence_penalty", "frequency_penalty",
     "logit_bias", "user", "seed", "timeout", "extra_headers", "extra_query", "extra_body",
 })
-_FUNCTION_CALLS = ("tools", "tool_choice", "functions", "function_call")
 
 
 def refuses_for_template(exc: BaseException) -> bool:
@@ -74,16 +74,8 @@ def _reroutable(kwargs: dict[str, Any]) -> bool:
     return isinstance(kwargs.get("messages"), list) and all(name in _CARRIED for name in kwargs if name != "messages")
 
 
-def _first(key: _Key, what: str) -> bool:
-    """True the first time ``what`` happens for this (server, model) in this process: one warning each."""
-    with _lock:
-        first = (key, what) not in _warned
-        _warned.add((key, what))
-    return first
-
-
 def _warn(key: _Key, layout: str, why: str, message: str) -> None:
-    if not _first(key, "rerouted"):
+    if not _said.first((key, "rerouted")):
         return
     log.warning("chat_template: %s has no chat template for %s (%s); answering its chat requests through "
                 "/v1/completions in the %s layout (%s), each after its own refusal (one extra round trip per "
@@ -203,8 +195,8 @@ async def answer_without_template(wrapped: Callable[..., Any], instance: Any, ar
         key = (server, str(kwargs.get("model")))
         layout, why = chat_layout.choose(key[1])
         if not _reroutable(kwargs):
-            if _first(key, "not rerouted"):
-                calls = [name for name in _FUNCTION_CALLS if name in kwargs] or \
+            if _said.first((key, "not rerouted")):
+                calls = [name for name in FUNCTION_CALL_FIELDS if name in kwargs] or \
                     sorted(set(kwargs) - _CARRIED - {"messages"})
                 log.warning("chat_template: %s has no chat template for %s; a request with %s is not sent to "
                             "/v1/completions (a completion cannot call tools): MetaGPT's function calls are the "
@@ -218,7 +210,7 @@ async def answer_without_template(wrapped: Callable[..., Any], instance: Any, ar
         if status_code(exc) not in _NO_ENDPOINT:  # the server's answer to the rerouted request (max_tokens ...)
             _warn(key, layout, why, error_message(refusal))
             raise
-        if _first(key, "no completions"):
+        if _said.first((key, "no completions")):
             log.warning("chat_template: %s has no chat template for %s and no /v1/completions to answer through "
                         "instead (%s: not vLLM), so its 400 stands. Remedy: serve the model with a chat template.",
                         server, key[1], status_code(exc), extra={"fix": "chat_template"})
@@ -229,8 +221,8 @@ async def answer_without_template(wrapped: Callable[..., Any], instance: Any, ar
 
 def forget() -> None:
     """Drop what was said and noted (``remove()`` calls it, so a re-applied fix starts afresh)."""
+    _said.clear()
     with _lock:
-        _warned.clear()
         _plain_servers.clear()
 
 

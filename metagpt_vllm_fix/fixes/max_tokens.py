@@ -23,7 +23,7 @@ import threading
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import RequestFix, error_message, mentions, server_of, status_code
+from . import Once, RequestFix, error_message, mentions, server_of, status_code
 
 if TYPE_CHECKING:
     from ..vllm_versions import Refusal
@@ -33,7 +33,7 @@ log = logging.getLogger("metagpt_vllm_fix")
 FIX_NAME = "max_tokens"  # every record this fix logs carries extra={"fix": FIX_NAME}: the doctor says which fix acted
 _Key = tuple[str, str]  # (server base URL, model)
 _contexts: dict[_Key, int] = {}  # the context each server last said when refusing max_tokens: reported, not trusted
-_warned: set[tuple[_Key, str]] = set()
+_said = Once()  # (server, model, kind): each warning once
 _lock = threading.Lock()
 
 
@@ -47,11 +47,8 @@ def refusal_of(exc: BaseException) -> Optional[Refusal]:
 
 
 def _warn_once(key: _Key, kind: str, message: str) -> None:
-    with _lock:
-        if (key, kind) in _warned:
-            return
-        _warned.add((key, kind))
-    log.warning(message, extra={"fix": FIX_NAME})
+    if _said.first((key, kind)):
+        log.warning(message, extra={"fix": FIX_NAME})
 
 
 def _remember(key: _Key, requested: int, refusal: Refusal) -> None:
@@ -101,9 +98,9 @@ def known_contexts() -> dict[_Key, int]:
 
 def forget() -> None:
     """Drop what was learnt (``remove()`` calls it, so a re-applied fix starts afresh)."""
+    _said.clear()
     with _lock:
         _contexts.clear()
-        _warned.clear()
 
 
 class MaxTokensFix(RequestFix):

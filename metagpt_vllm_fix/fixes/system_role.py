@@ -17,17 +17,15 @@ trip with no generation; the warning (once per server and model) says so.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Mapping
 from typing import Any, Callable
 
-from . import RequestFix, error_message, server_of, status_code
+from . import Once, RequestFix, error_message, server_of, status_code
 
 log = logging.getLogger("metagpt_vllm_fix")
 
 _Key = tuple[str, str]  # (server base URL, model)
-_warned: set[_Key] = set()  # the (server, model) pairs the log has named once; no request depends on it
-_lock = threading.Lock()
+_said = Once()  # the (server, model) pairs the log has named
 
 
 def refuses_system_role(exc: BaseException) -> bool:
@@ -95,19 +93,10 @@ async def fold_refused_system(wrapped: Callable[..., Any], instance: Any, args: 
 
 
 def _warn(key: _Key, refusal: str) -> None:
-    with _lock:
-        first = key not in _warned
-        _warned.add(key)
-    if first:
+    if _said.first(key):
         log.warning("system_role: the chat template of %s on %s refuses the system role (%s); each request it refuses "
                     "for that is sent once more with MetaGPT's system message as the start of the first user message "
                     "(one extra round trip per request).", key[1], key[0], refusal[:120], extra={"fix": "system_role"})
-
-
-def forget() -> None:
-    """Drop what was said (``remove()`` calls it, so a re-applied fix starts afresh)."""
-    with _lock:
-        _warned.clear()
 
 
 class SystemRoleFix(RequestFix):
@@ -119,7 +108,7 @@ class SystemRoleFix(RequestFix):
     call = staticmethod(fold_refused_system)
 
     def forget(self) -> None:
-        forget()
+        _said.clear()
 
 
 FIX = SystemRoleFix()

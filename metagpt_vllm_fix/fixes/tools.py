@@ -26,11 +26,11 @@ streams a function call).
 from __future__ import annotations
 
 import logging
-import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .. import function_calls
-from . import RequestFix, error_message, refuses_field, server_of, status_code
+from . import Once, RequestFix, error_message, refuses_field, server_of, status_code
+from .chat_template import refuses_for_template
 
 if TYPE_CHECKING:
     from ..vllm_versions import Generation
@@ -39,8 +39,7 @@ log = logging.getLogger("metagpt_vllm_fix")
 
 FIX_NAME = "tools"  # every record this fix logs carries extra={"fix": FIX_NAME}: the doctor says which fix acted
 VERSION_TIMEOUT = 2.0  #: seconds for the GET /version that tells which field constrains an answer
-_warned: set[tuple[str, str, str]] = set()  # (server, model, what): each warning once; nothing here steers a request
-_lock = threading.Lock()
+_said = Once()  # (server, model, what): each warning once
 
 
 def remedy() -> str:
@@ -58,19 +57,9 @@ def refuses_tools(exc: BaseException) -> bool:
     return is_tools_refusal(error_message(exc))
 
 
-def _refuses_template(exc: BaseException) -> bool:
-    """vLLM 0.5.5 - 0.6.3 apply the chat template before looking at tools: a template-less model refuses first."""
-    from .chat_template import refuses_for_template
-
-    return refuses_for_template(exc)
-
-
-def _say(key: tuple[str, str], what: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
-    with _lock:
-        first = (*key, what) not in _warned
-        _warned.add((*key, what))
-    if first:
-        log.log(level, message, *args, extra={"fix": FIX_NAME})
+def _say(key: tuple[str, str], what: str, message: str, *args: Any) -> None:
+    if _said.first((*key, what)):
+        log.warning(message, *args, extra={"fix": FIX_NAME})
 
 
 def _http_client(instance: Any, wrapped: Any) -> Any:
@@ -85,12 +74,11 @@ async def server_generation(instance: Any, wrapped: Any, server: str) -> Generat
 
     http, root = _http_client(instance, wrapped), server.rstrip("/")
     root = root[: -len("/v1")] if root.endswith("/v1") else root
-    version: Optional[str] = None
     try:
         answer = await http.get(root + "/version", timeout=VERSION_TIMEOUT)
         body = answer.json() if answer.status_code == 200 else None
-        version = body.get("version") if isinstance(body, dict) and isinstance(body.get("version"), str) else None
-        return for_version(version)
+        version = body.get("version") if isinstance(body, dict) else None
+        return for_version(version if isinstance(version, str) else None)
     except Exception:  # noqa: BLE001  (no usable /version: the rules of MetaGPT 0.7's time)
         return for_version(None)
 
@@ -186,7 +174,7 @@ async def answer_function_call(wrapped: Callable[..., Any], instance: Any, args:
     except Exception as exc:
         if refuses_tools(exc):
             why = f"refuses function calls ({error_message(exc)[:120]})"
-        elif _refuses_template(exc):
+        elif refuses_for_template(exc):  # vLLM 0.5.5 - 0.6.3 apply the template before they look at tools
             why = "has no chat template and looks at tools only after it (vLLM 0.5.5 - 0.6.3)"
         else:
             raise
@@ -213,12 +201,6 @@ async def answer_function_call(wrapped: Callable[..., Any], instance: Any, args:
     return answer if answered is None else answered
 
 
-def forget() -> None:
-    """Drop the once-only warnings' memory (``remove()`` calls it)."""
-    with _lock:
-        _warned.clear()
-
-
 class ToolsFix(RequestFix):
     name = FIX_NAME
     summary = ("a function call (aask_code: the Data Interpreter) to a vLLM without tool flags is answered as JSON "
@@ -228,7 +210,7 @@ class ToolsFix(RequestFix):
     call = staticmethod(answer_function_call)
 
     def forget(self) -> None:
-        forget()
+        _said.clear()
 
 
 FIX = ToolsFix()

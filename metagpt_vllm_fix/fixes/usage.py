@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any, Callable, Optional
 
 from .. import token_count, wrapping
-from . import RequestFix, Target, error_message, refuses_field, server_of
+from . import Once, RequestFix, Target, error_message, refuses_field, server_of
 
 log = logging.getLogger("metagpt_vllm_fix")
 
@@ -34,7 +34,7 @@ _KEEP = 256  # streams whose usage waits for _calc_usage at once; a bound, not a
 
 _lock = threading.Lock()
 _refusers: set[str] = set()  # servers that answered 400/422 to stream_options, until a request to them fails
-_warned: set[str] = set()  # the servers the log has named as refusing them: once each
+_said = Once()  # the servers the log has named as refusing them: once each
 # (id(messages), id(task)) -> (messages, counts): the stream is read in the task that then calls _calc_usage, so two
 # concurrent streams of the same messages list (two LLMs, or a gather) keep their own counts.
 _captured: OrderedDict[tuple[int, int], tuple[Any, tuple[int, int]]] = OrderedDict()
@@ -133,10 +133,8 @@ async def ask_for_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[
             raise
         stream = await wrapped(*args, **kwargs)  # remembered only once the request without the field is answered
         with _lock:
-            first = server not in _warned
             _refusers.add(server)
-            _warned.add(server)
-        if first:
+        if _said.first(server):
             log.warning("usage: %s refused stream_options (%s); asking it without them until a request to it fails.",
                         server, error_message(exc)[:120], extra={"fix": FIX_NAME})
     return _watched(stream, kwargs.get("messages"))
@@ -164,9 +162,9 @@ def use_server_usage(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
 
 
 def forget() -> None:
+    _said.clear()
     with _lock:
         _refusers.clear()
-        _warned.clear()
         _captured.clear()
 
 
