@@ -25,11 +25,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .gate import PLACEHOLDER as PLACEHOLDER_KEY  # what MetaGPT 0.7 sends instead of the key
 from .masking import mask, show_authorization
 from .report import OK, PROBLEM, Report
+
+if TYPE_CHECKING:
+    from .server.recorder import RecordedRequest
 
 PROMPT = "Say hello to the vLLM server."
 CODE_TASK = "Print the first ten square numbers."  #: the Data Interpreter scene's user message
@@ -77,11 +80,7 @@ STEPS = ("MetaGPT as shipped (plugin removed)", "With the api_key fix alone ({di
 class Attempt:
     """One ``aask`` through MetaGPT's open_llm provider, and what the server saw."""
 
-    methods: list[str] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
-    headers: list[Optional[str]] = field(default_factory=list)
-    statuses: list[int] = field(default_factory=list)
-    max_tokens: list[Optional[int]] = field(default_factory=list)
+    seen: list[RecordedRequest] = field(default_factory=list)  #: what the server saw, in order
     answer: Any = None  #: aask's text, or the code step's dict ({"language": ..., "code": ...})
     error: Optional[str] = None
     status: Optional[int] = None
@@ -145,11 +144,7 @@ async def _ask_once(llm_config: Any, server: Any, attempt: Attempt, step: str) -
         await _aask(llm, attempt, step)
     # MetaGPT's requests, and the tools fix's GET /version (the only other request a fix makes)
     seen = [r for r in server.requests if r.path.startswith("/v1") or r.path == "/version"]
-    attempt.methods = [r.method for r in seen]
-    attempt.paths = [r.path for r in seen]
-    attempt.headers = [r.authorization for r in seen]
-    attempt.statuses = [r.status for r in seen]
-    attempt.max_tokens = [r.max_tokens for r in seen]
+    attempt.seen = seen
     return attempt
 
 
@@ -239,17 +234,16 @@ async def _story(llm_config: Any, server: Any, step: str) -> tuple[Attempt, Atte
 
 
 def _describe(report: Report, attempt: Attempt) -> None:
-    for method, path, header, status, max_tokens in zip(attempt.methods, attempt.paths, attempt.headers,
-                                                        attempt.statuses, attempt.max_tokens):
-        if method == "GET":  # the tools fix asks which field constrains an answer on this vLLM: no key, no tokens
-            report.field("server saw", f"GET {path} -> {status}", indent="     ")
+    for r in attempt.seen:
+        if r.method == "GET":  # the tools fix asks which field constrains an answer on this vLLM: no key, no tokens
+            report.field("server saw", f"GET {r.path} -> {r.status}", indent="     ")
             continue
         note = ("   <- MetaGPT's hard-coded placeholder, not the configured key"
-                if header == f"Bearer {PLACEHOLDER_KEY}" else "")
-        asked = f"max_tokens {max_tokens}" if max_tokens is not None else "no max_tokens"
-        report.field("server saw", f"{path}, Authorization: {show_authorization(header)}, {asked} -> {status}{note}",
-                     indent="     ")
-    if not attempt.headers:
+                if r.authorization == f"Bearer {PLACEHOLDER_KEY}" else "")
+        asked = f"max_tokens {r.max_tokens}" if r.max_tokens is not None else "no max_tokens"
+        report.field("server saw", f"{r.path}, Authorization: {show_authorization(r.authorization)}, {asked} -> "
+                                   f"{r.status}{note}", indent="     ")
+    if not attempt.seen:
         report.field("server saw", "no request", indent="     ")
     if attempt.ok:
         usage = (f" ({attempt.usage[0]} prompt + {attempt.usage[1]} completion tokens, the server's own count)"
@@ -282,8 +276,7 @@ def _differences(scene: Scene, attempts: tuple[Attempt, Attempt, Attempt], key: 
     for number, (step, attempt, statuses) in enumerate(zip(STEPS, attempts, expect), 1):
         what = f"{scene.vllm_version}, step {number} ({step.split(' (')[0].lower()})"
         sent = placeholder if number == 1 else configured
-        posts = [(status, header) for method, status, header in zip(attempt.methods, attempt.statuses,
-                                                                     attempt.headers) if method == "POST"]
+        posts = [(r.status, r.authorization) for r in attempt.seen if r.method == "POST"]
         if tuple(s for s, _ in posts) != statuses or any(h != sent for _, h in posts):
             found.append(f"{what}: the server should answer {list(statuses)} to {show_authorization(sent)}; it "
                          f"answered {[s for s, _ in posts]} to {[show_authorization(h) for _, h in posts]}")
