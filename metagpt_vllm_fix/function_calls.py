@@ -105,22 +105,31 @@ def plan(kwargs: Mapping[str, Any]) -> Optional[Plan]:
     return Plan(tuple(functions), False, {"anyOf": options})
 
 
-def _describe(function: Mapping[str, Any]) -> str:
-    schema = json.dumps(_parameters(function), ensure_ascii=False)
+def _describe(function: Mapping[str, Any], parameters: Optional[Mapping[str, Any]] = None) -> str:
+    """A function as a tool-calling template lists it; ``parameters``: as bounded (its descriptions kept)."""
+    schema = json.dumps(parameters if parameters is not None else _parameters(function), ensure_ascii=False)
     description = function.get("description")
     about = f"\nDescription: {description}" if isinstance(description, str) and description.strip() else ""
     return f"Function: {function['name']}{about}\nParameters (JSON schema): {schema}"
 
 
-def instructions(chosen: Plan) -> str:
-    """What the model is told: the function(s) it calls and the answer's form (the server constrains the rest)."""
-    listed = "\n\n".join(_describe(function) for function in chosen.functions)
+def instructions(chosen: Plan, bounded: Optional[Mapping[str, Any]] = None) -> str:
+    """What the model is told: the function(s) it calls and the answer's form (the server constrains the rest).
+    ``bounded``: the answer's schema as the server holds it to (``json_bounds``), whose bounds the model then sees."""
+    if bounded is not None and not chosen.picks:
+        listed = _describe(chosen.functions[0], bounded)
+    else:
+        listed = "\n\n".join(_describe(function) for function in chosen.functions)
+    from .json_bounds import how_to_write
+
+    rules = f" {how_to_write(True)}" if bounded is not None else ""  # MetaGPT reads arguments with strict=False
     if chosen.picks:
         return (f"You have these functions to call:\n\n{listed}\n\nCall one of them: answer with a JSON object "
-                '{"name": <the function\'s name>, "arguments": <an object of its arguments>} and nothing else.')
+                '{"name": <the function\'s name>, "arguments": <an object of its arguments>} and nothing else.'
+                + rules)
     name = chosen.functions[0]["name"]
     return (f"You have a function to call:\n\n{listed}\n\nCall {name}: answer with a JSON object of its arguments "
-            "and nothing else.")
+            f"and nothing else.{rules}")
 
 
 def told(messages: Sequence[Any], text: str) -> list[Any]:

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from re import Pattern
 from typing import Any, Optional
 
 __all__ = [
     "CURRENT", "DEFAULT_VERSION", "GENERATIONS", "NO_TEMPLATE_MESSAGES", "SYSTEM_ROLE_MESSAGES", "TOOLS_REFUSALS",
-    "Generation", "Refusal", "classify_refusal", "for_version", "is_system_role_refusal", "is_template_missing",
-    "is_tools_refusal", "parse_version", "structured_output",
+    "REGEX_FIELDS", "Generation", "Refusal", "classify_refusal", "constraint", "for_version", "is_schema_refusal",
+    "is_system_role_refusal", "is_template_missing", "is_tools_refusal", "parse_version", "sent_field",
+    "structured_output", "structured_output_fields",
 ]
 
 DEFAULT_VERSION = "0.32.0"  #: the release the emulator plays unless told otherwise (the one CI runs for real)
@@ -342,11 +343,49 @@ def is_tools_refusal(message: str) -> bool:
     return any(pattern.search(message or "") for pattern in _tools_patterns())
 
 
+def is_schema_refusal(message: str) -> bool:
+    """Is this a refusal of a JSON schema the server cannot compile into a grammar (any generation's words)?"""
+    templates = {g.uncompilable_schema_message for g in GENERATIONS if g.uncompilable_schema_message}
+    return any(_pattern(t.split("{keys}")[0]).search(message or "") for t in templates)
+
+
+def structured_output_fields() -> tuple[str, ...]:
+    """Every request field that constrains an answer in some generation, oldest first (by its JSON-schema name)."""
+    return tuple(dict.fromkeys(field for g in GENERATIONS for field in g.structured_output_fields))
+
+
+#: The same generations read a regular expression in these fields (``guided_regex`` beside ``guided_json`` from
+#: 0.3.3, removed with it in 0.12; ``structured_outputs: {"regex": ...}`` from 0.11).
+REGEX_FIELDS = {"guided_json": "guided_regex", "structured_outputs": "structured_outputs"}
+
+
+def sent_field(field: str, regex: bool) -> str:
+    """The request field a constraint travels in: ``field`` (of :func:`structured_output_fields`) for a schema, its
+    regex counterpart for a regex; what a server names when it refuses it."""
+    return REGEX_FIELDS[field] if regex else field
+
+
+def constraint(fields: Sequence[str], schema: Optional[Mapping[str, Any]] = None,
+               regex: Optional[str] = None) -> dict[str, Any]:
+    """The request fields ``fields`` (of :func:`structured_output_fields`), each constraining the answer to ``regex``
+    or else to ``schema``.
+
+    Sent together, each generation reads the one it knows and ignores the other (0.3 - 0.4.1 and 0.6.5 - 0.10
+    ignore ``structured_outputs``, 0.12 and later ignore the ``guided_*`` fields with a warning, measured on 0.32.0);
+    0.4.2 - 0.6.4 refuse a field they do not know, naming it, so a client drops it and asks again before any
+    generation."""
+    out: dict[str, Any] = {}
+    for field in fields:
+        if regex is not None:
+            out[sent_field(field, True)] = {"regex": regex} if field == "structured_outputs" else regex
+        elif schema is not None:
+            out[field] = {"json": dict(schema)} if field == "structured_outputs" else dict(schema)
+    return out
+
+
 def structured_output(generation: Generation, schema: Mapping[str, Any]) -> dict[str, Any]:
-    """The request field(s) that constrain an answer to ``schema`` on that generation (chat and completions)."""
-    if generation.structured_output == "structured_outputs":
-        return {"structured_outputs": {"json": dict(schema)}}
-    return {"guided_json": dict(schema)}
+    """The request field that constrains an answer to ``schema`` on that generation (chat and completions)."""
+    return constraint((generation.structured_output,), schema=schema)
 
 
 def is_system_role_refusal(message: str) -> bool:

@@ -2,8 +2,9 @@
 Interpreter calls it), by vLLM generation and by the served model's chat template.
 
 Each test counts the requests the emulator answered (its recorder), ``GET /version`` included: the fix asks it
-once per request it acts on, to know which field constrains (vllm-tools-facts.md §1, §4). The real-vLLM proof is
-tests/real_vllm/test_function_calls.py.
+once per request it acts on, to know which field constrains (vllm-tools-facts.md §1, §4); without an answer there,
+it sends every field. The arguments are held to the compact JSON of the function's schema, bounded for the request's
+max_tokens (json_bounds), and asked for streamed. The real-vLLM proof is tests/real_vllm/test_function_calls.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 import metagpt_vllm_fix
 from conftest import SEED_KEY, metagpt_with_placeholder_config, open_llm_instance, run
+from metagpt_vllm_fix.json_bounds import bound, pattern
 from metagpt_vllm_fix.server import VLLMServer
 from metagpt_vllm_fix.server.structured import instance
 
@@ -37,6 +39,12 @@ CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 ASKED = "You have a function to call"  # what the model is told (function_calls.instructions)
 
 pytestmark = pytest.mark.usefixtures("fresh_fixes")
+
+
+def held_to(schema: dict, budget: int = 4096) -> str:
+    """The pattern the fix holds a function's arguments to, for MetaGPT's max_tokens (4096 by default); raw line
+    breaks in strings too, as MetaGPT reads arguments with json.loads(strict=False)."""
+    return pattern(bound(schema, budget)[0], loose=True)
 
 
 def serving(version: str = "0.32.0", kind: str = "llama-2-chat", **options) -> VLLMServer:
@@ -73,16 +81,18 @@ def metagpt_reads(llm, answer) -> dict:
 
 # --- by generation --------------------------------------------------------------------------------------------
 
-def test_0_3_3_a_markdown_answer_to_the_code_step_is_asked_again_constrained_with_guided_json(caplog):
+def test_0_3_3_a_markdown_answer_to_the_code_step_is_asked_again_constrained_in_every_field(caplog):
     with serving("0.3.3") as server, caplog.at_level(logging.WARNING, logger="metagpt_vllm_fix"):
         code = run(open_llm_instance(server.base_url).aask_code(CODE_STEP))
         requests, (first, second) = seen(server), bodies(server)
     assert code == instance(EXECUTE)  # the constrained answer, as the tool call MetaGPT reads
     assert requests == [("POST", CHAT, 200), ("GET", "/version", 404), ("POST", CHAT, 200)]
     assert "tools" in first and "tools" not in second and "tool_choice" not in second
-    assert second["guided_json"] == EXECUTE and ASKED in second["messages"][0]["content"]
+    # 0.3.3 has no /version: every field goes, and 0.3.3 reads guided_regex
+    assert second["guided_regex"] == held_to(EXECUTE) and second["structured_outputs"] == {"regex": held_to(EXECUTE)}
+    assert second["stream"] is True and ASKED in second["messages"][0]["content"]
     assert second["messages"][1:] == CODE_STEP[1:]
-    assert len(logged(caplog)) == 1 and "guided_json" in logged(caplog)[0]
+    assert len(logged(caplog)) == 1 and "guided_regex / structured_outputs (regex)" in logged(caplog)[0]
 
 
 def test_0_3_3_a_named_calls_content_answer_is_asked_again_constrained():
@@ -91,16 +101,16 @@ def test_0_3_3_a_named_calls_content_answer_is_asked_again_constrained():
         requests, second = seen(server), bodies(server)[-1]
     assert answer == instance(TASK_TYPE) and "task_type" in answer  # what assign_task_type reads
     assert requests == [("POST", CHAT, 200), ("GET", "/version", 404), ("POST", CHAT, 200)]
-    assert second["guided_json"] == TASK_TYPE
+    assert second["guided_regex"] == held_to(TASK_TYPE)
 
 
-def test_0_10_2_refuses_the_code_step_and_answers_it_constrained_with_guided_json():
+def test_0_10_2_refuses_the_code_step_and_answers_it_constrained_with_guided_regex():
     with serving("0.10.2") as server:
         code = run(open_llm_instance(server.base_url).aask_code(CODE_STEP))
         requests, second = seen(server), bodies(server)[-1]
     assert code == instance(EXECUTE)
     assert requests == [("POST", CHAT, 400), ("GET", "/version", 200), ("POST", CHAT, 200)]
-    assert second["guided_json"] == EXECUTE and "structured_outputs" not in second
+    assert second["guided_regex"] == held_to(EXECUTE) and "structured_outputs" not in second
 
 
 def test_0_10_2_a_named_choices_guided_tool_call_passes_untouched(caplog):
@@ -141,9 +151,10 @@ def test_0_32_refuses_the_code_step_and_answers_it_constrained_with_structured_o
     assert (message.content, call.type, call.function.name, answer.choices[0].finish_reason) == (
         None, "function", "execute", "tool_calls")  # OpenAI's shape for a chosen call
     assert json.loads(call.function.arguments) == instance(EXECUTE)
-    assert answer.usage.completion_tokens > 0  # the server's own usage
+    assert answer.usage.completion_tokens > 0  # the server's own usage, from the stream's end
     assert requests == [("POST", CHAT, 400), ("GET", "/version", 200), ("POST", CHAT, 200)]
-    assert second["structured_outputs"] == {"json": EXECUTE} and "guided_json" not in second
+    assert second["structured_outputs"] == {"regex": held_to(EXECUTE)} and "guided_regex" not in second
+    assert second["stream"] is True and second["stream_options"] == {"include_usage": True}
     (line,) = logged(caplog)
     assert "refuses function calls" in line and "--enable-auto-tool-choice" in line
 
@@ -172,7 +183,7 @@ def test_the_constrained_request_goes_through_the_template_fixes(kind, answered_
         requests, last = seen(server), bodies(server)[-1]
     assert code == instance(EXECUTE)
     assert requests == [("POST", CHAT, 400), ("GET", "/version", 200), *answered_by]
-    assert last["structured_outputs"] == {"json": EXECUTE}
+    assert last["structured_outputs"] == {"regex": held_to(EXECUTE)}
     told = last["prompt"] if kind == "none" else "\n".join(m["content"] for m in last["messages"])
     assert ASKED in told and GENERAL_FUNCTION_SCHEMA["description"] in told and "Plot the data." in told
     if kind == "mistral-instruct":
@@ -183,9 +194,9 @@ def test_several_tools_without_a_choice_are_asked_for_a_name_and_its_arguments()
     tools = [{"type": "function", "function": LOOKUP}, {"type": "function", "function": GENERAL_FUNCTION_SCHEMA}]
     with serving() as server:
         answer = create(open_llm_instance(server.base_url), messages=CODE_STEP, tools=tools)
-        schema = bodies(server)[-1]["structured_outputs"]["json"]
+        regex = bodies(server)[-1]["structured_outputs"]["regex"]
     (call,) = answer.choices[0].message.tool_calls
-    assert [option["properties"]["name"]["enum"] for option in schema["anyOf"]] == [["lookup"], ["execute"]]
+    assert regex.startswith('(?:\\{"name": (?:"lookup"), "arguments": ') and '(?:"execute")' in regex
     assert call.function.name == "lookup"  # the emulator's constrained model takes the first branch
     jsonschema.validate(json.loads(call.function.arguments), LOOKUP["parameters"])
 
@@ -237,47 +248,50 @@ def test_turned_off_by_name_each_generation_fails_as_upstream(monkeypatch, versi
 
 # --- bad input ------------------------------------------------------------------------------------------------
 
-def test_arguments_cut_by_max_tokens_are_handed_over_as_they_came_with_a_warning_naming_max_token(caplog):
-    with serving() as server, caplog.at_level(logging.WARNING, logger="metagpt_vllm_fix"):
+def test_arguments_cut_by_max_tokens_are_asked_once_more_for_the_room_then_handed_over_with_a_warning(caplog):
+    with serving() as server, caplog.at_level(logging.INFO, logger="metagpt_vllm_fix"):
         llm = open_llm_instance(server.base_url, max_token=3)
         answer = run(llm._achat_completion_function(CODE_STEP))
         requests = seen(server)
-        (cut,) = [r for r in server.requests if r.method == "POST" and r.status == 200]
-    assert requests == [("POST", CHAT, 400), ("GET", "/version", 200), ("POST", CHAT, 200)]
-    assert cut.body["max_tokens"] == 3
+        cut = [r for r in server.requests if r.method == "POST" and r.status == 200]
+    assert requests == [("POST", CHAT, 400), ("GET", "/version", 200), ("POST", CHAT, 200), ("POST", CHAT, 200)]
+    assert [r.body["max_tokens"] for r in cut] == [3, 3]
+    assert cut[0].body["structured_outputs"] == {"regex": held_to(EXECUTE, 3)}  # the room the server showed: 3 again
     arguments = answer.choices[0].message.tool_calls[0].function.arguments
     assert answer.choices[0].finish_reason == "length"
     assert arguments == '{"language": "python", "code": '  # the server's text, three "tokens" of it
-    assert [line for line in logged(caplog) if "max_token" in line and "cut off" in line] != []
-    assert sum("llm.max_token" in line for line in logged(caplog)) == 1
+    lines = logged(caplog)
+    assert any("cut off at max_tokens after 3 tokens" in line and "asked once more" in line for line in lines)
+    assert sum("Raise llm.max_token" in line for line in lines) == 1
 
 
-def test_a_schema_the_server_cannot_compile_gets_its_400_unchanged_and_one_log_line(caplog):
+def test_a_keyword_the_server_cannot_compile_is_left_out_of_the_constraint():
+    """vLLM 0.32 refuses a whole request whose schema holds ``uniqueItems`` (a set, in pydantic); the pattern the
+    fix sends has no such keyword, and the answer keeps to the rest of the schema."""
     tags = {"name": "tag", "parameters": {"type": "object", "required": ["tags"], "properties": {
         "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}}}}
-    with serving() as server, caplog.at_level(logging.INFO, logger="metagpt_vllm_fix"):
-        llm = open_llm_instance(server.base_url)
-        with pytest.raises(openai.BadRequestError) as refused:
-            run(llm.aask_code(PLAN_STEP, **create_func_call_config(tags)))
+    with serving() as server:
+        answer = run(open_llm_instance(server.base_url).aask_code(PLAN_STEP, **create_func_call_config(tags)))
         requests = seen(server)
-    assert refused.value.body["message"] == 'Grammar error: Unimplemented keys: ["uniqueItems"]'
-    assert requests == [("POST", CHAT, 400), ("GET", "/version", 200), ("POST", CHAT, 400)]
-    (line,) = logged(caplog)
-    assert "refused the constrained request for tag's arguments" in line and "Unimplemented keys" in line
+    assert answer == {"tags": []}
+    assert requests == [("POST", CHAT, 400), ("GET", "/version", 200), ("POST", CHAT, 200)]
 
 
 def test_a_server_refusing_the_structured_output_field_gives_the_plain_answer_and_one_warning(caplog):
-    """An OpenAI-compatible server that is not vLLM refuses ``structured_outputs``: MetaGPT gets what vLLM 0.3
-    gave, the model's plain answer."""
+    """An OpenAI-compatible server that is not vLLM refuses ``stream_options`` and ``structured_outputs``: the usage
+    fix asks without the first, the tools fix cannot do without the second, and MetaGPT gets what vLLM 0.3 gave, the
+    model's plain answer."""
     with serving(reject_unknown_fields=True) as server, caplog.at_level(logging.WARNING, logger="metagpt_vllm_fix"):
         llm = open_llm_instance(server.base_url)
         code = run(llm.aask_code(CODE_STEP))
         requests, sent = seen(server), bodies(server)
     assert code == {"language": "markdown", "code": "echo: Plot the data."}
-    assert requests == [("POST", CHAT, 400), ("GET", "/version", 200), ("POST", CHAT, 400), ("POST", CHAT, 200)]
-    assert "structured_outputs" in sent[1] and sent[2]["messages"] == CODE_STEP and "tools" not in sent[2]
+    assert requests == [("POST", CHAT, 400), ("GET", "/version", 200), ("POST", CHAT, 400), ("POST", CHAT, 400),
+                        ("POST", CHAT, 200)]
+    assert "stream_options" in sent[1] and "stream_options" not in sent[2] and "structured_outputs" in sent[2]
+    assert sent[3]["messages"] == CODE_STEP and "tools" not in sent[3]
     (line,) = logged(caplog)
-    assert "refuses structured_outputs" in line and "Remedy: start vLLM with --enable-auto-tool-choice" in line
+    assert "cannot constrain answers" in line and "Remedy: start vLLM with --enable-auto-tool-choice" in line
 
 
 def test_remove_restores_the_refusal_and_apply_brings_the_fix_back():
@@ -291,3 +305,17 @@ def test_remove_restores_the_refusal_and_apply_brings_the_fix_back():
         requests = seen(server)
     assert code == instance(EXECUTE)
     assert requests == [("POST", CHAT, 400), ("POST", CHAT, 400), ("GET", "/version", 200), ("POST", CHAT, 200)]
+
+
+def test_behind_a_proxy_that_hides_version_vllm_0_32_still_answers_the_call_constrained():
+    """A reverse proxy forwarding only /v1/... answers GET /version 404: the fix then sends every field, and vLLM
+    0.32 reads structured_outputs (before, 0.3's guided_json alone went, which 0.12 and later ignore)."""
+    from real_vllm.recording_proxy import RecordingProxy
+
+    with serving() as server, RecordingProxy(server.url, only="/v1/") as proxy:
+        code = run(open_llm_instance(proxy.url + "/v1").aask_code(CODE_STEP))
+        through = [(e.method, e.path, e.status) for e in proxy.exchanges]
+        constrained = proxy.posted(CHAT)[-1].body
+    assert code == instance(EXECUTE)
+    assert through == [("POST", CHAT, 400), ("GET", "/version", 404), ("POST", CHAT, 200)]
+    assert constrained["structured_outputs"] == {"regex": held_to(EXECUTE)} and "guided_regex" in constrained

@@ -26,19 +26,16 @@ streams a function call).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional
 
-from .. import function_calls
-from . import Once, RequestFix, error_message, refuses_field, server_of, status_code
+from .. import constrained, function_calls, json_bounds
+from . import Once, RequestFix, error_message, server_of, status_code
 from .chat_template import refuses_for_template
-
-if TYPE_CHECKING:
-    from ..vllm_versions import Generation
 
 log = logging.getLogger("metagpt_vllm_fix")
 
 FIX_NAME = "tools"  # every record this fix logs carries extra={"fix": FIX_NAME}: the doctor says which fix acted
-VERSION_TIMEOUT = 2.0  #: seconds for the GET /version that tells which field constrains an answer
+DEFAULT_BUDGET = 1024  #: tokens the arguments are sized for when the request names no max_tokens
 _said = Once()  # (server, model, what): each warning once
 
 
@@ -60,27 +57,6 @@ def refuses_tools(exc: BaseException) -> bool:
 def _say(key: tuple[str, str], what: str, message: str, *args: Any) -> None:
     if _said.first((*key, what)):
         log.warning(message, *args, extra={"fix": FIX_NAME})
-
-
-def _http_client(instance: Any, wrapped: Any) -> Any:
-    owner = instance if instance is not None else getattr(wrapped, "__self__", None)
-    return getattr(getattr(owner, "_client", None), "_client", None)
-
-
-async def server_generation(instance: Any, wrapped: Any, server: str) -> Generation:
-    """The generation of the server at ``server``, asked now (``GET /version``, vLLM 0.4.0 and later; without it,
-    vLLM 0.3's rules). Asked per request, never kept: the server behind a URL may have changed."""
-    from ..vllm_versions import for_version
-
-    http, root = _http_client(instance, wrapped), server.rstrip("/")
-    root = root[: -len("/v1")] if root.endswith("/v1") else root
-    try:
-        answer = await http.get(root + "/version", timeout=VERSION_TIMEOUT)
-        body = answer.json() if answer.status_code == 200 else None
-        version = body.get("version") if isinstance(body, dict) else None
-        return for_version(version if isinstance(version, str) else None)
-    except Exception:  # noqa: BLE001  (no usable /version: the rules of MetaGPT 0.7's time)
-        return for_version(None)
 
 
 def _no_tool_call(answer: Any) -> Optional[str]:
@@ -114,47 +90,78 @@ def _without_empty_calls(answer: Any) -> Any:
     return _copy(answer, choices=[_copy(first, message=_copy(first.message, tool_calls=None)), *answer.choices[1:]])
 
 
+async def _ask_streamed(wrapped: Callable[..., Any], asked: dict[str, Any]) -> constrained.Collected:
+    """The request streamed (a slow server's long answer then never meets the request timeout) and put back
+    together, with the server's usage (see ``constrained.streamed``)."""
+    return await constrained.collect(await wrapped(**constrained.streamed(asked)))
+
+
+def _budget(kwargs: dict[str, Any]) -> int:
+    asked = kwargs.get("max_tokens")
+    return asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else DEFAULT_BUDGET
+
+
 async def _constrained(wrapped: Callable[..., Any], instance: Any, kwargs: dict[str, Any],
                        chosen: function_calls.Plan, key: tuple[str, str], why: str,
-                       generation: Optional[Generation] = None) -> Any:
-    """Ask for the function's arguments constrained by its schema; MetaGPT gets them as OpenAI's tool call.
-    ``generation``: the server's, when this request already asked it."""
-    from ..vllm_versions import structured_output
-
-    generation = generation or await server_generation(instance, wrapped, key[0])
-    constraint = structured_output(generation, chosen.schema)
+                       fields: Optional[tuple[str, ...]] = None) -> Any:
+    """Ask for the function's arguments constrained to its schema, bounded for the budget; MetaGPT gets them as
+    OpenAI's tool call. ``fields``: the structured-output fields, when this request already asked ``/version``.
+    An answer cut at max_tokens is asked for once more, bounded for the room the server gave it."""
     plain = function_calls.without_function_calls(kwargs)
     extra = plain.get("extra_body")
     if extra is not None and not isinstance(extra, dict):
         return None  # a caller's extra_body we cannot add to: the server's own answer stands
-    asked = {**plain, "messages": function_calls.told(kwargs["messages"], function_calls.instructions(chosen)),
-             "extra_body": {**(extra or {}), **constraint}}
-    field = next(iter(constraint))
-    try:
-        answer = await wrapped(**asked)
-    except Exception as exc:
-        if refuses_field(exc, field):  # a server that cannot constrain: the plain answer vLLM 0.3 gave
-            _say(key, "unconstrained", "tools: %s refuses %s for %s (%s); MetaGPT gets the model's plain answer "
-                 "instead of a function call, as from vLLM 0.3. Remedy: %s.", key[0], field, key[1],
-                 error_message(exc)[:160], remedy())
+    if fields is None:
+        fields = constrained.fields_for(await constrained.server_generation(instance, wrapped, key[0]))
+    budget, room = _budget(kwargs), None
+    for _ in range(2):
+        schema, bounds = json_bounds.bound(chosen.schema, min(budget, room) if room else budget)
+        constraint = constrained.Constraint.of(schema, fields, loose=True)  # MetaGPT: json.loads(strict=False)
+        told = function_calls.told(kwargs["messages"], function_calls.instructions(chosen, schema))
+        try:
+            while True:
+                try:
+                    collected = await _ask_streamed(wrapped, {**plain, "messages": told,
+                                                              "extra_body": {**(extra or {}), **constraint.body()}})
+                    break
+                except Exception as exc:
+                    left = constraint.after(exc)
+                    if left is None:
+                        raise
+                    constraint = left
+        except constrained.CannotConstrain as exc:  # a server that cannot constrain: the plain answer of vLLM 0.3
+            _say(key, "unconstrained", "tools: %s cannot constrain answers for %s (%s); MetaGPT gets the model's "
+                 "plain answer instead of a function call, as from vLLM 0.3. Remedy: %s.", key[0], key[1],
+                 str(exc)[:160], remedy())
             return await wrapped(**plain)
-        _say(key, f"refused {status_code(exc)}", "tools: %s refused the constrained request for %s's arguments "
-             "(%s %s); MetaGPT gets that error.", key[0], ", ".join(chosen.names), status_code(exc) or
-             type(exc).__name__, error_message(exc)[:200])
-        raise
-    finish = getattr(answer.choices[0], "finish_reason", None) if answer.choices else None
-    text = answer.choices[0].message.content if answer.choices else None
-    if finish != "length" and function_calls.parse_arguments((text or "").strip()) is None:
+        except Exception as exc:
+            _say(key, f"refused {status_code(exc)}", "tools: %s refused the constrained request for %s's arguments "
+                 "(%s %s); MetaGPT gets that error.", key[0], ", ".join(chosen.names), status_code(exc) or
+                 type(exc).__name__, error_message(exc)[:200])
+            raise
+        fields = constraint.fields
+        if collected.finish_reason != "length":
+            break
+        usage = getattr(collected.answer, "usage", None)
+        tokens = getattr(usage, "completion_tokens", None)
+        if room is not None or not isinstance(tokens, int) or tokens <= 0:
+            break
+        room = tokens  # the room the server gave it, with the same words asked again
+        _say(key, "cut", "tools: the arguments of %s were cut off at max_tokens after %s tokens (%s); asked once "
+             "more, bounded for that room.", ", ".join(chosen.names), tokens, bounds.describe())
+    answer = collected.answer
+    if collected.finish_reason != "length" and function_calls.parse_arguments(collected.text.strip()) is None:
         _say(key, "ignored", "tools: %s answered %s without keeping to the function's schema (%s does not constrain "
-             "answers there); MetaGPT gets the model's plain answer. Remedy: %s.", key[0], key[1], field, remedy())
+             "answers there); MetaGPT gets the model's plain answer. Remedy: %s.", key[0], key[1],
+             constraint.describe(), remedy())
         return answer
-    if finish == "length":
-        _say(key, "cut", "tools: the arguments of %s were cut off at max_tokens (%s); MetaGPT gets them as they "
-             "came. A random or small model pads JSON: raise llm.max_token, or leave the room to the server.",
-             ", ".join(chosen.names), kwargs.get("max_tokens", "the server's default"))
-    _say(key, "answered", "tools: %s %s; %s's arguments were asked for as JSON constrained by its schema (%s, "
-         "vLLM %s's field), and MetaGPT gets them as a tool call. Remedy: %s.", key[0], why,
-         ", ".join(chosen.names), field, generation.name, remedy())
+    if collected.finish_reason == "length":
+        _say(key, "cut for good", "tools: the arguments of %s were cut off at max_tokens even bounded for the "
+             "server's room; MetaGPT gets them as they came. Raise llm.max_token, or the server's context.",
+             ", ".join(chosen.names))
+    _say(key, "answered", "tools: %s %s; %s's arguments were asked for as JSON constrained to its schema (%s; %s), "
+         "and MetaGPT gets them as a tool call. Remedy: %s.", key[0], why, ", ".join(chosen.names),
+         constraint.describe(), bounds.describe(), remedy())
     return function_calls.tool_call_answer(answer, chosen)
 
 
@@ -187,17 +194,18 @@ async def answer_function_call(wrapped: Callable[..., Any], instance: Any, args:
         return answer
     if not chosen.forced and missing == "empty":
         return _without_empty_calls(answer)
-    generation = None
+    fields = None
     if not chosen.forced and missing == "none":
         if function_calls.code_fenced(answer.choices[0].message.content):
             return answer  # MetaGPT reads a fenced answer as python code
-        generation = await server_generation(instance, wrapped, key[0])
-        if not generation.ignores_tools:
+        generation = await constrained.server_generation(instance, wrapped, key[0])
+        if generation is not None and not generation.ignores_tools:
             return answer  # it understood tools and chose to answer in words: its tool handling is the server's
+        fields = constrained.fields_for(generation)
     said = {"empty": "an empty tool_calls list", "none": "content and no tool_calls", "unreadable": "no readable "
             "function call"}
     why = f"answered without the function call MetaGPT reads ({said.get(missing or '', missing)})"
-    answered = await _constrained(wrapped, instance, kwargs, chosen, key, why, generation)
+    answered = await _constrained(wrapped, instance, kwargs, chosen, key, why, fields)
     return answer if answered is None else answered
 
 
