@@ -173,11 +173,13 @@ def test_status_prints_one_line_about_this_process_and_automatic_activation(tmp_
     assert proc.returncode == 0
     line, *fixes = proc.stdout.splitlines()
     assert line.startswith("pending: will patch when metagpt.provider.open_llm_api is imported (MetaGPT 0.7.7; "
-                           "fixes api_key, max_tokens, usage, chat_template, system_role, httpx, fail_fast, tools).")
+                           "fixes api_key, max_tokens, usage, chat_template, system_role, httpx, fail_fast, tools, "
+                           "formats).")
     assert automatic in line
     assert [f.split()[:2] for f in fixes] == [["api_key", "pending"], ["max_tokens", "pending"], ["usage", "pending"],
                                               ["chat_template", "pending"], ["system_role", "pending"],
-                                              ["httpx", "pending"], ["fail_fast", "pending"], ["tools", "pending"]]
+                                              ["httpx", "pending"], ["fail_fast", "pending"], ["tools", "pending"],
+                                              ["formats", "pending"]]
     assert "layout by model name: Llama-2's for Llama-family names, ChatML otherwise" in fixes[3]
 
 
@@ -189,8 +191,9 @@ def test_status_names_each_fix_and_the_ones_disabled_by_name(tmp_path):
     document = json.loads(proc.stdout)
     assert [(f["name"], f["state"]) for f in document["fixes"]] == [
         ("api_key", "pending"), ("max_tokens", "off"), ("usage", "off"), ("chat_template", "pending"),
-        ("system_role", "off"), ("httpx", "pending"), ("fail_fast", "pending"), ("tools", "pending")]
-    assert "fixes api_key, chat_template, httpx, fail_fast, tools)" in document["line"]
+        ("system_role", "off"), ("httpx", "pending"), ("fail_fast", "pending"), ("tools", "pending"),
+        ("formats", "pending")]
+    assert "fixes api_key, chat_template, httpx, fail_fast, tools, formats)" in document["line"]
 
 
 def test_status_warns_once_about_a_name_that_is_no_fix(tmp_path):
@@ -199,7 +202,8 @@ def test_status_warns_once_about_a_name_that_is_no_fix(tmp_path):
     proc = run_python(code, home=tmp_path, forked=True, METAGPT_VLLM_FIX_DISABLE="usage,tiktoken")
     assert proc.returncode == 0, proc.stderr
     assert ("[('api_key', 'active'), ('max_tokens', 'active'), ('usage', 'off'), ('chat_template', 'active'), "
-            "('system_role', 'active'), ('httpx', 'idle'), ('fail_fast', 'active'), ('tools', 'active')]"
+            "('system_role', 'active'), ('httpx', 'idle'), ('fail_fast', 'active'), ('tools', 'active'), "
+            "('formats', 'active')]"
             ) in proc.stdout
     assert proc.stderr.count("METAGPT_VLLM_FIX_DISABLE names no fix: tiktoken") == 1
 

@@ -156,6 +156,8 @@ class OpenAILLM:
     @tenacity.retry(stop=tenacity.stop_after_attempt(6))
     async def acompletion_text(self, messages, stream=False, timeout=3):
         return ""
+    async def aask(self, msg, system_msgs=None, format_msgs=None, images=None, timeout=3, stream=True):
+        return await self.acompletion_text([msg], stream=stream, timeout=timeout)
 """
 UPSTREAM_OPENLLM = """
 class OpenLLM(OpenAILLM):
@@ -251,7 +253,7 @@ def test_a_fix_whose_gate_refuses_is_left_off_alone_and_the_others_apply(tmp_pat
     assert (status["import_error"], status["code"], status["active"]) == (None, "supported", True)
     assert status["fixes"] == {"api_key": "active", "max_tokens": "refused", "usage": "active",
                                "chat_template": "active", "system_role": "active", "httpx": "idle",
-                               "fail_fast": "active", "tools": "active"}
+                               "fail_fast": "active", "tools": "active", "formats": "active"}
     (warning,) = lines_with(proc.stderr, "not applying the max_tokens fix")
     assert "no longer sends max_tokens as MetaGPT 0.7 does" in warning
 
@@ -266,7 +268,7 @@ def test_strict_mode_covers_every_fix(tmp_path):
     # nothing stays half-applied behind the refusal, and status says which fix refused
     assert status["fixes"] == {"api_key": "inactive", "max_tokens": "refused", "usage": "inactive",
                                "chat_template": "inactive", "system_role": "inactive", "httpx": "inactive",
-                               "fail_fast": "inactive", "tools": "inactive"}
+                               "fail_fast": "inactive", "tools": "inactive", "formats": "inactive"}
 
 
 # --- broken or missing dist-info metadata (on a copy of the real MetaGPT 0.7.7) -------------------------------

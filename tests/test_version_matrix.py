@@ -284,6 +284,7 @@ HTTPX_028_EACH_OFF = {
     "httpx": (False, PROXIES_ERROR),
     "fail_fast": (True, None),
     "tools": (True, None),  # aask sends no tools
+    "formats": (True, None),  # a plain aask is no parse site
 }
 
 

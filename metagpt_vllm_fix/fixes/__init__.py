@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Hashable, Sequence
+from collections.abc import Awaitable, Hashable, Sequence
+from contextvars import ContextVar
 from types import ModuleType
 from typing import Any, Callable, Optional
 
 from .. import wrapping
 
 Target = tuple[str, str, wrapping.Wrapper]  # (class name in the module, attribute, our wrapper)
+
+#: What an outer fix does to a request that ``chat_template`` is about to answer through ``/v1/completions`` (the
+#: model has no chat template): set by that fix around its own request, for that request only. ``formats`` uses it
+#: to constrain such an ask from the first time (a base model's free answer runs to max_tokens).
+REROUTE: ContextVar[Optional[Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]]] = ContextVar(
+    "metagpt_vllm_fix_reroute", default=None)
 
 
 class Once:
@@ -196,6 +203,18 @@ def error_message(exc: BaseException) -> str:
     return message if isinstance(message, str) else str(exc)
 
 
+def innermost(exc: BaseException) -> BaseException:
+    """What a tenacity ``RetryError`` ended on (MetaGPT nests its loops: the JSON parse's inside ``_aask_v1``'s), or
+    ``exc`` itself (duck-typed: tenacity is MetaGPT's)."""
+    for _ in range(8):
+        attempt = getattr(exc, "last_attempt", None)
+        inner = attempt.exception() if attempt is not None and getattr(attempt, "failed", False) else None
+        if not isinstance(inner, BaseException):
+            return exc
+        exc = inner
+    return exc
+
+
 def _names_field(field: Any, name: str) -> bool:
     """``"name"``, ``"body.name"``, ``["body", "name", ...]``: an error's field that is ``name``."""
     parts = field.split(".") if isinstance(field, str) else field if isinstance(field, (list, tuple)) else ()
@@ -241,10 +260,10 @@ def mentions(function: Any, text: str) -> bool:
 
 def all_fixes() -> tuple[Fix, ...]:
     """Every fix, in the order of NAMES (how status lists them; imported here so nothing loads before it is needed)."""
-    from . import api_key, chat_template, fail_fast, httpx_client, max_tokens, system_role, tools, usage
+    from . import api_key, chat_template, fail_fast, formats, httpx_client, max_tokens, system_role, tools, usage
 
     return (api_key.FIX, max_tokens.FIX, usage.FIX, chat_template.FIX, system_role.FIX, httpx_client.FIX,
-            fail_fast.FIX, tools.FIX)
+            fail_fast.FIX, tools.FIX, formats.FIX)
 
 
 def wrapping_order() -> tuple[Fix, ...]:
@@ -255,12 +274,15 @@ def wrapping_order() -> tuple[Fix, ...]:
     or with the system message folded in) still gets usage's ``stream_options``, and its ``max_tokens`` refusal
     reaches the max_tokens fix like the chat request's own. ``tools`` goes outside all of those: the constrained
     request it sends instead of a refused function call is a chat request like any other, which they then fit to
-    the server. ``fail_fast`` comes last: its wrapper is then the outermost and sees only the errors every other fix
-    left unhandled.
+    the server. ``formats`` goes outside ``chat_template`` and ``system_role`` (its constrained request is theirs to fit
+    to the template, and a reroute of its first ask to ``/v1/completions`` is constrained through ``REROUTE``) and
+    ``max_tokens`` (which leaves out a ``max_tokens`` that does not fit), and inside ``usage``: usage then counts each
+    answer under the messages MetaGPT sent, which formats adds the shape to. ``fail_fast`` comes last: its wrapper is
+    then the outermost and sees only the errors every other fix left unhandled.
     """
     by_name = {fix.name: fix for fix in all_fixes()}
-    return tuple(by_name[name] for name in ("api_key", "httpx", "chat_template", "system_role", "max_tokens", "usage",
-                                            "tools", "fail_fast"))
+    return tuple(by_name[name] for name in ("api_key", "httpx", "chat_template", "system_role", "max_tokens",
+                                            "formats", "usage", "tools", "fail_fast"))
 
 
-NAMES = ("api_key", "max_tokens", "usage", "chat_template", "system_role", "httpx", "fail_fast", "tools")
+NAMES = ("api_key", "max_tokens", "usage", "chat_template", "system_role", "httpx", "fail_fast", "tools", "formats")

@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from .. import chat_layout
 from ..function_calls import FUNCTION_CALL_FIELDS
-from . import Once, RequestFix, error_message, refuses_field, server_of, status_code
+from . import REROUTE, Once, RequestFix, error_message, refuses_field, server_of, status_code
 
 log = logging.getLogger("metagpt_vllm_fix")
 
@@ -204,6 +204,9 @@ async def answer_without_template(wrapped: Callable[..., Any], instance: Any, ar
                             key[0], key[1], ", ".join(calls), remedy(layout), extra={"fix": "chat_template"})
             raise
         refusal = exc
+    adjust = REROUTE.get()  # an outer fix's say in how this request is asked instead (formats: constrained)
+    if adjust is not None:
+        kwargs = await adjust(kwargs)
     try:
         answer = await _ask_completions(completions, server, layout, kwargs)
     except Exception as exc:
