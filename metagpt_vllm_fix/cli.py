@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from . import __version__
 
 TEMPLATE_KINDS = ("none", "llama-2-chat", "mistral-instruct", "gemma")  # server.TEMPLATE_KINDS (no aiohttp import)
+ANSWER_STYLES = ("echo", "plain")  # server.echo.ANSWER_STYLES (no aiohttp import)
 TEMPLATE_NAMES = ("llama-2", "chatml")  # chat_layout.TEMPLATE_NAMES
 
 if TYPE_CHECKING:
@@ -79,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = commands.add_parser(
         "doctor", help="check MetaGPT's config, the plugin and the server",
         description="Read the configuration the way MetaGPT 0.7 does (METAGPT_ROOT/config/config2.yaml, then "
-                    "~/.metagpt/config2.yaml), probe the server with the configured key, then ask it once the way "
-                    "MetaGPT asks (its open_llm provider, system + user message, streamed, up to the first token). "
+                    "~/.metagpt/config2.yaml), probe the server with the configured key, then ask it the way "
+                    "MetaGPT asks (its open_llm provider: a chat request, streamed, up to the first token; the Data "
+                    "Interpreter's function call; one ActionNode fill, whose answer MetaGPT must parse). "
                     "Each line is one named check; --list-checks lists them, `doctor NAME...` runs only those.",
         epilog="Exit codes: 0 ok (warnings allowed), 1 a problem was found, 2 usage or configuration error.")
     doctor.add_argument("checks", nargs="*", metavar="CHECK", help="run only these checks (default: all)")
@@ -88,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="list every check in the order they run, with what it looks at, and exit")
     doctor.add_argument("--config", metavar="PATH", help="check exactly this config2.yaml")
     doctor.add_argument("--timeout", metavar="S", type=_positive_float, default=5.0,
-                        help="bound for all network checks together, the ask included (default: 5)")
+                        help="bound for all network checks together, MetaGPT's requests included (default: 5; an "
+                             "ActionNode fill on a CPU server may need minutes: doctor formats --timeout 600)")
     doctor.add_argument("--json", action="store_true", help="print one JSON object (fields in docs/cli.md)")
 
     serve = commands.add_parser(
@@ -120,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --tool-call-parser: answer tools without a tool_choice with a tool call (vLLM's "
                             "flag; the emulator's model always calls, the first tool offered). Without it, such a "
                             "request gets vLLM's 400")
+    serve.add_argument("--answers", choices=ANSWER_STYLES, default="echo", metavar="STYLE",
+                       help="how the model answers: echo (the prompt again) or plain (plain words, never the format "
+                            "MetaGPT asks for: a small or base model; answers constrained by a schema or pattern "
+                            "keep to it) (default: echo)")
     serve.add_argument("--tool-call-parser", metavar="NAME", default=None,
                        help="answer a named tool_choice with a tool call whose arguments fit the function's "
                             "parameters (vLLM's flag; any NAME, e.g. hermes: the emulator parses nothing). Without "
@@ -217,7 +224,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         report.title(f"metagpt-vllm-fix serve: answers as vLLM {version} does, for trying a config without a GPU")
         report.field("URL", base_url + ("   (loopback only: reachable from this machine)" if loopback else ""))
         report.field("API key", key_line)
-        report.field("model", f"{model} (max_model_len {args.max_model_len}; answers echo the prompt)")
+        report.field("model", f"{model} (max_model_len {args.max_model_len}; "
+                              + ("answers echo the prompt)" if args.answers == "echo" else
+                                 "answers in plain words, never in MetaGPT's formats unless constrained)"))
         report.field("rules", f"vLLM {generation.name} generation: {generation.context_rule}"
                      + ("; refuses unknown request fields" if args.reject_unknown_fields else ""))
         report.field("template", _template_line(args.chat_template, generation.no_template_message is None))
@@ -252,7 +261,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 max_model_len=args.max_model_len, vllm_version=version,
                 reject_unknown_fields=args.reject_unknown_fields, chat_template=args.chat_template,
                 tool_parser=args.tool_call_parser, enable_auto_tool_choice=args.enable_auto_tool_choice,
-                ready=ready, recorder=log)
+                answers=args.answers, ready=ready, recorder=log)
     except OSError as exc:
         report.check(PROBLEM, f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
         return 1

@@ -76,6 +76,15 @@ OTHER_SCHEMA = {"type": "object", "properties": {"task": {"type": "string", "enu
 UNIQUE_ITEMS = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string", "enum": ["a"]},
                                                           "uniqueItems": True}}}  # vLLM 0.32 cannot compile it
 ROOM = {"max_tokens": 1500, "seed": 7}
+# What the formats and tools fixes hold an answer to: the compact JSON of a bounded, strict schema, as a regular
+# expression (json_bounds.pattern): a string of at most 24 characters, a list of at most 3, a boolean.
+BOUNDED = {"type": "object", "properties": {"title": {"type": "string", "maxLength": 24},
+                                           "tags": {"type": "array", "items": {"type": "string", "maxLength": 24},
+                                                    "maxItems": 3},
+                                           "ok": {"type": "boolean"}},
+           "required": ["title", "tags", "ok"], "additionalProperties": False}
+_TEXT = r'"[^"\\\x00-\x1f]{0,24}"'
+BOUNDED_REGEX = rf'\{{"title": {_TEXT}, "tags": \[(?:{_TEXT}(?:, {_TEXT}){{0,2}})?\], "ok": (?:true|false)\}}'
 
 
 def json_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -246,6 +255,26 @@ PROBES: list[Probe] = [
           finish=True),
     Probe("llama-2-chat: completions, guided_json (removed in 0.12: ignored)", "POST", "/v1/completions",
           body=completion(guided_json=SCHEMA, max_tokens=16, seed=7), kind="llama-2-chat", schema=SCHEMA),
+    # What the formats and tools fixes send: a pattern for compact JSON, in structured_outputs (0.11+) or in every
+    # field at once where /version does not say the release (guided_regex is ignored by 0.12+, with a warning).
+    Probe("llama-2-chat: chat, structured_outputs regex", "POST", "/v1/chat/completions",
+          body=metagpt_chat(structured_outputs={"regex": BOUNDED_REGEX}, **ROOM), kind="llama-2-chat",
+          schema=BOUNDED, finish=True),
+    Probe("llama-2-chat: chat, stream, structured_outputs regex", "POST", "/v1/chat/completions",
+          body=metagpt_chat(structured_outputs={"regex": BOUNDED_REGEX}, stream=True, **ROOM), kind="llama-2-chat",
+          schema=BOUNDED, finish=True),
+    Probe("llama-2-chat: chat, guided_regex and structured_outputs regex (every field)", "POST",
+          "/v1/chat/completions", body=metagpt_chat(guided_regex=BOUNDED_REGEX,
+                                                    structured_outputs={"regex": BOUNDED_REGEX}, **ROOM),
+          kind="llama-2-chat", schema=BOUNDED, finish=True),
+    Probe("llama-2-chat: chat, guided_regex (removed in 0.12: ignored)", "POST", "/v1/chat/completions",
+          body=metagpt_chat(guided_regex=BOUNDED_REGEX, max_tokens=16, seed=7), kind="llama-2-chat", schema=BOUNDED),
+    Probe("completions, structured_outputs regex (no chat template)", "POST", "/v1/completions",
+          body=completion(prompt=LAID_OUT, structured_outputs={"regex": BOUNDED_REGEX}, max_tokens=400, seed=7),
+          schema=BOUNDED, finish=True),
+    Probe("completions, stream, structured_outputs regex (no chat template)", "POST", "/v1/completions",
+          body=completion(prompt=LAID_OUT, structured_outputs={"regex": BOUNDED_REGEX}, max_tokens=400, seed=7,
+                          stream=True), schema=BOUNDED, finish=True),
 ]
 
 

@@ -96,11 +96,19 @@ EXPECTED_0_3_3 = {
     "llama-2-chat: completions, structured_outputs": (200, None),
     "llama-2-chat: completions, response_format json_schema": (200, None),
     "llama-2-chat: completions, guided_json (removed in 0.12: ignored)": (200, None),
+    "llama-2-chat: chat, structured_outputs regex": (200, None),
+    "llama-2-chat: chat, stream, structured_outputs regex": (200, FINISH_USAGE),
+    "llama-2-chat: chat, guided_regex and structured_outputs regex (every field)": (200, None),
+    "llama-2-chat: chat, guided_regex (removed in 0.12: ignored)": (200, None),
+    "completions, structured_outputs regex (no chat template)": (200, None),
+    "completions, stream, structured_outputs regex (no chat template)": (200, FINISH_USAGE_TEXT),
 }
-# vLLM 0.3.3 constrains with guided_json alone (chat and completions); structured_outputs and response_format did
-# not exist (vllm-tools-facts.md §1a, §1b).
+# vLLM 0.3.3 constrains with guided_json and guided_regex alone (chat and completions); structured_outputs and
+# response_format did not exist (vllm-tools-facts.md §1a, §1b).
 CONSTRAINED_0_3_3 = {"llama-2-chat: chat, guided_json (removed in 0.12: ignored)",
-                     "llama-2-chat: completions, guided_json (removed in 0.12: ignored)"}
+                     "llama-2-chat: completions, guided_json (removed in 0.12: ignored)",
+                     "llama-2-chat: chat, guided_regex and structured_outputs regex (every field)",
+                     "llama-2-chat: chat, guided_regex (removed in 0.12: ignored)"}
 ROLES = "Conversation roles must alternate user/assistant/user/assistant/..."
 
 

@@ -11,6 +11,7 @@ from ..vllm_versions import DEFAULT_VERSION
 from . import auth, errors, status
 from .chat import chat
 from .completions import completions
+from .echo import ANSWER_STYLES
 from .models import models
 from .recorder import RecordedRequest, recording
 from .served import DEFAULT_MODEL, TEMPLATE_KINDS, Served, generation_of
@@ -21,7 +22,7 @@ Endpoint = Callable[[Served, web.Request], Awaitable[web.StreamResponse]]
 def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_model_len: int = 4096,
               vllm_version: str = DEFAULT_VERSION, reject_unknown_fields: bool = False, done_delay: float = 0.0,
               chat_template: str = "llama-2-chat", tool_parser: Optional[str] = None,
-              enable_auto_tool_choice: Optional[bool] = None,
+              enable_auto_tool_choice: Optional[bool] = None, answers: str = "echo",
               recorder: Optional[list[RecordedRequest]] = None) -> web.Application:
     """The emulated server as an aiohttp app playing vLLM ``vllm_version``; every response goes to ``recorder``.
 
@@ -31,8 +32,12 @@ def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_m
     default, Llama-2-chat's, answers MetaGPT's chat requests (``serve`` plays the seed's ``none``).
     ``tool_parser`` plays ``--tool-call-parser NAME`` and ``enable_auto_tool_choice`` (by default: with a parser)
     ``--enable-auto-tool-choice`` (vLLM 0.6+): the server then answers function calls itself, and its "model"
-    always calls (:mod:`.tool_calls`); any parser name is taken.
+    always calls (:mod:`.tool_calls`); any parser name is taken. ``answers``: how the "model" answers a request
+    that is not constrained, "echo" (the prompt again) or "plain" (never in the format asked for: a model that
+    ignores MetaGPT's formats until an answer is constrained).
     """
+    if answers not in ANSWER_STYLES:
+        raise ValueError(f"answers: {answers!r} is not one of {', '.join(ANSWER_STYLES)}")
     if chat_template not in TEMPLATE_KINDS:
         raise ValueError(f"chat_template: {chat_template!r} is not one of {', '.join(TEMPLATE_KINDS)}")
     generation = generation_of(vllm_version)
@@ -46,7 +51,7 @@ def build_app(*, api_keys: Sequence[str] = (), model: str = DEFAULT_MODEL, max_m
         raise ValueError(f"vLLM {vllm_version} has no tool calling (--tool-call-parser came with 0.6.0)")
     served = Served(model=model, max_model_len=max_model_len, version=vllm_version, generation=generation,
                     chat_template=chat_template, reject_unknown_fields=reject_unknown_fields, done_delay=done_delay,
-                    tool_parser=tool_parser or None, auto_tool_choice=auto)
+                    tool_parser=tool_parser or None, auto_tool_choice=auto, answers=answers)
 
     def route(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         return partial(endpoint, served)

@@ -53,11 +53,14 @@ async def chat(served: Served, request: web.Request) -> web.StreamResponse:
         return await sse_error(request, gen, refused, served.done_delay)  # 0.32: a 200 stream of one error
     if refused is not None:
         raise refused
-    if schema is not None:
+    regex = structured.requested_regex(served, body) if call is None else None
+    if regex is not None:
+        pieces, finish = structured.regex_answer(regex, max_tokens)
+    elif schema is not None:
         pieces, finish = structured.answer(schema, max_tokens)
     else:
         last_user = next((t for m, t in zip(reversed(messages), reversed(texts)) if m.get("role") == "user"), "")
-        pieces, finish = answer(last_user, max_tokens)
+        pieces, finish = answer(last_user, max_tokens, served.answers)
     counts = usage(prompt_tokens, len(pieces))
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": served.model}
     finish = tool_calls.finish_reason(call, finish) if call is not None else finish

@@ -38,7 +38,9 @@ async def completions(served: Served, request: web.Request) -> web.StreamRespons
         return await sse_error(request, gen, refused, served.done_delay)  # as chat: a 200 stream of one error
     if refused is not None:
         raise refused
-    answers = [(size, answer(p, room) if schema is None else structured.answer(schema, room))
+    regex = structured.requested_regex(served, body)
+    answers = [(size, structured.regex_answer(regex, room) if regex is not None else
+                answer(p, room, served.answers) if schema is None else structured.answer(schema, room))
                for p, (size, room) in zip(prompts, budgets)]
     counts = usage(sum(n for n, _ in answers), sum(len(pieces) for _, (pieces, _) in answers))
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",

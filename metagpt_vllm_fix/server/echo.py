@@ -18,8 +18,18 @@ def cut(text: str, max_tokens: int) -> tuple[list[str], str]:
     return (pieces[:max_tokens], "length") if len(pieces) > max_tokens else (pieces, "stop")
 
 
-def answer(prompt: str, max_tokens: int) -> tuple[list[str], str]:
-    """Deterministic reply: the prompt echoed, in word "tokens"."""
+#: How the emulated model answers an unconstrained request: "echo" repeats the prompt (which holds MetaGPT's format
+#: example, so an ActionNode's answer parses), "plain" answers in plain words and never in the format asked for
+#: (what a small or base model does with MetaGPT's prompts: CONTEXT.md §16).
+ANSWER_STYLES = ("echo", "plain")
+PLAIN = "I answer in plain words and not in the format you asked for:"
+
+
+def answer(prompt: str, max_tokens: int, style: str = "echo") -> tuple[list[str], str]:
+    """Deterministic reply: the prompt echoed, in word "tokens" ("plain": its words without brackets, braces or
+    backticks, after a sentence, so no parser finds a format in it)."""
+    if style == "plain":
+        return cut(PLAIN + " " + " ".join(re.sub(r"[\[\]{}`#]", " ", prompt).split()), max_tokens)
     return cut("echo: " + prompt, max_tokens)
 
 

@@ -36,21 +36,22 @@ class VLLMServer:
     ``chat_template`` defaults to ``"llama-2-chat"``, a model whose template takes MetaGPT's system + user
     messages, so a test that is not about chat templates tests what it says; ``"none"`` is the seed's model as
     published (and the ``serve`` command's default). ``tool_parser="hermes"`` plays a server started with
-    ``--enable-auto-tool-choice --tool-call-parser hermes`` (see :func:`.build_app`).
+    ``--enable-auto-tool-choice --tool-call-parser hermes`` (see :func:`.build_app`). ``answers="plain"`` plays a
+    model that ignores MetaGPT's formats (answers MetaGPT cannot parse unless they are constrained).
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, api_keys: Sequence[str] = (),
                  model: str = DEFAULT_MODEL, max_model_len: int = 4096, vllm_version: str = DEFAULT_VERSION,
                  reject_unknown_fields: bool = False, done_delay: float = 0.0,
                  chat_template: str = "llama-2-chat", tool_parser: Optional[str] = None,
-                 enable_auto_tool_choice: Optional[bool] = None) -> None:
+                 enable_auto_tool_choice: Optional[bool] = None, answers: str = "echo") -> None:
         self.host, self.port, self.model = host, port, model
         self.max_model_len, self.vllm_version, self.chat_template = max_model_len, vllm_version, chat_template
         self._recorded: list[RecordedRequest] = []
         self._app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len, vllm_version=vllm_version,
                               reject_unknown_fields=reject_unknown_fields, done_delay=done_delay,
                               chat_template=chat_template, tool_parser=tool_parser,
-                              enable_auto_tool_choice=enable_auto_tool_choice,
+                              enable_auto_tool_choice=enable_auto_tool_choice, answers=answers,
                               recorder=self._recorded)  # validates arguments early
         self._banner = _describe_keys(api_keys, vllm_version)
         self._lock = threading.Lock()
@@ -133,7 +134,7 @@ async def serve(*, host: str = "127.0.0.1", port: int = 8000, api_keys: Sequence
                 model: str = DEFAULT_MODEL, max_model_len: int = 4096, vllm_version: str = DEFAULT_VERSION,
                 reject_unknown_fields: bool = False, chat_template: str = "none",
                 tool_parser: Optional[str] = None, enable_auto_tool_choice: Optional[bool] = None,
-                ready: Optional[Callable[[str], None]] = None,
+                answers: str = "echo", ready: Optional[Callable[[str], None]] = None,
                 recorder: Optional[list[RecordedRequest]] = None) -> None:
     """Serve until cancelled, then close the socket; ``ready(url)`` is called once listening.
 
@@ -142,7 +143,8 @@ async def serve(*, host: str = "127.0.0.1", port: int = 8000, api_keys: Sequence
     """
     app = build_app(api_keys=api_keys, model=model, max_model_len=max_model_len, vllm_version=vllm_version,
                     reject_unknown_fields=reject_unknown_fields, chat_template=chat_template,
-                    tool_parser=tool_parser, enable_auto_tool_choice=enable_auto_tool_choice, recorder=recorder)
+                    tool_parser=tool_parser, enable_auto_tool_choice=enable_auto_tool_choice, answers=answers,
+                    recorder=recorder)
     runner = web.AppRunner(app)
     await runner.setup()
     try:

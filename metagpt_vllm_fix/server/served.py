@@ -37,3 +37,4 @@ class Served:
     done_delay: float  #: seconds a stream stays open after its last chunk
     tool_parser: Optional[str] = None  #: ``--tool-call-parser NAME``: named tool choices are answered with a call
     auto_tool_choice: bool = False  #: ``--enable-auto-tool-choice``: tools without a choice are answered with a call
+    answers: str = "echo"  #: how the "model" answers an unconstrained request (:data:`.echo.ANSWER_STYLES`)

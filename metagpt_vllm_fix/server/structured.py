@@ -1,5 +1,6 @@
-"""Structured outputs: the JSON schema a request constrains its answer to on the played generation, and the
-emulator's constrained "model": a deterministic value valid against that schema.
+"""Structured outputs: the JSON schema or regular expression a request constrains its answer to on the played
+generation, and the emulator's constrained "model": a deterministic value valid against that schema, or a
+deterministic match of that expression.
 
 Which field constrains, and which wins, is the generation's (``vllm_versions``: ``structured_output_fields``,
 ``response_format_json_schema``; read from the wheels, vllm-tools-facts.md §1). A real model fills a schema with
@@ -13,6 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from .. import vllm_versions
 from . import echo
 from .errors import APIError
 from .served import Served
@@ -62,6 +64,17 @@ def requested_schema(served: Served, body: dict[str, Any], endpoint: str) -> Opt
         except ValueError:
             raise APIError("Invalid JSON grammar specification.", gen.bad_request_type) from None
     return schema
+
+
+def requested_regex(served: Served, body: dict[str, Any]) -> Optional[str]:
+    """The regular expression this request's answer is constrained to, or None: ``guided_regex`` where the generation
+    reads ``guided_json``, ``structured_outputs.regex`` where it reads ``structured_outputs`` (the last one wins)."""
+    found = None
+    for field in served.generation.structured_output_fields:
+        value = body.get(vllm_versions.sent_field(field, True))
+        value = value.get("regex") if field == "structured_outputs" and isinstance(value, dict) else value
+        found = value if isinstance(value, str) else found
+    return found
 
 
 def _keys(schema: Any) -> set[str]:
@@ -178,3 +191,95 @@ def instance(schema: Any) -> Any:
 def answer(schema: Any, max_tokens: int) -> tuple[list[str], str]:
     """The constrained answer's JSON text in "tokens", cut at ``max_tokens`` (finish "length") as the echo is."""
     return echo.cut(json.dumps(instance(schema), ensure_ascii=False), max_tokens)
+
+
+def _regex_parser() -> Any:
+    import re
+
+    parser = getattr(re, "_parser", None)  # Python 3.11; sre_parse before (deprecated there)
+    if parser is None:  # pragma: no cover  (Python 3.9, 3.10)
+        import sre_parse as parser
+    return parser
+
+
+def _one_char(items: Any, position: int) -> Optional[str]:
+    """A character the pattern ``items`` matches on its own, preferring the echo's letters (None: none of them)."""
+    import re
+
+    pattern = _source(items)
+    for candidate in (_TEXT[position % len(_TEXT)], *_TEXT, "a", "0", " "):
+        if re.fullmatch(pattern, candidate):
+            return str(candidate)
+    return None
+
+
+def _source(items: Any) -> str:
+    """Parsed pattern items written back as a pattern (for ``_one_char``'s test)."""
+    import re
+
+    out = []
+    for op, arg in items:
+        name = str(op)
+        if name == "LITERAL":
+            out.append(re.escape(chr(arg)))
+        elif name == "IN":
+            parts = []
+            for sub_op, sub_arg in arg:
+                sub = str(sub_op)
+                if sub == "NEGATE":
+                    parts.append("^")
+                elif sub == "LITERAL":
+                    parts.append(re.escape(chr(sub_arg)))
+                elif sub == "RANGE":
+                    parts.append(f"{re.escape(chr(sub_arg[0]))}-{re.escape(chr(sub_arg[1]))}")
+                elif sub == "CATEGORY":
+                    parts.append({"CATEGORY_DIGIT": r"\d", "CATEGORY_SPACE": r"\s", "CATEGORY_WORD": r"\w"}
+                                 .get(str(sub_arg), ""))
+            out.append("[" + "".join(parts) + "]")
+        elif name == "ANY":
+            out.append(".")
+        elif name == "SUBPATTERN":
+            out.append("(?:" + _source(arg[-1]) + ")")
+        elif name == "BRANCH":
+            out.append("(?:" + "|".join(_source(branch) for branch in arg[1]) + ")")
+        elif name in ("MAX_REPEAT", "MIN_REPEAT"):
+            low, high, sub = arg
+            out.append(f"(?:{_source(sub)}){{{low},{'' if high > 10**6 else high}}}")
+        else:
+            out.append("(?!)")
+    return "".join(out)
+
+
+def _match(items: Any, depth: int = 0) -> str:
+    """A short text ``items`` (a parsed pattern) matches: first branches, fewest repeats, but a repeated character
+    (a string's content) spells the echo's text as far as allowed."""
+    out: list[str] = []
+    for op, arg in items:
+        name = str(op)
+        if name == "LITERAL":
+            out.append(chr(arg))
+        elif name in ("IN", "ANY"):
+            out.append(_one_char([(op, arg)], len(out)) or "e")
+        elif name == "SUBPATTERN":
+            out.append(_match(arg[-1], depth + 1))
+        elif name == "BRANCH":
+            out.append(_match(arg[1][0], depth + 1))
+        elif name in ("MAX_REPEAT", "MIN_REPEAT"):
+            low, high, sub = arg
+            if high >= len(_TEXT) and len(_match(sub, depth + 1)) == 1:  # a string's characters
+                times = min(max(low, len(_TEXT)), high)
+                out.append("".join(_one_char(sub, i) or _match(sub, depth + 1) for i in range(times)))
+            else:
+                out.append(_match(sub, depth + 1) * low)
+    return "".join(out)
+
+
+def regex_instance(regex: str) -> str:
+    """A deterministic text the pattern matches in full (the emulator's regex-constrained answer): each string of
+    the compact JSON the fixes ask for reads "echo", each list holds as few items as allowed."""
+    return _match(_regex_parser().parse(regex))
+
+
+def regex_answer(regex: str, max_tokens: int) -> tuple[list[str], str]:
+    """The regex-constrained answer in "tokens", cut at ``max_tokens`` (finish "length") as the echo is."""
+    return echo.cut(regex_instance(regex), max_tokens)
