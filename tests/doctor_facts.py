@@ -20,7 +20,7 @@ from metagpt_vllm_fix.doctor.facts import (
 KEY = "token-doctor-0123456789"
 MODEL = "meta-llama/Llama-2-7b-hf"
 BASE_URL = "http://127.0.0.1:8000/v1"
-FIX_NAMES = ("api_key", "max_tokens", "usage", "chat_template", "system_role", "httpx", "fail_fast", "tools")
+FIX_NAMES = ("api_key", "max_tokens", "usage", "chat_template", "system_role", "httpx", "fail_fast", "tools", "formats")
 
 
 def status(code: str = "supported", switch: str = "auto", pth: Optional[str] = "/venv/site-packages/x.pth",

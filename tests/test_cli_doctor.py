@@ -336,11 +336,11 @@ def test_server_version_and_generation_are_in_the_json(runs):
     (check,) = [c for c in document["checks"] if c["id"] == "max-token"]
     assert check["level"] == "ok"
     assert [f["name"] for f in document["plugin"]["fixes"]] == ["api_key", "max_tokens", "usage", "chat_template",
-                                                                "system_role", "httpx", "fail_fast", "tools"]
+                                                                "system_role", "httpx", "fail_fast", "tools", "formats"]
     assert document["plugin"]["fixes_in_effect"] == {"api_key": True, "max_tokens": True, "usage": True,
                                                      "chat_template": True, "system_role": True,
                                                      "httpx": False, "fail_fast": True,
-                                                     "tools": True}  # httpx 0.27: idle
+                                                     "tools": True, "formats": True}  # httpx 0.27: idle
 
 
 def test_max_token_leaving_little_room_is_ok_where_vllm_clamps(runs):
@@ -452,7 +452,7 @@ def test_a_disable_word_naming_no_fix_is_a_warning_in_the_fixes_line(runs):
     assert warning.startswith("warning fixes: api_key active, max_tokens active, usage off (METAGPT_VLLM_FIX_DISABLE), "
                               "chat_template active, system_role active, httpx idle")
     assert ("METAGPT_VLLM_FIX_DISABLE names no fix: max_token (the fixes are api_key, max_tokens, usage, "
-            "chat_template, system_role, httpx, fail_fast, tools)") in warning
+            "chat_template, system_role, httpx, fail_fast, tools, formats)") in warning
     assert run.stderr == ""
     assert_clean(run)
 
@@ -630,8 +630,9 @@ def test_the_seed_server_without_a_chat_template_answers_through_the_chat_templa
     assert details[2].startswith("the chat_template fix acted: ") and "has no chat template" in details[2]
     assert "/v1/completions" in details[2] and '--chat-template "$(metagpt-vllm-fix chat-template llama-2)"' \
         in details[2]
-    assert [line.split()[0] for line in lines(run, "warning")] == ["warning"]
-    assert "verdict: warning (exit 0)" in run.stdout
+    warnings = lines(run, "warning")
+    assert len(warnings) == 2 and "constrained by the formats fix from the first ask" in warnings[1], warnings
+    assert "verdict: warning (exit 0): 2 warnings (ask, formats) above" in run.stdout
     assert_clean(run)
 
 
@@ -640,8 +641,8 @@ def test_the_seed_servers_function_call_line_names_every_fix_that_acted_though_t
     assert first.startswith("ok ") and "a function call came back through the tools fix" in first, first
     assert details[:4] == [f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 400",
                            "GET /version -> 200",
-                           f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512) -> 400",
-                           f"POST /v1/completions (Bearer {mask(KEY)}, max_tokens 512) -> 200"], details
+                           f"POST /v1/chat/completions (Bearer {mask(KEY)}, max_tokens 512, constrained) -> 400",
+                           f"POST /v1/completions (Bearer {mask(KEY)}, max_tokens 512, constrained) -> 200"], details
     acted = [line.split(" fix acted: ")[0] for line in details if " fix acted: " in line]
     assert acted == ["the chat_template", "the tools"], details
 
@@ -707,7 +708,8 @@ def test_json_carries_the_same_verdict_and_never_the_key(runs, name, verdict, co
     if code == 1:
         assert (ask["error"], ask["status"], ask["message"]) == ("status", 401, "Unauthorized")
         assert ask["requests"] == [{"method": "POST", "path": "/v1/chat/completions", "max_tokens": 512,
-                                    "authorization": f"Bearer {mask(WRONG_KEY)}", "status": 401}]
+                                    "authorization": f"Bearer {mask(WRONG_KEY)}", "status": 401,
+                                    "constrained": False}]
     if verdict == "ok":
         assert ask["first_token"] == "echo: " and ask["fixes_acted"] == [] and ask["error"] is None
 

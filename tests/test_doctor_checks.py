@@ -16,7 +16,7 @@ from metagpt_vllm_fix.doctor.check import Finding
 from metagpt_vllm_fix.doctor.checks import CHECKS
 from metagpt_vllm_fix.doctor.facts import CHAT, AskResult, Facts, MetagptFacts
 from metagpt_vllm_fix.doctor.gather import GATHERERS, Run, closure
-from metagpt_vllm_fix.doctor.output import as_json, exit_code, print_text, verdict
+from metagpt_vllm_fix.doctor.output import as_json, exit_code, print_text, verdict, verdict_line
 from metagpt_vllm_fix.masking import mask
 from metagpt_vllm_fix.report import OK, PROBLEM, WARNING, Report
 from metagpt_vllm_fix.server import VLLMServer
@@ -24,7 +24,7 @@ from metagpt_vllm_fix.server import VLLMServer
 CLI = [sys.executable, "-m", "metagpt_vllm_fix"]
 IDS = ["metagpt", "activation", "fixes", "httpx", "config", "config-files", "llm", "api-key-whitespace",
        "api-key-control", "cleartext", "api-type", "provider", "server-version", "server", "model", "max-token", "ask",
-       "function-call", "tiktoken"]
+       "function-call", "formats", "tiktoken"]
 
 
 def test_every_check_id_of_the_report_is_a_named_check_in_display_order():
@@ -36,7 +36,7 @@ def test_the_slow_checks_come_last_and_the_ask_among_them_before_tiktoken():
     slow = [dr.slow(c) for c in CHECKS]
     assert slow == sorted(slow), "a fast check after a slow one"
     assert [c.name for c in CHECKS if dr.slow(c)] == ["server-version", "server", "model", "max-token", "ask",
-                                                       "function-call", "tiktoken"]
+                                                       "function-call", "formats", "tiktoken"]
 
 
 def test_every_check_needs_only_known_gatherers_and_gets_them_in_order():
@@ -98,14 +98,27 @@ def test_text_report_is_the_findings_then_the_verdict_with_the_key_masked(capsys
     print_text(found, facts(), Report(use_rich=False))
     assert capsys.readouterr().out.splitlines() == [
         "metagpt-vllm-fix doctor", f"ok      has {mask(KEY)}", "warning first", "          POST x -> 200",
-        "verdict: warning (exit 0): works; see the warnings above"]
+        "verdict: warning (exit 0): 1 warning (ask) above"]
+
+
+@pytest.mark.parametrize("levels, line", [
+    ([("ask", OK)], "verdict: ok (exit 0): all good"),
+    ([("function-call", WARNING), ("formats", WARNING), ("formats", WARNING)],
+     "verdict: warning (exit 0): 3 warnings (function-call, formats) above"),
+    ([("ask", PROBLEM), ("function-call", WARNING)],
+     "verdict: problem (exit 1): 1 problem (ask) and 1 warning (function-call) above; fix the problems first"),
+])
+def test_the_verdict_line_counts_every_checks_warnings_and_never_says_works(levels, line):
+    """A warning may say that a part of MetaGPT cannot work (the Data Interpreter, with the tools fix off): the
+    verdict counts them by check instead of summing them up as "works"."""
+    assert verdict_line([Finding(name, level, "m") for name, level in levels]) == line
 
 
 def test_json_report_carries_the_findings_and_the_facts_never_the_key():
     found = facts(config=config(api_key=f" {KEY} "), asks={CHAT: AskResult(asked=True, answered=True, message=KEY)})
     document = as_json([Finding("server", PROBLEM, f"refuses {KEY}")], found)
     assert list(document) == ["version", "verdict", "exit_code", "metagpt_version", "plugin", "config", "server",
-                              "ask", "function_call", "checks"]
+                              "ask", "function_call", "format", "checks"]
     assert (document["verdict"], document["exit_code"], document["metagpt_version"]) == (PROBLEM, 1, "0.7.7")
     assert document["checks"] == [{"id": "server", "level": PROBLEM, "message": f"refuses {mask(KEY)}"}]
     assert document["config"]["api_key"] == mask(f" {KEY} ") and document["server"]["generation"] == "0.18+"

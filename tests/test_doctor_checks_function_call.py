@@ -8,6 +8,7 @@ from doctor_facts import facts, one, status
 from metagpt_vllm_fix._activation import FixStatus
 from metagpt_vllm_fix.doctor.checks.function_call import function_call
 from metagpt_vllm_fix.doctor.facts import FUNCTION_CALL, AskResult, Exchange, FixNote, not_asked
+from metagpt_vllm_fix.fixes import NAMES
 from metagpt_vllm_fix.report import OK, PROBLEM, WARNING
 
 AUTO_REFUSED = '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
@@ -55,8 +56,7 @@ def test_content_instead_of_a_call_is_a_warning_that_metagpt_reads_it_as_markdow
 
 
 def test_the_refusal_with_the_tools_fix_off_is_a_warning_that_the_data_interpreter_cannot_step_naming_both_remedies():
-    fixes = [FixStatus(name, "off" if name == "tools" else "active", "") for name in
-             ("api_key", "max_tokens", "usage", "chat_template", "system_role", "httpx", "fail_fast", "tools")]
+    fixes = [FixStatus(name, "off" if name == "tools" else "active", "") for name in NAMES]
     refused = asked(error="status", status=400, message=AUTO_REFUSED,
                     exchanges=[Exchange("POST", POST, "Bearer tok...789", 512, 400)])
     found = with_ask(refused)

@@ -23,6 +23,7 @@ and a check that says whether the server took it as sent and whether a fix got a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -81,7 +82,8 @@ def judge(facts: Facts, names: Sequence[str] = ()) -> list[Finding]:
     for gatherer in closure(n for c in chosen for n in c.needs):
         if gatherer.failed is not None and gatherer.failed(facts):
             wanted.add(gatherer.explained_by)
-    return [finding for c in CHECKS if c.name in wanted for finding in c.run(facts)]
+    shown = dataclasses.replace(facts, shown=frozenset(wanted))  # a line may point only at lines the report has
+    return [finding for c in CHECKS if c.name in wanted for finding in c.run(shown)]
 
 
 def run(config: Optional[str] = None, timeout: float = 5.0, as_json: bool = False, report: Optional[Report] = None,

@@ -34,6 +34,8 @@ PROMPT = "Say hello."  #: the doctor's question; MetaGPT adds its default system
 AASK_TIMEOUT = 3  #: aask's own ``timeout`` argument (MetaGPT sends ``max(llm.timeout, 3)``)
 SHOWN_CHARS = 40  #: of the first token
 LOGGER = "metagpt_vllm_fix"
+#: request fields that hold an answer to a shape, in any vLLM release (vllm_versions: the JSON and regex forms)
+CONSTRAINING = ("structured_outputs", "guided_json", "guided_regex")
 
 
 class Recorder(logging.Handler):
@@ -54,15 +56,17 @@ class Recorder(logging.Handler):
                 self.fixes.append(FixNote(fix, record.getMessage()))
 
     async def on_request(self, request: Any) -> None:
-        max_tokens = None
+        max_tokens, constrained = None, False
         try:
             body = json.loads(request.content or b"{}")
             value = body.get("max_tokens") if isinstance(body, dict) else None
             max_tokens = value if isinstance(value, int) and not isinstance(value, bool) else None
+            constrained = isinstance(body, dict) and any(field in body for field in CONSTRAINING)
         except (ValueError, TypeError, AttributeError):  # a streamed or non-JSON body: nothing to read
             pass
         exchange = Exchange(request.method, request.url.path,
-                            show_authorization(request.headers.get("authorization")), max_tokens)
+                            show_authorization(request.headers.get("authorization")), max_tokens,
+                            constrained=constrained)
         with self._guard:
             self.exchanges.append(exchange)
             self._by_request[id(request)] = exchange
@@ -104,7 +108,7 @@ def messages_of(llm: Any, prompt: str = PROMPT) -> list[dict[str, Any]]:
     return [*messages, llm._user_msg(prompt)]
 
 
-def _failure(result: AskResult, exc: BaseException) -> None:
+def note_failure(result: AskResult, exc: BaseException) -> None:
     import openai
 
     from ..vllm_versions import error_fields
@@ -153,7 +157,7 @@ async def ask_async(llm: Any, recorder: Recorder, seconds: float, call: Call = _
     except asyncio.TimeoutError:
         result.error, result.message = "timeout", f"no answer within {seconds:.3g} s"
     except Exception as exc:  # noqa: BLE001  (whatever MetaGPT's call raises is the finding)
-        _failure(result, exc)
+        note_failure(result, exc)
     finally:
         for response in list(recorder.responses):  # stops a stream the server is still generating
             with contextlib.suppress(Exception):

@@ -16,6 +16,7 @@ from ..vllm_versions import GENERATIONS, Generation, for_version
 
 CHAT = "chat"  #: the ask in ``Facts.asks`` that is aask's streamed chat request
 FUNCTION_CALL = "aask_code"  #: the ask that is aask_code's function-call request (the Data Interpreter's)
+FORMAT = "format"  #: the ask that is an ActionNode fill: does MetaGPT parse the answer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,9 +139,11 @@ class Exchange:
     authorization: str  #: as fit for printing: MetaGPT's placeholder in full, a key masked
     max_tokens: Optional[int] = None
     status: Optional[int] = None
+    constrained: bool = False  #: the request carried a structured-output field (a fix held the answer to a shape)
 
     def __str__(self) -> str:
         asked = f", max_tokens {self.max_tokens}" if self.max_tokens is not None else ", no max_tokens"
+        asked += ", constrained" if self.constrained else ""
         got = str(self.status) if self.status is not None else "no answer"
         if self.method != "POST":  # a GET (the tools fix's /version) asks for no tokens
             return f"{self.method} {self.path} -> {got}"
@@ -170,7 +173,8 @@ class AskResult:
     seconds: float = 0.0
     note: str = ""  #: how the provider was built when not as usual (e.g. no fix: automatic activation is off)
     tool_call: bool = False  #: (aask_code) the answer carried a tool call
-    reads: Optional[str] = None  #: (aask_code) what MetaGPT read from the answer, as JSON, shortened
+    reads: Optional[str] = None  #: (aask_code, format) what MetaGPT read from the answer, as JSON, shortened
+    unparsed: Optional[str] = None  #: (format) MetaGPT's parse error on the answer as sent, when there was one
 
     @property
     def fixes_acted(self) -> list[str]:
@@ -217,6 +221,8 @@ class Facts:
     provider: Optional[ProviderFacts] = None
     server: Optional[ServerFacts] = None
     asks: Mapping[str, AskResult] = dataclasses.field(default_factory=dict)  #: MetaGPT's own requests, by kind
+    shown: Optional[frozenset[str]] = None  #: the checks this report shows (a line may point at another only if shown;
+    #: None: not known, as for a check judged on its own)
     tiktoken: Optional[TiktokenFacts] = None
 
     @property

@@ -20,6 +20,7 @@ from .asking import gather_ask
 from .config_file import gather_config
 from .environment import gather_metagpt, gather_plugin, gather_provider, gather_tiktoken
 from .facts import Facts
+from .format_ask import gather_format
 from .function_call import gather_function_call
 from .probe import gather_server
 
@@ -81,6 +82,8 @@ GATHERERS = (  # in the order they run
     # after the chat ask: a function call may take a constrained generation (seconds on a CPU)
     Gatherer("function_call", ("server", "plugin"), True,
              lambda f, r: gather_function_call(f, r.scratch, r.deadline)),
+    # last: an ActionNode fill is a whole generation (a minute or more on a CPU)
+    Gatherer("format", ("server", "plugin"), True, lambda f, r: gather_format(f, r.scratch, r.deadline)),
 )
 BY_NAME = {gatherer.name: gatherer for gatherer in GATHERERS}
 

@@ -10,9 +10,9 @@ from urllib.parse import urlsplit
 
 from .. import __version__
 from ..masking import mask
-from ..report import OK, PROBLEM, Report, scrub_obj, worst
+from ..report import OK, PROBLEM, WARNING, Report, scrub_obj, worst
 from .check import Finding
-from .facts import CHAT, FUNCTION_CALL, AskResult, Facts, not_asked
+from .facts import CHAT, FORMAT, FUNCTION_CALL, AskResult, Facts, not_asked
 
 EXIT_OK, EXIT_PROBLEM, EXIT_CONFIG = 0, 1, 2
 CONFIG_ERROR = "config"  #: the check whose finding means MetaGPT cannot load the configuration (exit 2)
@@ -41,11 +41,27 @@ def print_text(findings: Sequence[Finding], facts: Facts, report: Report, only: 
     report.title("metagpt-vllm-fix doctor" + (f" ({', '.join(only)})" if only else ""))
     for finding in findings:
         report.check(finding.level, finding.message)
+    report.line(verdict_line(findings))
+
+
+def _counted(findings: Sequence[Finding], level: str) -> str:
+    """``2 warnings (function-call, formats)``: how many findings of ``level``, and from which checks."""
+    ids = list(dict.fromkeys(f.id for f in findings if f.level == level))
+    count = sum(f.level == level for f in findings)
+    return f"{count} {level}{'s' if count != 1 else ''} ({', '.join(ids)})" if count else ""
+
+
+def verdict_line(findings: Sequence[Finding]) -> str:
+    """The last line: the verdict, the exit code, and every problem and warning counted by check: a warning may say
+    that a part of MetaGPT cannot work (the Data Interpreter, say), so the line never sums them up as "works"."""
     code = exit_code(findings)
-    advice = {EXIT_OK: "all good" if verdict(findings) == OK else "works; see the warnings above",
-              EXIT_PROBLEM: "fix the problems above",
-              EXIT_CONFIG: "fix the configuration: MetaGPT 0.7 cannot load it"}[code]
-    report.line(f"verdict: {verdict(findings)} (exit {code}): {advice}")
+    if code == EXIT_CONFIG:
+        return f"verdict: error (exit {code}): fix the configuration: MetaGPT 0.7 cannot load it"
+    counted = [c for c in (_counted(findings, PROBLEM), _counted(findings, WARNING)) if c]
+    if not counted:
+        return f"verdict: {OK} (exit {code}): all good"
+    fix = "; fix the problems first" if code == EXIT_PROBLEM else ""
+    return f"verdict: {verdict(findings)} (exit {code}): {' and '.join(counted)} above{fix}"
 
 
 def _config(facts: Facts) -> dict[str, Any]:
@@ -78,6 +94,13 @@ def _function_call(result: Optional[AskResult], facts: Facts) -> dict[str, Any]:
     return {**result.as_json(), "tool_call": result.tool_call, "metagpt_reads": result.reads}
 
 
+def _format(result: Optional[AskResult], facts: Facts) -> dict[str, Any]:
+    """The ActionNode fill: the chat ask's fields, MetaGPT's parse error on the answer as sent, and what it read."""
+    if result is None:
+        return not_asked("the formats check was not run" if facts.config else "no configuration to ask with").as_json()
+    return {**result.as_json(), "unparsed": result.unparsed, "metagpt_reads": result.reads}
+
+
 def as_json(findings: Sequence[Finding], facts: Facts) -> dict[str, Any]:
     """The ``--json`` document (docs/cli.md): the verdict from the findings, the facts they were judged on."""
     asked: Optional[AskResult] = facts.asks.get(CHAT)
@@ -92,6 +115,7 @@ def as_json(findings: Sequence[Finding], facts: Facts) -> dict[str, Any]:
         "ask": (asked or not_asked("the ask check was not run" if facts.config else "no configuration to ask with"))
         .as_json(),
         "function_call": _function_call(facts.asks.get(FUNCTION_CALL), facts),
+        "format": _format(facts.asks.get(FORMAT), facts),
         "checks": [dataclasses.asdict(f) for f in findings],
     }
     scrubbed: dict[str, Any] = scrub_obj(payload, secrets(facts))

@@ -4,7 +4,7 @@ wait on the server, MetaGPT's own request (``ask``) among them, the rule-based v
 from __future__ import annotations
 
 from ..check import Check
-from . import api_key, ask, base_url, config, fixes, function_call, max_token, metagpt, model, server, tiktoken
+from . import api_key, ask, base_url, config, fixes, formats, function_call, max_token, metagpt, model, server, tiktoken
 
 CHECKS: tuple[Check, ...] = (
     metagpt.metagpt,
@@ -25,6 +25,7 @@ CHECKS: tuple[Check, ...] = (
     max_token.max_token,
     ask.ask,
     function_call.function_call,
+    formats.formats,
     tiktoken.tiktoken,
 )
 BY_NAME = {c.name: c for c in CHECKS}

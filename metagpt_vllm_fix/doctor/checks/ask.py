@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from typing import Optional
 
 from ...fixes.api_key import unsendable as unsendable_key
 from ...gate import PLACEHOLDER as PLACEHOLDER_KEY
@@ -26,9 +27,12 @@ def _sentence(text: str) -> str:
     return text if text.endswith(".") else text + "."
 
 
-def explain(result: AskResult, off: Mapping[str, str], model: str = "", key_unsendable: bool = False) -> str:
+def explain(result: AskResult, off: Mapping[str, str], model: str = "", key_unsendable: bool = False,
+            shown: Optional[Collection[str]] = None) -> str:
     """Why MetaGPT's call got no answer, and the remedy; ``off`` maps each fix not in effect to why;
-    ``key_unsendable``: llm.api_key cannot travel in an HTTP header (open_llm sends 'sk-xxx' instead)."""
+    ``key_unsendable``: llm.api_key cannot travel in an HTTP header (open_llm sends 'sk-xxx' instead); ``shown``:
+    the checks the report shows, which a sentence may point at (a check run alone says it all itself; None: any)."""
+    shown = ("server", "model", "api-key-control") if shown is None else shown
     from ...vllm_versions import classify_refusal, is_system_role_refusal, is_template_missing
 
     message = result.message or ""
@@ -42,15 +46,21 @@ def explain(result: AskResult, off: Mapping[str, str], model: str = "", key_unse
     if status == 401:
         sent_placeholder = any(e.authorization.endswith(" " + PLACEHOLDER_KEY) for e in result.exchanges)
         if sent_placeholder and key_unsendable:
+            see = ": see the api-key-control line" if "api-key-control" in shown else \
+                " (a line break, another control character or a non-ASCII character in it)"
             return (f"{said} MetaGPT sent its hard-coded 'sk-xxx', not llm.api_key, which an HTTP header cannot "
-                    "carry: see the api-key-control line.")
+                    f"carry{see}.")
         if sent_placeholder:
             why = f" ({off['api_key']})" if "api_key" in off else ""
             return (f"{said} MetaGPT sent its hard-coded 'sk-xxx', not llm.api_key: the api_key fix is not in "
                     f"effect{why}.")
-        return f"{said} The server refuses the configured key: see the server line above."
+        see = ": see the server line above" if "server" in shown else \
+            "; check llm.api_key against the server's --api-key (`metagpt-vllm-fix doctor server` says more)"
+        return f"{said} The server refuses the configured key{see}."
     if status == 404:
-        return f"{said} The server does not serve llm.model {model!r}: see the model line above."
+        see = ": see the model line above" if "model" in shown else \
+            "; set it to a name the server serves (`metagpt-vllm-fix doctor model` lists them)"
+        return f"{said} The server does not serve llm.model {model!r}{see}."
     if status == 400 and is_template_missing(message):
         from ...chat_layout import choose
         from ...fixes.chat_template import remedy
@@ -73,7 +83,8 @@ def explain(result: AskResult, off: Mapping[str, str], model: str = "", key_unse
 
 
 def ask_verdict(result: AskResult, off: Mapping[str, str], model: str = "", note: str = "",
-                api_type: str = "open_llm", key_unsendable: bool = False) -> tuple[str, str]:
+                api_type: str = "open_llm", key_unsendable: bool = False,
+                shown: Optional[Collection[str]] = None) -> tuple[str, str]:
     """(level, message) of the ``ask`` check: ok only when an answer came back. Continuation lines list each
     request with its status, then what each fix said."""
     what = (f"asked as MetaGPT does (its {api_type} provider from this config, system + user message, streamed"
@@ -96,7 +107,7 @@ def ask_verdict(result: AskResult, off: Mapping[str, str], model: str = "", note
                              f"request; without the {' and '.join(needs)} fix every request gets 400. The fix's "
                              f"line below says why and what to change on the server.{tail}")
         return OK, f"{what}: {got}{by}, in {result.seconds:g} s{tail}"
-    return PROBLEM, f"{what}: no answer. {explain(result, off, model, key_unsendable)}{tail}"
+    return PROBLEM, f"{what}: no answer. {explain(result, off, model, key_unsendable, shown)}{tail}"
 
 
 @check("ask", "MetaGPT's own streamed chat request, through its provider and the fixes as installed: does an answer "
@@ -106,4 +117,4 @@ def ask(facts: Facts) -> list[Verdict]:
     if result is None or config is None or not result.asked:
         return []
     return [ask_verdict(result, facts.fixes_off(), config.model or "", result.note, config.api_type,
-                        unsendable_key(config.api_key))]
+                        unsendable_key(config.api_key), facts.shown)]

@@ -34,7 +34,7 @@ def function_call_verdict(result: AskResult, facts: Facts) -> Verdict:
     what = WHAT + (f" ({result.note})" if result.note else "")
     if not result.answered:
         off = facts.fixes_off()
-        why = explain(result, off, model, config is not None and unsendable_key(config.api_key))
+        why = explain(result, off, model, config is not None and unsendable_key(config.api_key), facts.shown)
         from ...vllm_versions import is_tools_refusal
 
         if result.status == 400 and is_tools_refusal(result.message or ""):
