@@ -8,8 +8,12 @@ published (the base model has no chat template). MetaGPT 0.7 loads the seed's co
 ``api_key`` fix alone (400: on 0.3.3 prompt + 4096 > 4096, on 0.32 no chat template), and with every fix (an
 answer). A third scene is MetaGPT 0.7's Data Interpreter taking a code step on the second server: its own
 ``WriteCodeWithoutTools`` asks through ``aask_code``, a function call, which vLLM started without tool flags refuses
-(400) until the ``tools`` fix asks for the function's arguments as a constrained answer. The servers record what
-they saw each time. On httpx 0.28, which openai 1.6.0 cannot build a client with,
+(400) until the ``tools`` fix asks for the function's arguments as a constrained answer. A fourth is WritePRD's
+ActionNode fill on a server started the same way whose model answers in plain words, not in the ``[CONTENT]`` JSON
+MetaGPT asks for (as the seed's base model, and small instruct models, do): MetaGPT asks the same prompt six times and
+ends in RetryError, as shipped and with every fix but ``formats`` (MetaGPT's waits between its attempts left out, to
+keep the demo short); with every fix, the answer is constrained from the first ask and parses. The servers record
+what they saw each time. On httpx 0.28, which openai 1.6.0 cannot build a client with,
 MetaGPT as shipped fails at ``LLM()`` before any request, as upstream does there; the ``httpx`` fix stays on for
 the other two calls.
 """
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 
 PROMPT = "Say hello to the vLLM server."
 CODE_TASK = "Print the first ten square numbers."  #: the Data Interpreter scene's user message
+PRD_TASK = "Write a command line program that prints hello world."  #: the WritePRD scene's requirement
 CALL_TIMEOUT = 20.0  # seconds per call: MetaGPT retries connection errors for minutes, the demo must not hang
 CONTEXT = 4096  # Llama-2-7b's
 SEED_COMMAND = "python -m vllm.entrypoints.openai.api_server --model meta-llama/Llama-2-7b-hf --api-key KEY"
@@ -59,7 +64,19 @@ class Scene:
     server: dict[str, Any]  #: VLLMServer's other arguments
     expect: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
     why_key_only_fails: str
-    step: str = "aask"  #: "aask": ``LLM().aask`` streamed; "code": the Data Interpreter's code step (``aask_code``)
+    step: str = "aask"  #: "aask": ``LLM().aask`` streamed; "code": the Data Interpreter's code step (``aask_code``);
+    #: "fill": WritePRD's ActionNode fill (six attempts, no waits)
+    middle: tuple[str, ...] = ("api_key", "httpx")  #: the fixes left on in the second step (httpx: see key_fix_alone)
+
+    @property
+    def middle_step(self) -> str:
+        """The second step's title."""
+        if self.middle == ("api_key", "httpx"):
+            return "With the api_key fix alone"
+        from .fixes import NAMES
+
+        left_out = [name for name in NAMES if name not in self.middle]
+        return f"With every fix but {', '.join(left_out)}"
 
 
 SCENES = (
@@ -70,10 +87,15 @@ SCENES = (
     Scene("The Data Interpreter's code step, on a server started the same way (MetaGPT's WriteCodeWithoutTools: a "
           "function call, and vLLM started without tool flags)", "0.32.0", {"chat_template": "none"},
           ((401,), (400,), (400, 400, 200)), "vLLM refuses tools without --enable-auto-tool-choice", step="code"),
+    Scene("WritePRD's ActionNode on a server started the same way, whose model answers in plain words, not in the "
+          "[CONTENT] JSON MetaGPT asks for (as the seed's base model does)", "0.32.0",
+          {"chat_template": "none", "answers": "plain"}, ((401,) * 6, (400, 200) * 6, (400, 200)),
+          "the answers are not in MetaGPT's format", step="fill",
+          middle=("api_key", "max_tokens", "usage", "chat_template", "system_role", "httpx", "fail_fast", "tools")),
 )
+FILL_ATTEMPTS = 6  #: ActionNode._aask_v1's own stop_after_attempt(6)
 PROXIES_TYPE_ERROR = "unexpected keyword argument 'proxies'"  # LLM() as shipped on httpx 0.28 (MetaGPT #1617)
-STEPS = ("MetaGPT as shipped (plugin removed)", "With the api_key fix alone ({disable})",
-         "With metagpt-vllm-fix (every fix)")
+STEPS = ("MetaGPT as shipped (plugin removed)", "{middle} ({disable})", "With metagpt-vllm-fix (every fix)")
 
 
 @dataclass
@@ -165,19 +187,42 @@ async def _code_step(llm: Any) -> Any:
     return await llm.aask_code([{"role": "user", "content": CODE_TASK}])
 
 
+async def _fill(llm: Any) -> Any:
+    """WritePRD's ActionNode fill as WritePRD makes it (``WRITE_PRD_NODE.fill``: json, every attempt of
+    ``_aask_v1``), its waits between attempts left out; the PRD MetaGPT parsed."""
+    from metagpt.actions.action_node import ActionNode
+    from metagpt.actions.write_prd_an import WRITE_PRD_NODE
+    from tenacity import stop_after_attempt, wait_none
+
+    node = WRITE_PRD_NODE
+    node.set_llm(llm)
+    prompt = node.compile(context=f"## Original Requirements\n{PRD_TASK}", schema="json", mode="auto")
+    attempts = ActionNode._aask_v1.retry_with(wait=wait_none(), stop=stop_after_attempt(FILL_ATTEMPTS))
+    _, parsed = await attempts(node, prompt, f"{node.key}_AN", node.get_mapping("auto"), schema="json")
+    return parsed.model_dump()
+
+
 async def _aask(llm: Any, attempt: Attempt, step: str = "aask") -> None:
     import openai
+    from tenacity import RetryError
 
     from .vllm_versions import error_fields
 
     try:
-        asked = _code_step(llm) if step == "code" else llm.aask(PROMPT)  # aask: streamed, its default
-        attempt.answer = await asyncio.wait_for(asked, CALL_TIMEOUT)
+        asked = _code_step(llm) if step == "code" else _fill(llm) if step == "fill" else llm.aask(PROMPT)
+        attempt.answer = await asyncio.wait_for(asked, CALL_TIMEOUT)  # aask above: streamed, its default
         costs = llm.get_costs()
         attempt.usage = (costs.total_prompt_tokens, costs.total_completion_tokens)
     except openai.APIStatusError as exc:
         attempt.error, attempt.status = f"openai.{type(exc).__name__}", exc.status_code
         attempt.message = str(error_fields(exc.body).get("message") or "")
+    except RetryError as exc:  # the fill: MetaGPT's six attempts failed; the last one says how
+        from .fixes import innermost
+
+        last = innermost(exc)
+        status = getattr(last, "status_code", None)
+        attempt.error = f"tenacity.RetryError after {exc.last_attempt.attempt_number} attempts, the last: " + \
+            (f"{status} openai.{type(last).__name__}" if status else f"{type(last).__name__}: {last}")[:200]
     except asyncio.TimeoutError:
         attempt.error = f"no answer within {CALL_TIMEOUT:g} s"
     except Exception as exc:  # noqa: BLE001 - reported, scrubbed of the key by the report
@@ -200,18 +245,18 @@ def _leave_out_half_built_client(loop: asyncio.AbstractEventLoop, context: dict[
         loop.default_exception_handler(context)
 
 
-def key_fix_alone() -> str:
-    """``METAGPT_VLLM_FIX_DISABLE``'s value that leaves the api_key fix alone on.
+def key_fix_alone(keep: tuple[str, ...] = ("api_key", "httpx")) -> str:
+    """``METAGPT_VLLM_FIX_DISABLE``'s value that leaves only ``keep`` on: by default the api_key fix alone.
 
     The httpx fix stays too: idle on httpx < 0.28, and on 0.28 without it there is no client at all.
     """
     from .fixes import NAMES
 
-    return ",".join(name for name in NAMES if name not in ("api_key", "httpx"))
+    return ",".join(name for name in NAMES if name not in keep)
 
 
-async def _story(llm_config: Any, server: Any, step: str) -> tuple[Attempt, Attempt, Attempt]:
-    """Upstream (plugin removed), the api_key fix alone, every fix; one event loop for the three calls."""
+async def _story(llm_config: Any, server: Any, scene: Scene) -> tuple[Attempt, Attempt, Attempt]:
+    """Upstream (plugin removed), the scene's middle step, every fix; one event loop for the three calls."""
     from . import apply, remove
     from ._activation import DISABLE
 
@@ -219,10 +264,10 @@ async def _story(llm_config: Any, server: Any, step: str) -> tuple[Attempt, Atte
     saved = os.environ.get(DISABLE)
     remove()
     try:
-        upstream = await _ask(llm_config, server, step)
-        os.environ[DISABLE] = key_fix_alone()
+        upstream = await _ask(llm_config, server, scene.step)
+        os.environ[DISABLE] = key_fix_alone(scene.middle)
         apply()
-        key_only = await _ask(llm_config, server, step)
+        key_only = await _ask(llm_config, server, scene.step)
     finally:
         remove()
         if saved is None:
@@ -230,19 +275,36 @@ async def _story(llm_config: Any, server: Any, step: str) -> tuple[Attempt, Atte
         else:
             os.environ[DISABLE] = saved
         apply()
-    return upstream, key_only, await _ask(llm_config, server, step)
+    return upstream, key_only, await _ask(llm_config, server, scene.step)
+
+
+def _seen_line(r: RecordedRequest) -> str:
+    if r.method == "GET":  # the tools and formats fixes ask which field constrains an answer on this vLLM: no key
+        return f"GET {r.path} -> {r.status}"
+    note = ("   <- MetaGPT's hard-coded placeholder, not the configured key"
+            if r.authorization == f"Bearer {PLACEHOLDER_KEY}" else "")
+    asked = f"max_tokens {r.max_tokens}" if r.max_tokens is not None else "no max_tokens"
+    held = [name for name in ("structured_outputs", "guided_regex", "guided_json") if name in r.fields]
+    constrained = f", constrained ({', '.join(held)})" if held else ""
+    return f"{r.path}, Authorization: {show_authorization(r.authorization)}, {asked}{constrained} -> {r.status}{note}"
+
+
+def _repeats(lines: list[str]) -> tuple[list[str], int]:
+    """(block, times) when ``lines`` is one block said ``times`` over (MetaGPT's attempts), else (lines, 1)."""
+    for size in range(1, len(lines) // 2 + 1):
+        times, rest = divmod(len(lines), size)
+        if not rest and lines == lines[:size] * times:
+            return lines[:size], times
+    return lines, 1
 
 
 def _describe(report: Report, attempt: Attempt) -> None:
-    for r in attempt.seen:
-        if r.method == "GET":  # the tools fix asks which field constrains an answer on this vLLM: no key, no tokens
-            report.field("server saw", f"GET {r.path} -> {r.status}", indent="     ")
-            continue
-        note = ("   <- MetaGPT's hard-coded placeholder, not the configured key"
-                if r.authorization == f"Bearer {PLACEHOLDER_KEY}" else "")
-        asked = f"max_tokens {r.max_tokens}" if r.max_tokens is not None else "no max_tokens"
-        report.field("server saw", f"{r.path}, Authorization: {show_authorization(r.authorization)}, {asked} -> "
-                                   f"{r.status}{note}", indent="     ")
+    block, times = _repeats([_seen_line(r) for r in attempt.seen])
+    for line in block:
+        report.field("server saw", line, indent="     ")
+    if times > 1:
+        report.field("server saw", f"... that, {times} times in all: MetaGPT asking the same prompt again",
+                     indent="     ")
     if not attempt.seen:
         report.field("server saw", "no request", indent="     ")
     if attempt.ok:
@@ -284,6 +346,8 @@ def _differences(scene: Scene, attempts: tuple[Attempt, Attempt, Attempt], key: 
             found.append(f"{what}: " + (f"MetaGPT should fail; it returned {attempt.answer!r}" if attempt.ok else
                                         f"MetaGPT should answer; it failed: {attempt.status or ''} {attempt.error}"))
     fixed = attempts[2]
+    if fixed.ok and scene.step == "fill" and not (isinstance(fixed.answer, dict) and "Product Goals" in fixed.answer):
+        found.append(f"{scene.vllm_version}, WritePRD: MetaGPT should parse a PRD; it returned {fixed.answer!r}")
     if fixed.ok and scene.step == "code" and not (isinstance(fixed.answer, dict) and fixed.answer.get("code")):
         found.append(f"{scene.vllm_version}, the code step: MetaGPT should read a function call's code; it read "
                      f"{fixed.answer!r}")
@@ -309,9 +373,10 @@ def _play(scene: Scene, key: str, scratch: Path, report: Report) -> list[str]:
         report.line(f"{scene.title}")
         report.field("server", f"{server.base_url}  answers as vLLM {scene.vllm_version}, model {DEFAULT_MODEL} "
                                f"(context {CONTEXT}), --api-key {mask(key)}")
-        attempts = asyncio.run(_story(llm_config, server, scene.step))
+        attempts = asyncio.run(_story(llm_config, server, scene))
     for number, (step, attempt) in enumerate(zip(STEPS, attempts), 1):
-        report.line(f"  {number}. {step.format(disable='METAGPT_VLLM_FIX_DISABLE=' + key_fix_alone())}")
+        report.line(f"  {number}. " + step.format(middle=scene.middle_step,
+                                                  disable="METAGPT_VLLM_FIX_DISABLE=" + key_fix_alone(scene.middle)))
         _describe(report, attempt)
     report.line()
     return _differences(scene, attempts, key)
@@ -359,7 +424,8 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
                                f"for {CONTEXT}), calc_usage true")
         report.field("asks", "MetaGPT's own Config.from_yaml_file(...).llm -> LLM(llm_config).aask(...), streamed, "
                              "three times per scene; the Data Interpreter's scene: WriteCodeWithoutTools().run(...), "
-                             "which asks through aask_code")
+                             "which asks through aask_code; WritePRD's scene: WRITE_PRD_NODE's fill, MetaGPT's six "
+                             "attempts without the waits between them")
         report.field("seed's vLLM", SEED_COMMAND.replace("KEY", mask(key)))
         if _shipped_fails_at_llm():
             from .fixes.httpx_client import httpx_version
@@ -373,7 +439,8 @@ def run(api_key: Optional[str] = None, report: Optional[Report] = None) -> int:
         if not differences:
             report.check(OK, f"The seed's config works as written, on vLLM 0.3.3 and on vLLM 0.32: the key is sent, "
                              f"max_tokens fits, a model without a chat template answers, usage comes from the server, "
-                             f"and the Data Interpreter's code step gets its function call. "
+                             f"the Data Interpreter's code step gets its function call, and WritePRD gets a PRD it "
+                             f"parses from a model that ignores MetaGPT's format. "
                              f"({elapsed:.1f} s after MetaGPT's import, {time.monotonic() - started:.1f} s in all)")
             return 0
         report.check(PROBLEM, "The demo did not go as expected:\n" + "\n".join(f"- {d}" for d in differences))

@@ -15,6 +15,7 @@ NOISE = ("Package root set to", "PROJECT_ROOT set", "usage calculation failed", 
          "Warning: model not found")
 TODAY = "Today: vLLM 0.32.0, started with the seed's command as published (the base model has no chat template)"
 DATA_INTERPRETER = "The Data Interpreter's code step, on a server started the same way"
+WRITE_PRD = "WritePRD's ActionNode on a server started the same way, whose model answers in plain words"
 
 
 def run_demo(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -30,10 +31,10 @@ def scene(out: str, title: str) -> str:
 
 
 def steps(scene: str) -> tuple[str, str, str]:
-    """A scene's three calls: as shipped, with the api_key fix alone, with every fix."""
-    upstream, rest = scene.split("1. MetaGPT as shipped (plugin removed)")[1].split("2. With the api_key fix alone")
-    key_only, fixed = rest.split("3. With metagpt-vllm-fix (every fix)")
-    return upstream, key_only, fixed
+    """A scene's three calls: as shipped, with the api_key fix alone (or the scene's middle step), with every fix."""
+    _, upstream, middle, fixed = re.split(r"\n  [123]\. ", scene)
+    assert upstream.startswith("MetaGPT as shipped (plugin removed)") and fixed.startswith("With metagpt-vllm-fix")
+    return upstream, middle, fixed
 
 
 def test_demo_tells_the_401_then_400_then_answer_story_on_vllm_033_with_the_seed_config(tmp_path):
@@ -84,12 +85,30 @@ def test_demo_shows_the_data_interpreters_code_step_refused_for_tools_then_answe
     assert '400 openai.BadRequestError: "auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser' \
         in key_only
     # the function call refused, its constrained request refused for want of a template, then answered
-    chat_400 = f"/v1/chat/completions, Authorization: Bearer {mask(KEY)}, max_tokens 4096 -> 400"
-    assert fixed.count(chat_400) == 2 and "server saw   GET /version -> 200" in fixed, fixed
+    chat_400 = rf"/v1/chat/completions, Authorization: Bearer {re.escape(mask(KEY))}, max_tokens 4096(, constrained " \
+        r"\(structured_outputs\))? -> 400"
+    assert len(re.findall(chat_400, fixed)) == 2 and "server saw   GET /version -> 200" in fixed, fixed
     assert re.search(rf"/v1/completions, Authorization: Bearer {re.escape(mask(KEY))}, [^\n]*-> 200", fixed), fixed
     # what MetaGPT's own WriteCodeWithoutTools returned: the execute function's arguments, read from a tool call
     assert re.search(r"MetaGPT returned \{'language': 'python', 'code': '[^']+'\} \(\d+ prompt", fixed), fixed
     assert "tools: " in fixed and "--enable-auto-tool-choice" in fixed, "the tools fix names the server-side remedy"
+
+
+def test_demo_shows_writeprds_fill_ending_in_retry_error_until_the_formats_fix_constrains_it(tmp_path):
+    proc = run_demo(tmp_path, "--api-key", KEY)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    upstream, all_but_formats, fixed = steps(scene(out, WRITE_PRD))
+    assert "... that, 6 times in all: MetaGPT asking the same prompt again" in upstream
+    assert "tenacity.RetryError after 6 attempts, the last: 401 openai.AuthenticationError" in upstream
+    assert all_but_formats.startswith("With every fix but formats (METAGPT_VLLM_FIX_DISABLE=formats)")
+    assert re.search(r"/v1/completions, [^\n]*max_tokens 4096 -> 200\n\s+server saw   \.\.\. that, 6 times in all",
+                     all_but_formats), all_but_formats
+    assert "the last: JSONDecodeError: Expecting value" in all_but_formats
+    assert "GET /version -> 200" in fixed and "max_tokens 4096, constrained (structured_outputs) -> 200" in fixed
+    assert fixed.count("server saw   /v1/completions") == 1, "one generation: constrained from the first ask"
+    assert re.search(r"MetaGPT returned \{'Language': 'echo', [^\n]*'Product Goals': \[\]", fixed), fixed
+    assert "constrained from the first ask there (a base model's free answer runs to max_tokens)" in fixed
 
 
 def test_demo_never_prints_the_key_and_stays_quiet(tmp_path):
