@@ -206,6 +206,30 @@ def _ask_chat(facts: Facts, scratch: Path, deadline: float) -> AskResult:
     return ask_through_provider(facts, scratch, deadline, _read_first_token)
 
 
+def shortened(value: Any, chars: int) -> str:
+    """What MetaGPT read, as JSON, at most ``chars`` characters (an ellipsis where cut)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= chars else text[:chars] + "…"
+
+
+def gather_after_chat(facts: Facts, scratch: Path, deadline: float, call: Call, name: str,
+                      modules: tuple[str, ...] = ()) -> Facts:
+    """``asks[name]``: one more of MetaGPT's requests, ``call``, through the provider as for the chat ask -- not sent
+    when MetaGPT's chat request got no answer (it would meet the same wall, and the ask line says which).
+    ``modules``: MetaGPT's modules ``call`` needs, imported first."""
+    if facts.config is None:
+        return facts
+    chat = facts.asks.get(CHAT)
+    if chat is not None and chat.asked and not chat.answered:
+        result = not_asked("MetaGPT's chat request got no answer (the ask line says why)")
+    else:
+        if modules:
+            with quiet_plugin_log():
+                import_metagpt(scratch, list(modules))
+        result = ask_through_provider(facts, scratch, deadline, call)
+    return dataclasses.replace(facts, asks={**facts.asks, name: result})
+
+
 def ask_through_provider(facts: Facts, scratch: Path, deadline: float, call: Call) -> AskResult:
     """``call`` through MetaGPT's provider built from the config as MetaGPT builds it, with the fixes as this
     environment applies them, within what is left of ``deadline``; why not, when it cannot be asked."""

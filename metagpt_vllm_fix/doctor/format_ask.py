@@ -12,18 +12,14 @@ takes the time the model takes to answer, within ``--timeout``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
-import json
 from pathlib import Path
 from typing import Any
 
 from ..fixes import innermost
 from ..fixes.formats import one_line
-from ..metagpt_env import import_metagpt
-from .asking import AASK_TIMEOUT, SHOWN_CHARS, ask_through_provider, note_failure
-from .environment import quiet_plugin_log
-from .facts import CHAT, FORMAT, AskResult, Facts, not_asked
+from .asking import AASK_TIMEOUT, SHOWN_CHARS, gather_after_chat, note_failure, shortened
+from .facts import FORMAT, AskResult, Facts
 
 NODE = "WP_ISSUE_TYPE_NODE"  #: in metagpt.actions.write_prd_an, every 0.7.x
 CONTEXT = "## New Requirements\nThe program crashes on an empty list; it should print 'empty' instead."
@@ -64,19 +60,9 @@ async def _fill_once(llm: Any, result: AskResult) -> None:
         return
     result.answered = True
     result.first_token = content[:SHOWN_CHARS]
-    text = json.dumps(parsed.model_dump(), ensure_ascii=False)
-    result.reads = text if len(text) <= SHOWN_CHARS * 3 else text[:SHOWN_CHARS * 3] + "…"
+    result.reads = shortened(parsed.model_dump(), SHOWN_CHARS * 3)
 
 
 def gather_format(facts: Facts, scratch: Path, deadline: float) -> Facts:
     """``asks["format"]``: an ActionNode fill as MetaGPT runs in this environment send it."""
-    if facts.config is None:
-        return facts
-    chat = facts.asks.get(CHAT)
-    if chat is not None and chat.asked and not chat.answered:
-        result = not_asked("MetaGPT's chat request got no answer (the ask line says why)")
-    else:
-        with quiet_plugin_log():
-            import_metagpt(scratch, ["metagpt.actions.write_prd_an"])
-        result = ask_through_provider(facts, scratch, deadline, _fill)
-    return dataclasses.replace(facts, asks={**facts.asks, FORMAT: result})
+    return gather_after_chat(facts, scratch, deadline, _fill, FORMAT, ("metagpt.actions.write_prd_an",))

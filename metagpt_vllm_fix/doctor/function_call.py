@@ -11,13 +11,11 @@ it would meet the same wall, and the ``ask`` line already says which.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
-from .asking import AASK_TIMEOUT, SHOWN_CHARS, ask_through_provider
-from .facts import CHAT, FUNCTION_CALL, AskResult, Facts, not_asked
+from .asking import AASK_TIMEOUT, SHOWN_CHARS, gather_after_chat, shortened
+from .facts import FUNCTION_CALL, AskResult, Facts
 
 PROMPT = "Write Python code that prints the first ten square numbers."
 
@@ -41,17 +39,9 @@ async def _ask_code(llm: Any, result: AskResult) -> None:
     result.answered = True
     result.tool_call = bool(message.tool_calls)
     if isinstance(read, dict):
-        text = json.dumps(read, ensure_ascii=False)
-        result.reads = text if len(text) <= SHOWN_CHARS * 2 else text[:SHOWN_CHARS * 2] + "…"
+        result.reads = shortened(read, SHOWN_CHARS * 2)
 
 
 def gather_function_call(facts: Facts, scratch: Path, deadline: float) -> Facts:
     """``asks["aask_code"]``: MetaGPT's function-call request, as MetaGPT runs in this environment send it."""
-    if facts.config is None:
-        return facts
-    chat = facts.asks.get(CHAT)
-    if chat is not None and chat.asked and not chat.answered:
-        result = not_asked("MetaGPT's chat request got no answer (the ask line says why)")
-    else:
-        result = ask_through_provider(facts, scratch, deadline, _ask_code)
-    return dataclasses.replace(facts, asks={**facts.asks, FUNCTION_CALL: result})
+    return gather_after_chat(facts, scratch, deadline, _ask_code, FUNCTION_CALL)

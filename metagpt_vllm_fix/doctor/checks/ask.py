@@ -16,6 +16,13 @@ from ..facts import CHAT, AskResult, Facts, FixNote
 SERVER_SIDE = ("chat_template", "system_role")
 
 
+def request_lines(result: AskResult) -> str:
+    """The lines under a live ask's finding: each HTTP request with its status, then what each fix that acted said."""
+    details = [f"  {exchange}" for exchange in result.exchanges]
+    details += [f"  the {n.fix} fix acted: {unprefixed(n)}" for n in result.fixes]
+    return "\n" + "\n".join(details or ["  (no HTTP request was sent)"])
+
+
 def unprefixed(note: FixNote) -> str:
     """A fix's message without its own ``name:`` prefix (the line already names the fix)."""
     prefix = note.fix + ": "

@@ -12,15 +12,9 @@ from ...fixes.api_key import unsendable as unsendable_key
 from ...report import OK, PROBLEM, WARNING
 from ..check import Verdict, check
 from ..facts import FUNCTION_CALL, AskResult, Facts
-from .ask import explain, unprefixed
+from .ask import explain, request_lines
 
 WHAT = "asked as the Data Interpreter does (aask_code: tools=[execute], not streamed)"
-
-
-def _tail(result: AskResult) -> str:
-    details = [f"  {exchange}" for exchange in result.exchanges]
-    details += [f"  the {n.fix} fix acted: {unprefixed(n)}" for n in result.fixes]
-    return "\n" + "\n".join(details or ["  (no HTTP request was sent)"])
 
 
 def function_call_verdict(result: AskResult, facts: Facts) -> Verdict:
@@ -42,20 +36,23 @@ def function_call_verdict(result: AskResult, facts: Facts) -> Verdict:
             off_why = f" ({off['tools']})" if "tools" in off else ""
             return WARNING, (f"{what}: no answer. {why} The server was started without tool flags and the tools fix "
                              f"is not in effect{off_why}: MetaGPT's chat answers, but the Data Interpreter cannot take "
-                             f"a step. Remedy: let the fix act, or {remedy()}.{_tail(result)}")
+                             f"a step. Remedy: let the fix act, or {remedy()}.{request_lines(result)}")
         if result.error == "timeout":
-            return WARNING, f"{what}: no answer. {why} (a constrained answer takes a whole generation){_tail(result)}"
-        return PROBLEM, f"{what}: no answer. {why}{_tail(result)}"
+            return WARNING, (f"{what}: no answer. {why} (a constrained answer takes a whole generation)"
+                             f"{request_lines(result)}")
+        return PROBLEM, f"{what}: no answer. {why}{request_lines(result)}"
     got = f"MetaGPT reads {result.reads}" if result.reads else "an answer came back"
     if result.tool_call and "tools" in result.fixes_acted:
         sent = len(result.exchanges)
         return OK, (f"{what}: a function call came back through the tools fix, {got}, in {result.seconds:g} s, at "
                     f"{sent} request{'s' if sent != 1 else ''} for this one call (the server does not call tools "
-                    f"itself; the fix's line below says what to change on the server for it to){_tail(result)}")
+                    f"itself; the fix's line below says what to change on the server for it to)"
+                    f"{request_lines(result)}")
     if result.tool_call:
-        return OK, f"{what}: the server calls the function itself; {got}, in {result.seconds:g} s{_tail(result)}"
+        return OK, (f"{what}: the server calls the function itself; {got}, in {result.seconds:g} s"
+                    f"{request_lines(result)}")
     return WARNING, (f"{what}: the answer carries no function call; {got} (MetaGPT reads content as code only inside "
-                     f"one code fence, else as a markdown cell that ran). Remedy: {remedy()}.{_tail(result)}")
+                     f"one code fence, else as a markdown cell that ran). Remedy: {remedy()}.{request_lines(result)}")
 
 @check("function-call", "MetaGPT's function-call request (aask_code, the Data Interpreter's code step), through its "
                         "provider and the fixes as installed: does a function call come back",
