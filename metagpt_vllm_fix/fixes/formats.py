@@ -32,7 +32,7 @@ import os
 import sys
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Callable, Optional
 
@@ -59,7 +59,6 @@ class Asking:
 
     asked: parse_sites.Asked
     constrain: bool  #: the next request of this ask goes constrained
-    why: str = ""  #: why it is constrained, for the log
     server: str = ""
     model: str = ""
     fields: Optional[tuple[str, ...]] = None  #: the structured-output fields to send (None: not asked yet)
@@ -68,7 +67,6 @@ class Asking:
     cut: bool = False  #: ... and cut at max_tokens
     room: Optional[int] = None  #: tokens the server gave the last answer that was cut (its room then)
     bounds: Optional[json_bounds.Bounds] = None
-    requests: list[str] = field(default_factory=list)  #: "free", "constrained": what this ask sent, in order
 
 
 _asking: ContextVar[Optional[Asking]] = ContextVar("metagpt_vllm_fix_formats", default=None)
@@ -108,7 +106,7 @@ async def answer_in_shape(wrapped: Callable[..., Any], instance: Any, args: tupl
     asked = parse_sites.asked_by(sys._getframe(1)) if _asking.get() is None else None
     if asked is None:
         return await wrapped(*args, **kwargs)
-    asking = Asking(asked, constrain=first_ask_constrained(), why=f"{ENV}=first")
+    asking = Asking(asked, constrain=first_ask_constrained())
     if asking.constrain and _said.first(("first", asked.site.name)):
         log.info("formats: %s=first: %s is constrained to its shape from the first ask (and every other ask of "
                  "its kind in this process).", ENV, asked.label, extra={"fix": FIX_NAME})
@@ -122,12 +120,10 @@ async def answer_in_shape(wrapped: Callable[..., Any], instance: Any, args: tupl
             if asking.constrained and not (asking.cut and asking.room):
                 return text  # MetaGPT's own parse and retries take it from here
             if asking.constrained:
-                asking.why = f"cut at max_tokens after {asking.room} tokens; bounded for that room"
                 log.info("formats: %s's constrained answer was cut at max_tokens after %s tokens (%s); asked once "
                          "more, bounded for that room.", asked.label, asking.room,
                          asking.bounds.describe() if asking.bounds else "", extra={"fix": FIX_NAME})
             else:
-                asking.why = f"MetaGPT could not parse it: {problem}"
                 _say_once((asking.server, asking.model, "unparsed"),
                           "formats: %s answered %s in a form MetaGPT cannot parse (%s); asked once more, "
                           "constrained to that shape, within MetaGPT's attempt. Remedy: %s.", asking.model,
@@ -176,7 +172,6 @@ def constrained_request(asking: Asking, kwargs: dict[str, Any], fields: tuple[st
         told = _instructions(asking, schema)
     extra = kwargs["extra_body"] if isinstance(kwargs.get("extra_body"), dict) else {}
     asking.constraint = constrained.Constraint.of(schema, fields, loose=asking.asked.loose)
-    asking.requests.append("constrained")
     asking.constrained, asking.cut = True, False
     return {**kwargs, "messages": function_calls.told(kwargs["messages"], told),
             "extra_body": {**extra, **asking.constraint.body()}}
@@ -213,7 +208,6 @@ async def shape_request(wrapped: Callable[..., Any], instance: Any, args: tuple[
         """chat_template answers this ask through /v1/completions: the model has no template (a base model)."""
         if asking.constrain:
             return rerouted
-        asking.why = "no chat template: a base model, whose free answer runs to max_tokens"
         _say_once((asking.server, asking.model, "base"),
                   "formats: %s has no chat template for %s, so MetaGPT's formatted asks (%s) are constrained from "
                   "the first ask there (a base model's free answer runs to max_tokens).", asking.server,
@@ -226,7 +220,6 @@ async def shape_request(wrapped: Callable[..., Any], instance: Any, args: tuple[
             if asking.constrain:
                 answer = await wrapped(**in_pieces(constrained_request(asking, kwargs, await fields())))
             else:
-                asking.requests.append("free")
                 token = REROUTE.set(on_reroute)
                 try:
                     answer = await wrapped(**kwargs)
