@@ -106,21 +106,35 @@ def test_a_prompt_too_long_by_itself_gets_real_vllms_error_after_one_retry(real_
     assert log.posts() == [(CHAT, 400), (CHAT, 400), (COMPLETIONS, 400)]
 
 
+# The checks of a doctor run about the chat request and the context, not the formats check: MetaGPT's ActionNode
+# prompts do not fit this server's 512 tokens at all (the test below says what the formats line then says).
+CHAT_CHECKS = ("server-version", "server", "model", "max-token", "ask", "function-call")
+
+
 def test_doctor_names_the_real_servers_version_and_passes_max_token_equal_to_its_context(real_vllm, tmp_path):
     home = seed_home(tmp_path, real_vllm.base_url, extra="  max_token: 512\n")
-    proc = doctor(home, "--timeout", "30")
+    proc = doctor(home, *CHAT_CHECKS, "--timeout", "30")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "vLLM 0.32.0" in proc.stdout
-    document = json.loads(doctor(home, "--timeout", "30", "--json").stdout)
+    document = json.loads(doctor(home, *CHAT_CHECKS, "--timeout", "30", "--json").stdout)
     assert (document["server"]["vllm_version"], document["server"]["version_assumed"]) == ("0.32.0", False)
+
+
+def test_doctor_says_metagpts_actionnode_prompts_do_not_fit_a_512_token_server(real_vllm, tmp_path):
+    home = seed_home(tmp_path, real_vllm.base_url, extra="  max_token: 64\n")
+    proc = doctor(home, "--timeout", "60")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("problem ") and "ActionNode fill" in line]
+    assert "no answer. The server answered 400: This model's maximum context length is 512 tokens" in line
+    assert "verdict: problem (exit 1): 1 problem (formats)" in proc.stdout
 
 
 def test_doctor_on_the_seed_config_warns_with_the_fix_and_fails_without_it(real_vllm, tmp_path):
     home = seed_home(tmp_path, real_vllm.base_url)
-    handled = doctor(home, "--timeout", "30")
+    handled = doctor(home, *CHAT_CHECKS, "--timeout", "30")
     assert handled.returncode == 0, handled.stdout + handled.stderr
     assert "handled: the max_tokens fix" in handled.stdout
-    refused = doctor(home, "--timeout", "30", METAGPT_VLLM_FIX_DISABLE="max_tokens")
+    refused = doctor(home, *CHAT_CHECKS, "--timeout", "30", METAGPT_VLLM_FIX_DISABLE="max_tokens")
     assert refused.returncode == 1, refused.stdout + refused.stderr
     assert re.search(r"problem\s+llm.max_token 4096", refused.stdout)
 
