@@ -72,7 +72,7 @@ def assert_answered(result: dict[str, Any], posts: list[Exchange], answered_by: 
         assert (first.path, first.status) == (CHAT, 400) and "tools" in first.body, name
         assert [(e.path, e.status) for e in group[1:]] == answered_by, (name, [(e.path, e.status) for e in group])
         assert "tools" not in answer.body and "tool_choice" not in answer.body
-        arguments[name] = json.loads(answer.answer_text())
+        arguments[name] = json.loads(answer.answer_text(), strict=False)  # as MetaGPT reads arguments
         jsonschema.validate(arguments[name], functions[name]["parameters"])
     # What each caller read is the server's constrained answer.
     assert steps["code"]["result"] == arguments["code"]
