@@ -142,9 +142,10 @@ def data_interpreter(name: str, server_url: str, root: Path, setup: Setup, stop_
 
 
 def company(name: str, server_url: str, root: Path, setup: Setup, stop_at: Optional[str] = None,
-            timeout: float = 2400) -> Run:
-    return start(name, server_url, root, [str(Path(sys.executable).with_name("metagpt")), COMPANY_IDEA], setup,
-                 stop_at=stop_at, timeout=timeout)
+            timeout: float = 2400, options: tuple[str, ...] = ()) -> Run:
+    """``metagpt IDEA [options]``: MetaGPT's software company, its default rounds."""
+    return start(name, server_url, root, [str(Path(sys.executable).with_name("metagpt")), COMPANY_IDEA, *options],
+                 setup, stop_at=stop_at, timeout=timeout)
 
 
 def constrained(exchange: Exchange) -> bool:
