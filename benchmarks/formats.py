@@ -34,13 +34,19 @@ KEY = "token-abc123"
 MODEL = "meta-llama/Llama-2-7b-hf"
 SEED_CONFIG = "llm:\n  api_type: open_llm\n  base_url: '{base_url}'\n  model: '{model}'\n  api_key: {key}\n"
 # Which of MetaGPT's role steps a request belongs to: a phrase only that step's prompt (or the fix's words) holds.
-STEPS = (("WritePRD", "Product Goals"), ("WriteDesign", "Implementation approach"),
-         ("WriteTasks", "Required Python packages"), ("plan", "Output a list of jsons following the format"),
-         ("code step (function call)", "You have a function to call"), ("code step (function call)", '"tools"'),
-         ("WriteCodeReview", "Code Review"), ("WriteCode", "Write code"), ("WriteCode", "## Code:"))
+# A function call (MetaGPT's, or the tools fix's constrained ask for its arguments) comes first: its messages may
+# quote another step's prompt (the Data Interpreter's context holds its plan).
+# The documents' steps by their node's own instruction lines: WriteCode's prompt quotes the documents themselves.
+STEPS = (("code step (function call)", "You have a function to call"),
+         ("WritePRD", "- Product Goals: typing.List[str]"), ("WriteDesign", "- Implementation approach: <class 'str'>"),
+         ("WriteTasks", "- Required Python packages: typing.List[str]"),
+         ("plan", "Output a list of jsons following the format"), ("WriteCodeReview", "Code Review"),
+         ("WriteCode", "Write code"), ("WriteCode", "## Code:"))
 
 
 def step_of(body: Any) -> str:
+    if isinstance(body, dict) and "tools" in body:
+        return "code step (function call)"
     text = json.dumps(body) if body is not None else ""
     return next((name for name, marker in STEPS if marker in text), "other")
 
@@ -83,10 +89,13 @@ def di_outcome(result: dict[str, Any]) -> str:
 
 def company_outcome(result: dict[str, Any], workspace: Path) -> str:
     docs = {kind: len(list(workspace.glob(f"*/docs/{kind}/*.json"))) for kind in ("prd", "system_design", "task")}
-    code = len([p for p in workspace.glob("*/*/*.py") if p.stat().st_size])
-    ended = "RetryError" if "RetryError" in result["output"] else f"exit {result['returncode']}"
-    stopped = ", stopped" if result["stopped"] else ""
-    return f"{ended}{stopped}; documents {docs}, {code} code file(s)"
+    # the code files: whatever the task list named them (a small model's may be "Main function"), in the package
+    code = sorted(p.name for p in workspace.glob("*/*/*") if p.is_file() and p.stat().st_size)
+    if result["stopped"]:  # MetaGPT's own log says "exp: RetryError[...]" after every failed attempt
+        ended = "stopped after the failed attempts asked for"
+    else:
+        ended = "RetryError" if "tenacity.RetryError" in result["output"] else f"exit {result['returncode']}"
+    return f"{ended}; documents {docs}, {len(code)} non-empty code file(s) {code}"
 
 
 def real(args: argparse.Namespace) -> None:
@@ -170,17 +179,24 @@ def quick() -> None:
                 prompt = node.compile(context="## Original Requirements\nhello world", schema="json", mode="auto")
                 fill = ActionNode._aask_v1.retry_with(wait=wait_none(), stop=stop_after_attempt(6))
                 started = time.perf_counter()
-                try:
-                    asyncio.run(fill(node, prompt, "WritePRD_AN", node.get_mapping("auto"), schema="json"))
-                    outcome = "parsed"
-                except Exception as exc:  # noqa: BLE001 - the outcome is the figure
-                    outcome = type(exc).__name__
+                outcome = asyncio.run(_fill_once(fill, node, prompt, llm))
                 ms = (time.perf_counter() - started) * 1e3
                 posts = [r.status for r in server.requests if r.method == "POST"]
             print(f"WritePRD fill, {'no chat template' if kind == 'none' else 'chat template'}, "
                   f"{'formats off' if off else 'every fix'}: {outcome} in {ms:.0f} ms, {len(posts)} requests "
                   f"({posts.count(200)} answered), MetaGPT's waits between attempts left out")
     os.environ.pop("METAGPT_VLLM_FIX_DISABLE", None)
+
+
+async def _fill_once(fill: Any, node: Any, prompt: str, llm: Any) -> str:
+    """MetaGPT's six attempts at the fill: "parsed", or what they raised."""
+    try:
+        await fill(node, prompt, "WritePRD_AN", node.get_mapping("auto"), schema="json")
+        return "parsed"
+    except Exception as exc:  # noqa: BLE001 - the outcome is the figure
+        return type(exc).__name__
+    finally:  # within this event loop: closed after it, httpx says "Event loop is closed"
+        await llm.aclient.close()
 
 
 def main() -> None:
