@@ -9,7 +9,8 @@ answers to MetaGPT's formats asked for again, constrained, where MetaGPT cannot 
 model's PRD and code are a 135M model's: the point is that MetaGPT goes on. On one CPU core the model makes about 13
 tokens a second, and it runs on to max_tokens in the steps no fix touches (WriteCode, its review): the Data
 Interpreter takes a few minutes, the software company about an hour with the seed's config as written (its first
-three documents alone took 21 minutes here; ``--max-token 1024`` adds that line to the config: 13 minutes). Progress is printed every half minute; at the end, where everything landed.
+three documents alone took 21 minutes here; ``--max-token 1024`` adds that line to the config: 13 minutes). Progress
+is printed every half minute; at the end, where everything landed.
 
 Run by ``make demo-real`` (which builds ``.venv`` and ``.venv-vllm`` first) with the project's .venv::
 
