@@ -9,7 +9,7 @@ answers to MetaGPT's formats asked for again, constrained, where MetaGPT cannot 
 model's PRD and code are a 135M model's: the point is that MetaGPT goes on. On one CPU core the model makes about 13
 tokens a second, and it runs on to max_tokens in the steps no fix touches (WriteCode, its review): the Data
 Interpreter takes a few minutes, the software company about an hour with the seed's config as written (its first
-three documents alone took 21 minutes here; ``--max-token 1024`` adds that line to the config: 13 minutes). Progress
+three documents alone took 21 minutes here; ``--max-token 1024`` adds that line to the config: 16 minutes). Progress
 is printed every half minute; at the end, where everything landed.
 
 Run by ``make demo-real`` (which builds ``.venv`` and ``.venv-vllm`` first) with the project's .venv::
@@ -54,16 +54,20 @@ def setup(key: str, extra: str, plugin: bool) -> runs.Setup:
     return write
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def progress(started: dict[str, runs.Run], t0: float) -> None:
     """Until every run has ended: every 30 s, what each has asked and got so far."""
     while any(not run.done for run in started.values()):
         time.sleep(30)
         parts = []
         for name, run in started.items():
-            answered = [e for e in run.proxy.exchanges if e.method == "POST" and e.status == 200]
+            answered = [e for e in run.proxy.exchanges if e.method == "POST" and e.status == 200 and e.ended]
             tokens = sum(e.usage().get("completion_tokens", 0) for e in answered)
             state = "done" if run.done else "running"
-            parts.append(f"{name}: {state}, {len(answered)} answers, {tokens} tokens")
+            parts.append(f"{name}: {state}, {plural(len(answered), 'answer')} ({plural(tokens, 'token')})")
         say(f"  [{time.monotonic() - t0:6.0f} s] " + "; ".join(parts))
 
 
@@ -82,8 +86,12 @@ def show_data_interpreter(result: dict[str, Any]) -> None:
 
 
 def show_company(run: runs.Run, result: dict[str, Any]) -> None:
-    ended = "RetryError" if "RetryError" in result["output"] else f"exit {result['returncode']}"
-    say(f"    ended: {ended} after {result['seconds']:.0f} s; workspace {run.workspace}")
+    saved = [name for kind, name in (("prd", "PRD"), ("system_design", "system design"), ("task", "task list"))
+             if list(run.workspace.glob(f"*/docs/{kind}/*.json"))]
+    failed = "Exception occurs" in result["output"]  # MetaGPT's own words when a role's step raised
+    say(f"    ended: exit {result['returncode']} after {result['seconds']:.0f} s"
+        f"{' (MetaGPT logs the exception and exits 0 all the same)' if failed and result['returncode'] == 0 else ''};"
+        f" documents MetaGPT parsed and saved: {', '.join(saved) or 'none'}; workspace {run.workspace}")
     for path in sorted(p for p in run.workspace.rglob("*") if p.is_file() and ".git" not in p.parts):
         say(f"      {path.relative_to(run.workspace)} ({path.stat().st_size} bytes)")
 
@@ -126,7 +134,8 @@ def main() -> int:
             for name, run in started.items():
                 result = run.result(7200)
                 statuses = [e.status for e in run.proxy.exchanges if e.method == "POST"]
-                say(f"  {name}: {len(statuses)} requests, statuses {sorted(set(statuses))}; output {run.output}")
+                say(f"  {name}: {plural(len(statuses), 'request')}, statuses {sorted(set(statuses))}; "
+                    f"output {run.output}")
                 if name == "Data Interpreter":
                     show_data_interpreter({**result, "where": run.output})
                 else:
