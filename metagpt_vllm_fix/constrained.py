@@ -18,16 +18,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from .fixes import error_message, refuses_field, status_code
+from .fixes import error_message, refuses_field, status_code, usage_counts
 
 if TYPE_CHECKING:
     from .vllm_versions import Generation
 
-__all__ = ["CannotConstrain", "Collected", "Constraint", "collect", "fields_for", "server_generation", "streamed"]
+__all__ = ["CannotConstrain", "Collected", "Constraint", "budget", "collect", "fields_for", "server_generation",
+           "streamed"]
 
 VERSION_TIMEOUT = 2.0  #: seconds for the GET /version that names the server's release
+DEFAULT_BUDGET = 1024  #: tokens a constrained answer is sized for when the request names no max_tokens
 
 
 class CannotConstrain(Exception):
@@ -121,6 +123,12 @@ class Constraint:
         return None
 
 
+def budget(kwargs: dict[str, Any]) -> int:
+    """The tokens a constrained answer must fit: the request's ``max_tokens``, or :data:`DEFAULT_BUDGET`."""
+    asked = kwargs.get("max_tokens")
+    return asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else DEFAULT_BUDGET
+
+
 def streamed(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The request streamed. The ``usage`` fix, inside the fixes that ask constrained, asks a stream for the server's
     usage (``stream_options``) and asks again without it where a server refuses it; vLLM 0.3 puts usage on the
@@ -168,8 +176,8 @@ def _usage(usage: Any) -> Any:
         return None
     from openai.types import CompletionUsage
 
-    get: Callable[[str], Any] = usage.get if isinstance(usage, dict) else (lambda name: getattr(usage, name, None))
-    prompt, completion = get("prompt_tokens"), get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int):
+    counts = usage_counts(usage)
+    if counts is None:
         return None
+    prompt, completion = counts
     return CompletionUsage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)

@@ -215,6 +215,22 @@ def innermost(exc: BaseException) -> BaseException:
     return exc
 
 
+def usage_counts(usage: Any) -> Optional[tuple[int, int]]:
+    """(prompt, completion) tokens from a usage dict (openai 1.6 keeps a chunk's unknown ``usage`` raw) or object,
+    or None when either count is missing."""
+    get: Callable[[str], Any] = usage.get if isinstance(usage, dict) else (lambda name: getattr(usage, name, None))
+    prompt, completion = get("prompt_tokens"), get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        return prompt, completion
+    return None
+
+
+def copy_model(model: Any, **update: Any) -> Any:
+    """A pydantic model (openai's types, pydantic 1 or 2) with some fields replaced; the original is untouched."""
+    copy = getattr(model, "model_copy", None) or model.copy
+    return copy(update=update)
+
+
 def _names_field(field: Any, name: str) -> bool:
     """``"name"``, ``"body.name"``, ``["body", "name", ...]``: an error's field that is ``name``."""
     parts = field.split(".") if isinstance(field, str) else field if isinstance(field, (list, tuple)) else ()

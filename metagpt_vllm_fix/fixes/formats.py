@@ -27,6 +27,7 @@ Nothing is kept from one ask to the next.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -37,13 +38,12 @@ from types import ModuleType
 from typing import Any, Callable, Optional
 
 from .. import constrained, function_calls, json_bounds, parse_sites
-from . import REROUTE, Once, RequestFix, Target, innermost, server_of
+from . import REROUTE, Once, RequestFix, Target, copy_model, innermost, server_of, usage_counts
 
 log = logging.getLogger("metagpt_vllm_fix")
 
 FIX_NAME = "formats"  # every record this fix logs carries extra={"fix": FIX_NAME}: the doctor says which fix acted
 ENV = "METAGPT_VLLM_FIX_FORMATS"  #: "first": constrain every known ask from the first time; else after a failure
-DEFAULT_BUDGET = 1024  #: tokens a constrained answer is sized for when the request names no max_tokens
 _CHARS_PER_TOKEN = 2  #: how the added instructions are counted against the room (few characters per token: JSON)
 _said = Once()
 
@@ -148,17 +148,14 @@ def _instructions(asking: Asking, schema: dict[str, Any]) -> str:
     kind = "list" if schema.get("type") == "array" else "object"
     bounds = asking.bounds
     limit = f" Keep {bounds.describe()}." if bounds is not None else ""
-    import json
-
     return (f"Answer with one JSON {kind} and nothing else: no [CONTENT] tags, no code fence, no other text. It "
             f"follows this JSON schema: {json.dumps(json_bounds.compact(schema), ensure_ascii=False)}.{limit} "
             + json_bounds.how_to_write(asking.asked.loose))
 
 
 def _budget(asking: Asking, kwargs: dict[str, Any]) -> int:
-    """The tokens a constrained answer must fit: the request's max_tokens, or what the server gave a cut answer."""
-    asked = kwargs.get("max_tokens")
-    budget = asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else DEFAULT_BUDGET
+    """The tokens a constrained answer must fit: the request's, or what the server gave a cut answer."""
+    budget = constrained.budget(kwargs)
     return min(budget, asking.room) if asking.room else budget
 
 
@@ -256,9 +253,8 @@ def _note(asking: Asking, finish: Optional[str], completion_tokens: Optional[int
 
 
 def _chunk_usage(chunk: Any) -> Optional[int]:
-    usage = getattr(chunk, "usage", None)
-    value = usage.get("completion_tokens") if isinstance(usage, dict) else getattr(usage, "completion_tokens", None)
-    return value if isinstance(value, int) else None
+    counts = usage_counts(getattr(chunk, "usage", None))
+    return counts[1] if counts is not None else None
 
 
 class _Observed:
@@ -344,8 +340,7 @@ def _without_text(chunk: Any) -> Any:
     choices = [Choice.construct(index=c.index, finish_reason=c.finish_reason, logprobs=None,
                                 delta=ChoiceDelta.construct(content=""))
                for c in chunk.choices]
-    copy = getattr(chunk, "model_copy", None) or chunk.copy
-    return copy(update={"choices": choices})
+    return copy_model(chunk, choices=choices)
 
 
 def forget() -> None:

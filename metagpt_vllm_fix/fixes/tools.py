@@ -29,13 +29,12 @@ import logging
 from typing import Any, Callable, Optional
 
 from .. import constrained, function_calls, json_bounds
-from . import Once, RequestFix, error_message, server_of, status_code
+from . import Once, RequestFix, copy_model, error_message, server_of, status_code
 from .chat_template import refuses_for_template
 
 log = logging.getLogger("metagpt_vllm_fix")
 
 FIX_NAME = "tools"  # every record this fix logs carries extra={"fix": FIX_NAME}: the doctor says which fix acted
-DEFAULT_BUDGET = 1024  #: tokens the arguments are sized for when the request names no max_tokens
 _said = Once()  # (server, model, what): each warning once
 
 
@@ -78,27 +77,17 @@ def _no_tool_call(answer: Any) -> Optional[str]:
     return "empty" if calls == [] else "none"
 
 
-def _copy(model: Any, **update: Any) -> Any:
-    """A pydantic model (openai's types, pydantic 1 or 2) with some fields replaced; the original is untouched."""
-    copy = getattr(model, "model_copy", None) or model.copy
-    return copy(update=update)
-
-
 def _without_empty_calls(answer: Any) -> Any:
     """The answer with ``tool_calls: []`` as ``None``: MetaGPT reads the content instead of indexing an empty list."""
     first = answer.choices[0]
-    return _copy(answer, choices=[_copy(first, message=_copy(first.message, tool_calls=None)), *answer.choices[1:]])
+    return copy_model(answer, choices=[copy_model(first, message=copy_model(first.message, tool_calls=None)),
+                                       *answer.choices[1:]])
 
 
 async def _ask_streamed(wrapped: Callable[..., Any], asked: dict[str, Any]) -> constrained.Collected:
     """The request streamed (a slow server's long answer then never meets the request timeout) and put back
     together, with the server's usage (see ``constrained.streamed``)."""
     return await constrained.collect(await wrapped(**constrained.streamed(asked)))
-
-
-def _budget(kwargs: dict[str, Any]) -> int:
-    asked = kwargs.get("max_tokens")
-    return asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else DEFAULT_BUDGET
 
 
 async def _constrained(wrapped: Callable[..., Any], instance: Any, kwargs: dict[str, Any],
@@ -113,7 +102,7 @@ async def _constrained(wrapped: Callable[..., Any], instance: Any, kwargs: dict[
         return None  # a caller's extra_body we cannot add to: the server's own answer stands
     if fields is None:
         fields = constrained.fields_for(await constrained.server_generation(instance, wrapped, key[0]))
-    budget, room = _budget(kwargs), None
+    budget, room = constrained.budget(kwargs), None
     for _ in range(2):
         schema, bounds = json_bounds.bound(chosen.schema, min(budget, room) if room else budget)
         constraint = constrained.Constraint.of(schema, fields, loose=True)  # MetaGPT: json.loads(strict=False)

@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any, Callable, Optional
 
 from .. import token_count, wrapping
-from . import Once, RequestFix, Target, error_message, refuses_field, server_of
+from . import Once, RequestFix, Target, error_message, refuses_field, server_of, usage_counts
 
 log = logging.getLogger("metagpt_vllm_fix")
 
@@ -38,15 +38,6 @@ _said = Once()  # the servers the log has named as refusing them: once each
 # (id(messages), id(task)) -> (messages, counts): the stream is read in the task that then calls _calc_usage, so two
 # concurrent streams of the same messages list (two LLMs, or a gather) keep their own counts.
 _captured: OrderedDict[tuple[int, int], tuple[Any, tuple[int, int]]] = OrderedDict()
-
-
-def _counts(usage: Any) -> Optional[tuple[int, int]]:
-    """(prompt, completion) from a usage dict (openai 1.6 keeps unknown chunk fields raw) or object."""
-    get: Callable[[str], Any] = usage.get if isinstance(usage, dict) else (lambda name: getattr(usage, name, None))
-    prompt, completion = get("prompt_tokens"), get("completion_tokens")
-    if isinstance(prompt, int) and isinstance(completion, int):
-        return prompt, completion
-    return None
 
 
 def _key(messages: Any) -> tuple[int, int]:
@@ -90,7 +81,7 @@ def _watcher_class() -> Any:
             async def _self_chunks(self) -> Any:
                 counts = None
                 async for chunk in self.__wrapped__:
-                    counts = _counts(getattr(chunk, "usage", None)) or counts
+                    counts = usage_counts(getattr(chunk, "usage", None)) or counts
                     yield chunk
                 if counts is not None:  # only a stream read to its end is counted: a cancelled one leaves nothing
                     _record(self._self_messages, counts)
