@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from .gate import PLACEHOLDER as PLACEHOLDER_KEY  # what MetaGPT 0.7 sends instead of the key
 from .masking import mask, show_authorization
 from .report import OK, PROBLEM, Report
+from .vllm_versions import constraining_fields
 
 if TYPE_CHECKING:
     from .server.recorder import RecordedRequest
@@ -284,7 +285,7 @@ def _seen_line(r: RecordedRequest) -> str:
     note = ("   <- MetaGPT's hard-coded placeholder, not the configured key"
             if r.authorization == f"Bearer {PLACEHOLDER_KEY}" else "")
     asked = f"max_tokens {r.max_tokens}" if r.max_tokens is not None else "no max_tokens"
-    held = [name for name in ("structured_outputs", "guided_regex", "guided_json") if name in r.fields]
+    held = [name for name in constraining_fields() if name in r.fields]
     constrained = f", constrained ({', '.join(held)})" if held else ""
     return f"{r.path}, Authorization: {show_authorization(r.authorization)}, {asked}{constrained} -> {r.status}{note}"
 

@@ -365,6 +365,13 @@ def sent_field(field: str, regex: bool) -> str:
     return REGEX_FIELDS[field] if regex else field
 
 
+def constraining_fields() -> tuple[str, ...]:
+    """Every request field that carries a constraint in some generation, as a schema or as a regex, newest first:
+    how a recorded request is told constrained."""
+    return tuple(dict.fromkeys(sent_field(field, regex) for field in reversed(structured_output_fields())
+                               for regex in (False, True)))
+
+
 def constraint(fields: Sequence[str], schema: Optional[Mapping[str, Any]] = None,
                regex: Optional[str] = None) -> dict[str, Any]:
     """The request fields ``fields`` (of :func:`structured_output_fields`), each constraining the answer to ``regex``

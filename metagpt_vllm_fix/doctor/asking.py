@@ -26,6 +26,7 @@ from typing import Any, Callable
 from ..fixes.api_key import unsendable as unsendable_key
 from ..masking import show_authorization
 from ..metagpt_env import import_metagpt
+from ..vllm_versions import constraining_fields
 from .environment import quiet_plugin_log
 from .facts import CHAT, AskResult, Exchange, Facts, FixNote, not_asked
 from .probe import OPENAI_COMPATIBLE
@@ -34,8 +35,6 @@ PROMPT = "Say hello."  #: the doctor's question; MetaGPT adds its default system
 AASK_TIMEOUT = 3  #: aask's own ``timeout`` argument (MetaGPT sends ``max(llm.timeout, 3)``)
 SHOWN_CHARS = 40  #: of the first token
 LOGGER = "metagpt_vllm_fix"
-#: request fields that hold an answer to a shape, in any vLLM release (vllm_versions: the JSON and regex forms)
-CONSTRAINING = ("structured_outputs", "guided_json", "guided_regex")
 
 
 class Recorder(logging.Handler):
@@ -61,7 +60,7 @@ class Recorder(logging.Handler):
             body = json.loads(request.content or b"{}")
             value = body.get("max_tokens") if isinstance(body, dict) else None
             max_tokens = value if isinstance(value, int) and not isinstance(value, bool) else None
-            constrained = isinstance(body, dict) and any(field in body for field in CONSTRAINING)
+            constrained = isinstance(body, dict) and any(field in body for field in constraining_fields())
         except (ValueError, TypeError, AttributeError):  # a streamed or non-JSON body: nothing to read
             pass
         exchange = Exchange(request.method, request.url.path,
