@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
+
+import pytest
 
 from conftest import clean_env, run_module
 from metagpt_vllm_fix.masking import mask
@@ -25,6 +28,13 @@ def run_demo(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return run_module("metagpt_vllm_fix", "demo", *args, env=clean_env(home, **env), cwd=tmp_path, timeout=120)
 
 
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One demo run with a known key, in a directory of its own; the tests below each read one part of it."""
+    where = tmp_path_factory.mktemp("demo")
+    return where, run_demo(where, "--api-key", KEY)
+
+
 def scene(out: str, title: str) -> str:
     """One scene's lines: from its title to the blank line that ends it."""
     return out.split(title)[1].split("\n\n")[0]
@@ -37,8 +47,8 @@ def steps(scene: str) -> tuple[str, str, str]:
     return upstream, middle, fixed
 
 
-def test_demo_tells_the_401_then_400_then_answer_story_on_vllm_033_with_the_seed_config(tmp_path):
-    proc = run_demo(tmp_path, "--api-key", KEY)
+def test_demo_tells_the_401_then_400_then_answer_story_on_vllm_033_with_the_seed_config(keyed):
+    _, proc = keyed
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     then, today = out.split("MetaGPT 0.7's time: vLLM 0.3.3")[1].split(TODAY)
@@ -57,8 +67,8 @@ def test_demo_tells_the_401_then_400_then_answer_story_on_vllm_033_with_the_seed
     assert "\n  httpx " not in out, "httpx < 0.28 takes proxies=: nothing to say about it"
 
 
-def test_demo_shows_the_seed_server_of_today_401_then_no_chat_template_400_then_an_answer(tmp_path):
-    proc = run_demo(tmp_path, "--api-key", KEY)
+def test_demo_shows_the_seed_server_of_today_401_then_no_chat_template_400_then_an_answer(keyed):
+    _, proc = keyed
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     assert f"python -m vllm.entrypoints.openai.api_server --model meta-llama/Llama-2-7b-hf --api-key {mask(KEY)}" \
@@ -76,8 +86,8 @@ def test_demo_shows_the_seed_server_of_today_401_then_no_chat_template_400_then_
     assert "--chat-template" in fixed, "the chat_template fix's warning names the server-side remedy"
 
 
-def test_demo_shows_the_data_interpreters_code_step_refused_for_tools_then_answered_as_a_function_call(tmp_path):
-    proc = run_demo(tmp_path, "--api-key", KEY)
+def test_demo_shows_the_data_interpreters_code_step_refused_for_tools_then_answered_as_a_function_call(keyed):
+    _, proc = keyed
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     upstream, key_only, fixed = steps(scene(out, DATA_INTERPRETER))
@@ -94,8 +104,8 @@ def test_demo_shows_the_data_interpreters_code_step_refused_for_tools_then_answe
     assert "tools: " in fixed and "--enable-auto-tool-choice" in fixed, "the tools fix names the server-side remedy"
 
 
-def test_demo_shows_writeprds_fill_ending_in_retry_error_until_the_formats_fix_constrains_it(tmp_path):
-    proc = run_demo(tmp_path, "--api-key", KEY)
+def test_demo_shows_writeprds_fill_ending_in_retry_error_until_the_formats_fix_constrains_it(keyed):
+    _, proc = keyed
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     upstream, all_but_formats, fixed = steps(scene(out, WRITE_PRD))
@@ -111,14 +121,14 @@ def test_demo_shows_writeprds_fill_ending_in_retry_error_until_the_formats_fix_c
     assert "constrained from the first ask there (a base model's free answer runs to max_tokens)" in fixed
 
 
-def test_demo_never_prints_the_key_and_stays_quiet(tmp_path):
-    proc = run_demo(tmp_path, "--api-key", KEY)
+def test_demo_never_prints_the_key_and_stays_quiet(keyed):
+    where, proc = keyed
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert KEY not in proc.stdout + proc.stderr
     assert mask(KEY) in proc.stdout
     assert proc.stderr == ""
     assert not [noise for noise in NOISE if noise in proc.stdout]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"], "MetaGPT's logs/ and workspace/ leaked into CWD"
+    assert sorted(p.name for p in where.iterdir()) == ["home"], "MetaGPT's logs/ and workspace/ leaked into CWD"
 
 
 def test_demo_random_key_is_shown_masked_only(tmp_path):
