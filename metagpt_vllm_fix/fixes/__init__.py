@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Awaitable, Hashable, Sequence
+from collections.abc import Awaitable, Hashable, Iterator, Sequence
 from contextvars import ContextVar
 from types import ModuleType
 from typing import Any, Callable, Optional
@@ -203,16 +203,25 @@ def error_message(exc: BaseException) -> str:
     return message if isinstance(message, str) else str(exc)
 
 
-def innermost(exc: BaseException) -> BaseException:
-    """What a tenacity ``RetryError`` ended on (MetaGPT nests its loops: the JSON parse's inside ``_aask_v1``'s), or
-    ``exc`` itself (duck-typed: tenacity is MetaGPT's)."""
+def retry_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what each tenacity ``RetryError`` in turn ended on (MetaGPT nests its loops: the JSON parse's
+    inside ``_aask_v1``'s), a few levels at most (duck-typed: tenacity is MetaGPT's)."""
     for _ in range(8):
+        yield exc
         attempt = getattr(exc, "last_attempt", None)
-        inner = attempt.exception() if attempt is not None and getattr(attempt, "failed", False) else None
+        try:
+            inner = attempt.exception() if attempt is not None and getattr(attempt, "failed", False) else None
+        except Exception:  # noqa: BLE001  (a cancelled attempt: nothing further in)
+            return
         if not isinstance(inner, BaseException):
-            return exc
+            return
         exc = inner
-    return exc
+
+
+def innermost(exc: BaseException) -> BaseException:
+    """What a tenacity ``RetryError`` ended on, or ``exc`` itself (:func:`retry_chain`'s last)."""
+    *_, last = retry_chain(exc)
+    return last
 
 
 def usage_counts(usage: Any) -> Optional[tuple[int, int]]:

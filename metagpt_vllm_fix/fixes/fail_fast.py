@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 
 from ..gate import PLACEHOLDER
 from ..masking import mask
-from . import RequestFix, error_message, server_of, status_code
+from . import RequestFix, error_message, retry_chain, server_of, status_code
 
 log = logging.getLogger("metagpt_vllm_fix")
 
@@ -61,18 +61,10 @@ class Cause:
 
 def cause_of(exc: Optional[BaseException]) -> Optional[Cause]:
     """The mark of an exception (or of the last attempt of a nested loop's ``RetryError``), if it has one."""
-    for _ in range(8):  # loops within loops: follow RetryError.last_attempt a few levels at most
-        if exc is None:
-            return None
-        cause = getattr(exc, MARK, None)
-        if isinstance(cause, Cause):
-            return cause
-        attempt = getattr(exc, "last_attempt", None)
-        try:
-            exc = attempt.exception() if attempt is not None and getattr(attempt, "failed", False) else None
-        except Exception:  # noqa: BLE001  (a cancelled attempt: no mark to find)
-            return None
-    return None
+    if exc is None:
+        return None
+    marks = (getattr(level, MARK, None) for level in retry_chain(exc))
+    return next((cause for cause in marks if isinstance(cause, Cause)), None)
 
 
 class StopAtFinal:
